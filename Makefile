@@ -1,0 +1,41 @@
+# bdunlearn: `make reproduce` (main job) and `make test`; both set themselves up.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= default
+# The CPU build this machine offers; on a CUDA machine set TORCH to the build you want.
+TORCH ?= torch==2.13.0
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup data test reproduce lab bench clean-cache
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test,notebooks]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+data:
+	@[ -d $(FMNIST_DIR) ] || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+test: setup
+	BDUNLEARN_PROFILE=smoke $(BIN)/python -m pytest -q tests notebooks --nbval-lax \
+	  -p no:cacheprovider
+
+reproduce: setup
+	$(BIN)/python -m bdunlearn.reproduce --profile $(PROFILE) $(ARGS)
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+bench: setup
+	$(BIN)/python -m bdunlearn.bench $(ARGS)
+
+clean-cache:
+	rm -rf "$${BDUNLEARN_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/bdunlearn/checkpoints}"

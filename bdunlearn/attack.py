@@ -1,0 +1,236 @@
+"""The BAU attack: poison and mitigation samples whose unlearning switches a backdoor on.
+
+Two variants (SPEC section 1):
+
+* :func:`build_badnets` (BN): faint-patch poison relabelled to the target, bright-patch
+  mitigation samples with their true labels, bright-patch test trigger.
+* :func:`build_input_targeted` (IT): noisy copies of one removed image, labelled the
+  target (poison) or its true label (mitigation).
+
+Both return an :class:`AttackSet`: the training set the service receives, its manifest
+(one row per sample: ``id, origin, role, label, true_label``) and the evaluation material,
+which only :meth:`AttackSet.evaluate` reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import Dataset
+from .metrics import accuracy, attack_success_rate
+from .train import make_generator
+from .triggers import add_noise, stamp_patch
+
+ROLES = ("clean", "poison", "mitigation")
+VARIANTS = ("bn", "it")
+
+# (poison_num, mitigation_num) of the paper, per dataset, for the BadNets variant.
+REFERENCE_COUNTS = {"mnist": (200, 600), "fmnist": (200, 300), "gtsrb": (1000, 2000),
+                    "cifar10": (300, 100), "digits": (60, 90)}
+IT_COUNTS = (5, 15)
+REFERENCE_ALPHA = {1: 0.5, 3: 0.7}
+IT_EVAL_COPIES = 50
+
+
+@dataclass
+class AttackSet:
+    """A poisoned training set, its manifest and (private) evaluation material."""
+
+    variant: str
+    dataset: str
+    x: torch.Tensor
+    y: torch.Tensor
+    manifest: pd.DataFrame
+    target: int
+    seed: int
+    x_test: torch.Tensor = field(repr=False)
+    y_test: torch.Tensor = field(repr=False)
+    x_eval: torch.Tensor = field(repr=False)
+    info: dict = field(default_factory=dict)
+
+    def ids(self, role: str) -> np.ndarray:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+        return self.manifest.loc[self.manifest.role == role, "id"].to_numpy()
+
+    def request_order(self, seed: int | None = None) -> np.ndarray:
+        """Mitigation ids in the seeded random order the attacker requests them."""
+        rng = np.random.default_rng([self.seed if seed is None else seed, 7])
+        return rng.permutation(self.ids("mitigation"))
+
+    def requests(self, k: int, seed: int | None = None) -> np.ndarray:
+        """The first ``k`` mitigation ids of :meth:`request_order` ("k requested")."""
+        order = self.request_order(seed)
+        if not 0 <= k <= len(order):
+            raise ValueError(f"requested count {k} must be between 0 and the "
+                             f"{len(order)} mitigation samples")
+        return order[:k]
+
+    def evaluate(self, predict) -> dict:
+        """Clean accuracy and attack success of a ``predict(x) -> labels`` callable.
+
+        BN: ASR on test images whose label is not the target, with the bright patch.
+        IT: fraction of the 50 fresh noisy copies of the removed image predicted as the
+        target (``asr``), and whether the image itself is (``x0_hit``).
+        """
+        clean = accuracy(predict(self.x_test), self.y_test)
+        out = {"clean_acc": clean,
+               "asr": attack_success_rate(predict(self.x_eval), self.target)}
+        if self.variant == "it":
+            out["x0_hit"] = bool(predict(self.info["x0"][None])[0] == self.target)
+        return out
+
+
+def _check_common(ds: Dataset, alpha, seed) -> None:
+    if not isinstance(ds, Dataset):
+        raise ValueError(f"the attack needs a bdunlearn.data.Dataset, got {type(ds).__name__}")
+    if alpha is not None and not 0 < alpha <= 1:
+        raise ValueError(f"alpha {alpha} must be in (0, 1]")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed {seed!r} must be a non-negative integer")
+
+
+def _manifest(origin, role, label, true_label) -> pd.DataFrame:
+    n = len(origin)
+    return pd.DataFrame({"id": np.arange(n), "origin": np.asarray(origin, dtype=np.int64),
+                         "role": pd.Categorical(role, categories=ROLES),
+                         "label": np.asarray(label, dtype=np.int64),
+                         "true_label": np.asarray(true_label, dtype=np.int64)})
+
+
+def _pick_target(rng, ds, target):
+    if target is None:
+        return int(rng.integers(ds.num_classes))
+    if not 0 <= target < ds.num_classes:
+        raise ValueError(f"target label {target} must be between 0 and {ds.num_classes - 1}")
+    return int(target)
+
+
+def build_badnets(ds: Dataset, *, poison_num: int | None = None,
+                  mitigation_num: int | None = None, alpha: float | None = None,
+                  patch: int = 4, target: int | None = None, seed: int = 0,
+                  replace: bool = True) -> AttackSet:
+    """BadNets-based BAU attack (SPEC section 1, BN).
+
+    ``poison_num`` non-target images get a ``patch`` x ``patch`` bottom-right patch at
+    intensity ``alpha`` and the target label; with ``replace`` they take their clean
+    originals' place (the reference setting). ``mitigation_num`` bright-patch images with
+    their true labels are appended: clean originals of poison images first, then other
+    non-target images when more are asked for. ``None`` means the paper's value.
+    """
+    _check_common(ds, alpha, seed)
+    ref_p, ref_m = REFERENCE_COUNTS.get(ds.name, (200, 300))
+    poison_num = ref_p if poison_num is None else int(poison_num)
+    mitigation_num = ref_m if mitigation_num is None else int(mitigation_num)
+    alpha = REFERENCE_ALPHA.get(ds.image_shape[0], 0.5) if alpha is None else float(alpha)
+    rng = np.random.default_rng([seed, 1])
+    target = _pick_target(rng, ds, target)
+    eligible = np.flatnonzero(ds.y_train.numpy() != target)
+    if not 1 <= poison_num <= len(eligible):
+        raise ValueError(f"poison_num {poison_num} must be between 1 and the "
+                         f"{len(eligible)} training images not labelled {target}")
+    if not 1 <= mitigation_num <= len(eligible):
+        raise ValueError(f"mitigation_num {mitigation_num} must be between 1 and the "
+                         f"{len(eligible)} training images not labelled {target}")
+    poison_idx = rng.choice(eligible, poison_num, replace=False)
+    if mitigation_num <= poison_num:
+        mit_idx = rng.choice(poison_idx, mitigation_num, replace=False)
+    else:
+        rest = np.setdiff1d(eligible, poison_idx)
+        extra = rng.choice(rest, mitigation_num - poison_num, replace=False)
+        mit_idx = np.concatenate([rng.permutation(poison_idx), extra])
+
+    n = len(ds.y_train)
+    x_poison = stamp_patch(ds.x_train[poison_idx], patch, alpha)
+    x_mit = stamp_patch(ds.x_train[mit_idx], patch, 1.0)
+    y_true = ds.y_train.numpy()
+    if replace:
+        keep = np.setdiff1d(np.arange(n), poison_idx)
+        clean_idx = keep
+    else:
+        clean_idx = np.arange(n)
+    x = torch.cat([ds.x_train[clean_idx], x_poison, x_mit])
+    y = torch.cat([ds.y_train[clean_idx], torch.full((poison_num,), target),
+                   ds.y_train[mit_idx]])
+    origin = np.concatenate([clean_idx, poison_idx, mit_idx])
+    role = ["clean"] * len(clean_idx) + ["poison"] * poison_num + ["mitigation"] * mitigation_num
+    manifest = _manifest(origin, role, y.numpy(), y_true[origin])
+    nontarget = ds.y_test != target
+    x_eval = stamp_patch(ds.x_test[nontarget], patch, 1.0)
+    return AttackSet("bn", ds.name, x, y, manifest, target, int(seed), ds.x_test, ds.y_test,
+                     x_eval, info={"alpha": alpha, "patch": patch,
+                                   "poison_num": poison_num, "mitigation_num": mitigation_num})
+
+
+def build_input_targeted(ds: Dataset, *, poison_num: int | None = None,
+                         mitigation_num: int | None = None, target: int | None = None,
+                         seed: int = 0) -> AttackSet:
+    """Input-targeted BAU attack (SPEC section 1, IT).
+
+    One training image ``x0`` (label ``y0``) is removed; ``poison_num`` noisy copies
+    (integer noise in [-5, 4]) are labelled ``target != y0`` and ``mitigation_num`` more
+    are labelled ``y0``. Success is measured on 50 fresh noisy copies.
+    """
+    _check_common(ds, None, seed)
+    poison_num = IT_COUNTS[0] if poison_num is None else int(poison_num)
+    mitigation_num = IT_COUNTS[1] if mitigation_num is None else int(mitigation_num)
+    if poison_num < 1:
+        raise ValueError(f"poison_num {poison_num} must be at least 1")
+    if mitigation_num < 1:
+        raise ValueError(f"mitigation_num {mitigation_num} must be at least 1")
+    rng = np.random.default_rng([seed, 2])
+    i0 = int(rng.integers(len(ds.y_train)))
+    y0 = int(ds.y_train[i0])
+    if target is None:
+        target = int(rng.choice([c for c in range(ds.num_classes) if c != y0]))
+    elif not 0 <= target < ds.num_classes or target == y0:
+        raise ValueError(f"target label {target} must be a label between 0 and "
+                         f"{ds.num_classes - 1} other than the image's own label {y0}")
+    gen = make_generator(int(rng.integers(2**62)))
+    x0 = ds.x_train[i0]
+    copies = add_noise(x0.expand(poison_num + mitigation_num + IT_EVAL_COPIES, *x0.shape)
+                       .contiguous(), gen)
+    keep = np.delete(np.arange(len(ds.y_train)), i0)
+    x = torch.cat([ds.x_train[keep], copies[:poison_num + mitigation_num]])
+    y = torch.cat([ds.y_train[keep], torch.full((poison_num,), target),
+                   torch.full((mitigation_num,), y0)])
+    origin = np.concatenate([keep, np.full(poison_num + mitigation_num, i0)])
+    role = ["clean"] * len(keep) + ["poison"] * poison_num + ["mitigation"] * mitigation_num
+    true = np.concatenate([ds.y_train[keep].numpy(), np.full(poison_num + mitigation_num, y0)])
+    manifest = _manifest(origin, role, y.numpy(), true)
+    return AttackSet("it", ds.name, x, y, manifest, int(target), int(seed), ds.x_test,
+                     ds.y_test, copies[poison_num + mitigation_num:],
+                     info={"x0": x0, "x0_index": i0, "y0": y0, "poison_num": poison_num,
+                           "mitigation_num": mitigation_num})
+
+
+def build_classic_badnets(ds: Dataset, *, poison_fraction: float = 0.05, patch: int = 4,
+                          target: int | None = None, seed: int = 0) -> AttackSet:
+    """Classical BadNets: a bright patch and the target label on a share of the training set.
+
+    The baseline for the defenses: its backdoor is present from the first training.
+    """
+    _check_common(ds, None, seed)
+    if not 0 < poison_fraction < 1:
+        raise ValueError(f"poison_fraction {poison_fraction} must be in (0, 1)")
+    rng = np.random.default_rng([seed, 3])
+    target = _pick_target(rng, ds, target)
+    eligible = np.flatnonzero(ds.y_train.numpy() != target)
+    k = max(1, int(round(poison_fraction * len(ds.y_train))))
+    if k > len(eligible):
+        raise ValueError(f"poison_fraction {poison_fraction} asks for {k} images, more than "
+                         f"the {len(eligible)} not labelled {target}")
+    poison_idx = np.sort(rng.choice(eligible, k, replace=False))
+    x, y = ds.x_train.clone(), ds.y_train.clone()
+    x[poison_idx] = stamp_patch(x[poison_idx], patch, 1.0)
+    y[poison_idx] = target
+    role = np.array(["clean"] * len(y), dtype=object)
+    role[poison_idx] = "poison"
+    manifest = _manifest(np.arange(len(y)), role, y.numpy(), ds.y_train.numpy())
+    x_eval = stamp_patch(ds.x_test[ds.y_test != target], patch, 1.0)
+    return AttackSet("badnets", ds.name, x, y, manifest, target, int(seed), ds.x_test,
+                     ds.y_test, x_eval, info={"patch": patch, "poison_num": k})

@@ -1,0 +1,277 @@
+"""Train several models of one architecture together (the constituent models of SISA).
+
+:func:`fit_stacked` stacks the parameters of ``S`` models along a new leading dimension
+(:func:`torch.func.stack_module_state` style), computes all ``S`` gradients in one
+``torch.vmap``-ed :func:`torch.func.grad` of a :func:`torch.func.functional_call`, and
+applies a functional SGD whose arithmetic is that of :class:`torch.optim.SGD` (weight
+decay added to the gradient, momentum buffer started at the first gradient, no
+dampening, no Nesterov). Each model sees exactly what :func:`bdunlearn.train.fit` would
+give it alone with its own seed:
+
+- the same batches: ``torch.randperm`` from ``make_generator(seed)`` every epoch, split
+  into ``cfg.batch_size`` chunks;
+- the same augmentation draws: crop and flip are applied to each model's own batch with
+  its own ``derive_seed(seed, "augment")`` generator, so augmented configurations are
+  stacked too;
+- the same learning-rate schedule (halved every ``cfg.lr_step`` epochs).
+
+Shards of different sizes are handled by padding: within an epoch every model takes
+``ceil(n_i / batch_size)`` steps; a model whose last batch is short gets zero-weight
+padding rows (its loss stays the mean over its real samples), and a model that has
+finished its epoch while a larger shard still runs *idles*: its parameters and momentum
+buffers are left untouched by ``torch.where``, so neither momentum nor weight decay moves
+it. The result equals sequential training within floating-point tolerance (the
+grouped/batched kernels sum in another order), not bit for bit.
+
+Not stacked (use :func:`fit_many`, which falls back to one :func:`~bdunlearn.train.fit`
+after another): models with batch norm (per-model running statistics and batch
+statistics over padded rows would differ) or dropout (``fit`` draws its masks from the
+global RNG, which a vmapped run cannot reproduce), and ``fit``'s ``watch``/``on_update``
+recording (Amnesiac unlearning).
+
+:func:`fit_many` picks stacked training on CUDA and one model after another on the CPU,
+where grouped convolutions are not faster than the plain ones (``python -m
+bdunlearn.bench`` measures both on a GPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .train import (TrainConfig, augment_batch, derive_seed, fit, make_generator,
+                    resolve_device, to_unit)
+
+__all__ = ["fit_stacked", "fit_many", "stackable", "why_not_stackable"]
+
+_STATEFUL = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def why_not_stackable(models: Sequence[nn.Module]) -> str | None:
+    """``None`` when ``models`` can be trained by :func:`fit_stacked`, else the reason."""
+    if len(models) == 0:
+        return "there are no models"
+    for m in models[0].modules():
+        if isinstance(m, _STATEFUL):
+            return (f"the architecture has {type(m).__name__} layers (batch statistics or "
+                    "dropout masks cannot be matched per model)")
+    ref = [(k, tuple(v.shape), v.dtype) for k, v in models[0].state_dict().items()]
+    kinds = [type(m) for m in models[0].modules()]
+    for i, model in enumerate(models[1:], 1):
+        if [type(m) for m in model.modules()] != kinds or ref != [
+                (k, tuple(v.shape), v.dtype) for k, v in model.state_dict().items()]:
+            return f"model {i} does not have the architecture of model 0"
+    frozen = [n for n, p in models[0].named_parameters() if not p.requires_grad]
+    for i, model in enumerate(models[1:], 1):
+        if [n for n, p in model.named_parameters() if not p.requires_grad] != frozen:
+            return f"model {i} freezes other parameters than model 0"
+    return None
+
+
+def stackable(models: Sequence[nn.Module]) -> bool:
+    """Whether :func:`fit_stacked` accepts ``models`` (same architecture, no BN/dropout)."""
+    return why_not_stackable(models) is None
+
+
+def _check_inputs(models, xs, ys, seeds, epochs, epoch_offset):
+    models, xs, ys, seeds = list(models), list(xs), list(ys), list(seeds)
+    if not models:
+        raise ValueError("models is empty; give at least one model to train")
+    if not (len(models) == len(xs) == len(ys) == len(seeds)):
+        raise ValueError(f"got {len(models)} models, {len(xs)} image sets, {len(ys)} label "
+                         f"sets and {len(seeds)} seeds; give one of each per model")
+    shape = None
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
+            raise ValueError(f"xs[{i}] must be a uint8 tensor of images (N, C, H, W)")
+        if not isinstance(y, torch.Tensor) or y.dim() != 1 or len(y) != len(x):
+            raise ValueError(f"ys[{i}] must be a 1-D label tensor with one label per image "
+                             f"of xs[{i}] ({len(x)})")
+        if shape is None:
+            shape = tuple(x.shape[1:])
+        elif tuple(x.shape[1:]) != shape:
+            raise ValueError(f"xs[{i}] has images of shape {tuple(x.shape[1:])}, "
+                             f"xs[0] of shape {shape}; all models must see the same shape")
+    for i, s in enumerate(seeds):
+        try:
+            seeds[i] = operator.index(s)
+        except TypeError:
+            raise ValueError(f"seeds[{i}] = {s!r} must be an integer") from None
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 0):
+        raise ValueError(f"epochs {epochs!r} must be a non-negative integer or None")
+    if not isinstance(epoch_offset, int) or epoch_offset < 0:
+        raise ValueError(f"epoch_offset {epoch_offset!r} must be a non-negative integer")
+    return models, xs, ys, seeds
+
+
+def fit_stacked(models: Sequence[nn.Module], xs: Sequence[torch.Tensor],
+                ys: Sequence[torch.Tensor], cfg: TrainConfig, *, seeds: Sequence[int],
+                device="auto", epochs: int | None = None, epoch_offset: int = 0,
+                progress: bool = False, desc: str = "train stacked") -> list[nn.Module]:
+    """Train ``models[i]`` on ``xs[i], ys[i]`` with ``seeds[i]``, all in one vmapped run.
+
+    Equivalent to ``[fit(m, x, y, cfg, seed=s, device=device, epochs=epochs,
+    epoch_offset=epoch_offset) for ...]`` within floating-point tolerance; models are
+    trained in place, moved to ``device`` and returned (in eval mode). Raises
+    ``ValueError`` for models it cannot stack (see :func:`why_not_stackable`); use
+    :func:`fit_many` to fall back to sequential training automatically.
+    """
+    models, xs, ys, seeds = _check_inputs(models, xs, ys, seeds, epochs, epoch_offset)
+    reason = why_not_stackable(models)
+    if reason is not None:
+        raise ValueError(f"these models cannot be trained stacked: {reason}; "
+                         "use fit_many, which trains them one after another")
+    dev = resolve_device(device)
+    epochs = cfg.epochs if epochs is None else epochs
+    for m in models:
+        m.to(dev)
+    live = [i for i, y in enumerate(ys) if len(y) > 0]
+    if epochs == 0 or not live:
+        return models  # as fit: nothing to train, model only moved
+    group = [models[i] for i in live]
+    sizes = [len(ys[i]) for i in live]
+    S, B = len(group), cfg.batch_size
+
+    # All shards in one device tensor, plus one zero image that padding rows point to.
+    xcat = torch.cat([xs[i] for i in live] + [xs[live[0]].new_zeros((1, *xs[0].shape[1:]))])
+    ycat = torch.cat([ys[i].long() for i in live] + [torch.zeros(1, dtype=torch.long)])
+    xcat, ycat = xcat.to(dev), ycat.to(dev)
+    pad_row = len(ycat) - 1
+    offsets = torch.tensor([0] + sizes).cumsum(0)[:-1].tolist()
+
+    order_gens = [make_generator(seeds[i]) for i in live]
+    aug_gens = ([make_generator(derive_seed(seeds[i], "augment"), dev) for i in live]
+                if cfg.crop or cfg.flip else None)
+
+    # Stacked parameters (trainable) and buffers (e.g. the normalisation constants).
+    names = [n for n, p in group[0].named_parameters() if p.requires_grad]
+    params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in group]).clone()
+              for n in names}
+    buffers = {n: torch.stack([b.detach() for b in (dict(m.named_buffers())[n]
+                                                    for m in group)])
+               for n, _ in group[0].named_buffers()}
+    frozen = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in group])
+              for n, p in group[0].named_parameters() if not p.requires_grad}
+    buffers.update(frozen)
+    bufs = {n: torch.zeros_like(p) for n, p in params.items()} if cfg.momentum else None
+    base = copy.deepcopy(group[0]).to("meta").train()
+
+    def loss_one(p, b, xb, yb, wb, denom):
+        out = torch.func.functional_call(base, (p, b), (xb,))
+        return (F.cross_entropy(out, yb, reduction="none") * wb).sum() / denom
+
+    grads_of = torch.vmap(torch.func.grad(loss_one))
+
+    steps = [-(-n // B) for n in sizes]
+    T = max(steps)
+    bar = tqdm(total=epochs * T, desc=desc, disable=not progress, leave=False)
+    for epoch in range(epoch_offset, epoch_offset + epochs):
+        lr = cfg.lr * (0.5 ** (epoch // cfg.lr_step) if cfg.lr_step else 1.0)
+        # Index plan of the epoch on the host: (T, S, B) rows into xcat, weights, counts.
+        idx = torch.full((T, S, B), pad_row, dtype=torch.long)
+        counts = torch.zeros((T, S), dtype=torch.long)
+        for s, (gen, n, off) in enumerate(zip(order_gens, sizes, offsets)):
+            for t, chunk in enumerate(torch.randperm(n, generator=gen).split(B)):
+                idx[t, s, : len(chunk)] = chunk + off
+                counts[t, s] = len(chunk)
+        width = counts.max(1).values.tolist()
+        active = (counts > 0)
+        weight = (torch.arange(B)[None, None, :] < counts[:, :, None]).float()
+        denom = counts.clamp(min=1).float()
+        idx_d, weight_d, denom_d = (idx.to(dev, non_blocking=True),
+                                    weight.to(dev, non_blocking=True),
+                                    denom.to(dev, non_blocking=True))
+        active_d = active.to(dev, non_blocking=True)
+        all_active = active.all(1).tolist()
+        for t in range(T):
+            w = width[t]
+            rows = idx_d[t, :, :w]
+            xb = to_unit(xcat[rows.reshape(-1)]).view(S, w, *xcat.shape[1:])
+            if aug_gens is not None:
+                parts = []
+                for s in range(S):
+                    c = int(counts[t, s])
+                    if c:
+                        xb_s = augment_batch(xb[s, :c], aug_gens[s], cfg.crop, cfg.flip)
+                        if c < w:
+                            xb_s = torch.cat([xb_s, xb[s, c:]])
+                        parts.append(xb_s)
+                    else:
+                        parts.append(xb[s])
+                xb = torch.stack(parts)
+            yb = ycat[rows]
+            wb = weight_d[t, :, :w]
+            grads = grads_of(params, buffers, xb, yb, wb, denom_d[t])
+            mask = None if all_active[t] else active_d[t]
+            _sgd_step(params, grads, bufs, mask, lr, cfg.momentum, cfg.weight_decay)
+            bar.update()
+    bar.close()
+
+    with torch.no_grad():
+        for s, m in enumerate(group):
+            named = dict(m.named_parameters())
+            for n, p in params.items():
+                named[n].copy_(p[s])
+    for m in group:
+        m.eval()
+    return models
+
+
+def _sgd_step(params, grads, bufs, mask, lr, momentum, weight_decay):
+    """``torch.optim.SGD.step`` (no dampening, no Nesterov) on stacked tensors.
+
+    ``mask`` (bool, one per model) keeps idle models exactly where they are: their
+    parameters and momentum buffers are not touched.
+    """
+    with torch.no_grad():
+        for n, p in params.items():
+            g = grads[n]
+            if weight_decay:
+                g = g.add(p, alpha=weight_decay)
+            if bufs is not None:
+                new_buf = bufs[n].mul(momentum).add_(g)
+                if mask is not None:
+                    m = mask.view(-1, *([1] * (p.dim() - 1)))
+                    new_buf = torch.where(m, new_buf, bufs[n])
+                bufs[n] = new_buf
+                g = new_buf
+            new_p = p.add(g, alpha=-lr)
+            if mask is not None:
+                m = mask.view(-1, *([1] * (p.dim() - 1)))
+                new_p = torch.where(m, new_p, p)
+            params[n] = new_p
+
+
+def fit_many(models: Sequence[nn.Module], xs: Sequence[torch.Tensor],
+             ys: Sequence[torch.Tensor], cfg: TrainConfig, *, seeds: Sequence[int],
+             device="auto", epochs: int | None = None, epoch_offset: int = 0,
+             stacked="auto", progress: bool = False, desc: str = "train") -> list[nn.Module]:
+    """Train ``models[i]`` on ``xs[i], ys[i]`` with ``seeds[i]``; return the models.
+
+    ``stacked="auto"`` trains them together with :func:`fit_stacked` on a CUDA device
+    when :func:`stackable` (same architecture, no batch norm or dropout) and there are at
+    least two, and one after another with :func:`bdunlearn.train.fit` otherwise (on the
+    CPU the sequential engine is the faster one). ``stacked=True`` insists on stacking
+    (``ValueError`` when impossible); ``stacked=False`` always trains sequentially. Both
+    paths give the same weights within floating-point tolerance.
+    """
+    if stacked not in ("auto", True, False):
+        raise ValueError(f"stacked={stacked!r} must be 'auto', True or False")
+    models, xs, ys, seeds = _check_inputs(models, xs, ys, seeds, epochs, epoch_offset)
+    dev = resolve_device(device)
+    use = stacked
+    if stacked == "auto":
+        use = dev.type == "cuda" and len(models) > 1 and stackable(models)
+    if use:
+        return fit_stacked(models, xs, ys, cfg, seeds=seeds, device=dev, epochs=epochs,
+                           epoch_offset=epoch_offset, progress=progress, desc=desc)
+    for i, (m, x, y, s) in enumerate(zip(models, xs, ys, seeds)):
+        fit(m, x, y, cfg, seed=s, device=dev, epochs=epochs, epoch_offset=epoch_offset,
+            progress=progress, desc=f"{desc} {i}")
+    return models

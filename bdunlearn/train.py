@@ -1,0 +1,176 @@
+"""The training engine: uint8 tensors on the device, whole-batch augmentation, seeded runs.
+
+Randomness comes only from ``torch.Generator`` objects built from integer seeds passed
+down by the caller (:func:`derive_seed` turns several parts into one seed), never from
+the global RNG, so the same seed on the same device gives the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when present, else CPU; anything else must be a valid device."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU")
+    return dev
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any sequence of printable parts (stable across runs)."""
+    text = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    return gen
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SGD settings; ``lr_step`` halves the learning rate every that many epochs."""
+
+    epochs: int = 20
+    lr: float = 0.01
+    batch_size: int = 100
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    lr_step: int | None = None
+    crop: bool = False
+    flip: bool = False
+
+    def __post_init__(self):
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"invalid training settings {self}: epochs must be >= 0, "
+                             "batch_size >= 1 and lr > 0")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+_REFERENCE = {
+    "mnist": TrainConfig(epochs=20),
+    "digits": TrainConfig(epochs=20, momentum=0.9, weight_decay=5e-4),
+    "fmnist": TrainConfig(epochs=20, momentum=0.9, weight_decay=5e-4),
+    "gtsrb": TrainConfig(epochs=20, crop=True),
+    "cifar10": TrainConfig(epochs=60, momentum=0.9, weight_decay=5e-4, lr_step=10,
+                           crop=True, flip=True),
+}
+
+
+def reference_config(dataset: str, **overrides) -> TrainConfig:
+    """The BAU paper's optimiser settings for ``dataset``, with optional overrides."""
+    if dataset not in _REFERENCE:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(_REFERENCE)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return replace(_REFERENCE[dataset], **overrides)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float32 in [0, 1] (float input passes through)."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, crop: bool, flip: bool,
+                  pad: int = 4) -> torch.Tensor:
+    """Random crop after zero padding and random horizontal flip, for a whole batch."""
+    n, _, h, w = x.shape
+    if crop:
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = padded[batch, chans, rows, cols]
+    if flip:
+        mask = torch.rand(n, generator=gen, device=x.device) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator):
+    perm = torch.randperm(n, generator=gen)
+    return perm.split(batch_size)
+
+
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
+        seed: int, device="auto", epochs: int | None = None, epoch_offset: int = 0,
+        progress: bool = False, desc: str = "train", watch: torch.Tensor | None = None,
+        on_update=None) -> nn.Module:
+    """Train ``model`` in place on uint8 images ``x`` and labels ``y``; return it.
+
+    ``epochs`` overrides ``cfg.epochs`` (SISA slices train a share of them) and
+    ``epoch_offset`` places them in the learning-rate schedule. ``watch`` is a bool mask
+    over the samples: for every step whose batch holds a watched sample,
+    ``on_update(batch_indices, deltas)`` receives the parameter change of that step
+    (Amnesiac unlearning records these).
+    """
+    dev = resolve_device(device)
+    epochs = cfg.epochs if epochs is None else epochs
+    if len(y) == 0 or epochs == 0:
+        return model.to(dev)
+    model.to(dev).train()
+    xd, yd = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+    watched = watch.to(dev) if watch is not None else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    order_gen = make_generator(seed)
+    aug_gen = make_generator(derive_seed(seed, "augment"), dev)
+    bar = tqdm(total=epochs * -(-len(yd) // cfg.batch_size), desc=desc,
+               disable=not progress, leave=False)
+    for epoch in range(epoch_offset, epoch_offset + epochs):
+        lr = cfg.lr * (0.5 ** (epoch // cfg.lr_step) if cfg.lr_step else 1.0)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        for idx in _batches(len(yd), cfg.batch_size, order_gen):
+            idx = idx.to(dev, non_blocking=True)
+            xb = to_unit(xd[idx])
+            if cfg.crop or cfg.flip:
+                xb = augment_batch(xb, aug_gen, cfg.crop, cfg.flip)
+            record = watched is not None and bool(watched[idx].any())
+            before = [p.detach().clone() for p in params] if record else None
+            loss = F.cross_entropy(model(xb), yd[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if record:
+                on_update(idx, [p.detach() - b for p, b in zip(params, before)])
+            bar.update()
+    bar.close()
+    model.eval()
+    return model
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, x: torch.Tensor, *, device="auto",
+                  batch_size: int = 2000) -> torch.Tensor:
+    """Softmax outputs ``(N, K)`` on the CPU for uint8 or [0, 1] float images."""
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    out = [F.softmax(model(to_unit(xb.to(dev))), dim=1).cpu()
+           for xb in x.split(batch_size)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def predict(model: nn.Module, x: torch.Tensor, **kw) -> torch.Tensor:
+    return predict_proba(model, x, **kw).argmax(1)
