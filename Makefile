@@ -24,8 +24,11 @@ data:
 	@[ -d $(FMNIST_DIR) ] || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 
+# Unit tests, then every notebook under nbval at the smoke profile; the notebooks'
+# tables and figures go to a temporary folder, not over the committed ones.
 test: setup
-	BDUNLEARN_PROFILE=smoke $(BIN)/python -m pytest -q tests notebooks --nbval-lax \
+	out=$$(mktemp -d) && BDUNLEARN_PROFILE=smoke BDUNLEARN_RESULTS=$$out/results \
+	  BDUNLEARN_FIGURES=$$out/figures $(BIN)/python -m pytest tests notebooks --nbval-lax \
 	  -p no:cacheprovider
 
 reproduce: setup

@@ -55,7 +55,7 @@ class AttackSet:
     def ids(self, role: str) -> np.ndarray:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
-        return self.manifest.loc[self.manifest.role == role, "id"].to_numpy()
+        return self.manifest.loc[self.manifest.role == role, "id"].to_numpy().copy()
 
     def request_order(self, seed: int | None = None) -> np.ndarray:
         """Mitigation ids in the seeded random order the attacker requests them."""

@@ -63,11 +63,11 @@ def attack_gallery(atk, classes, n: int = 6):
         rows = {"removed image": (atk.info["x0"][None], [f"x0: {classes[atk.info['y0']]}"])}
     else:
         clean = m[m.role == "clean"].head(n)
-        rows = {"clean": (atk.x[torch.from_numpy(clean.id.to_numpy())],
+        rows = {"clean": (atk.x[torch.tensor(clean.id.to_numpy())],
                           [classes[int(l)] for l in clean.label])}
-    rows["poison"] = (atk.x[torch.from_numpy(pois.id.to_numpy())],
+    rows["poison"] = (atk.x[torch.tensor(pois.id.to_numpy())],
                       [f"-> {classes[int(l)]}" for l in pois.label])
-    rows["mitigation"] = (atk.x[torch.from_numpy(mit.id.to_numpy())],
+    rows["mitigation"] = (atk.x[torch.tensor(mit.id.to_numpy())],
                           [classes[int(l)] for l in mit.label])
     rows["test trigger"] = (atk.x_eval[:n], ["trigger"] * min(n, len(atk.x_eval)))
     return gallery(rows, ncol=n)
@@ -115,7 +115,7 @@ def image_viewer(atk, classes):
         if role.value == "test trigger":
             return atk.x_eval, ["test trigger"] * len(atk.x_eval)
         rows = m[m.role == role.value]
-        return (atk.x[torch.from_numpy(rows.id.to_numpy())],
+        return (atk.x[torch.tensor(rows.id.to_numpy())],
                 [f"id {i}, label {classes[int(l)]}" for i, l in zip(rows.id, rows.label)])
 
     def draw(change=None):

@@ -12,7 +12,7 @@ from bdunlearn.train import (TrainConfig, augment_batch, fit, make_generator, pr
 def digits():
     return load("digits")
 
-def _train(ds, seed, epochs=6):
+def _train(ds, seed, epochs=10):
     model = build_model("fmnist_cnn", ds.image_shape, 10, seed=0)
     cfg = reference_config("digits", epochs=epochs)
     return fit(model, ds.x_train, ds.y_train, cfg, seed=seed, device="cpu")
