@@ -7,6 +7,7 @@ the global RNG, so the same seed on the same device gives the same weights.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import asdict, dataclass, replace
 
@@ -107,9 +108,29 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, crop: bool, flip: bool,
     return x
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator):
+def _batches(n: int, batch_size: int, gen: torch.Generator, device):
+    """One epoch's batches, on the host and on ``device``: a ``randperm`` from ``gen``
+    (always drawn on the CPU) split into chunks, moved to the device once per epoch."""
     perm = torch.randperm(n, generator=gen)
-    return perm.split(batch_size)
+    return perm.split(batch_size), perm.to(device, non_blocking=True).split(batch_size)
+
+
+def _channels_last(model: nn.Module, dev: torch.device) -> bool:
+    """Train in channels-last layout on the CPU for convolutional models without batch norm.
+
+    Measured on a 2-core Xeon (AVX-512, oneDNN), one thread, batch 100: fmnist_cnn +35%,
+    lenet5 +20%, gtsrb_cnn +20% samples/s; vgg11_bn and preact_resnet18 (batch norm)
+    within noise (-5% to +5%), so they keep the default layout. Off on CUDA.
+    """
+    if dev.type != "cpu":
+        return False
+    mods = list(model.modules())
+    return (any(isinstance(m, nn.Conv2d) for m in mods)
+            and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods))
+
+
+def _has_dropout(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
 
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
@@ -123,42 +144,90 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
     over the samples: for every step whose batch holds a watched sample,
     ``on_update(batch_indices, deltas)`` receives the parameter change of that step
     (Amnesiac unlearning records these).
+
+    Randomness: the batch order comes from ``make_generator(seed)``, augmentation from
+    ``derive_seed(seed, "augment")`` and dropout masks from ``derive_seed(seed,
+    "dropout")`` (the global RNG is forked and restored around training), so the same
+    seed on the same device gives the same weights. On the CPU convolutional models are
+    trained in channels-last memory layout and handed back in the default layout.
     """
     dev = resolve_device(device)
     epochs = cfg.epochs if epochs is None else epochs
     if len(y) == 0 or epochs == 0:
         return model.to(dev)
+    if watch is not None and on_update is None:
+        raise ValueError("watch was given without on_update; pass the callback that "
+                         "receives the recorded updates")
+    if watch is not None and (watch.dim() != 1 or len(watch) != len(y)):
+        raise ValueError(f"watch must be a mask with one entry per sample ({len(y)}), "
+                         f"got shape {tuple(watch.shape)}")
     model.to(dev).train()
+    channels_last = _channels_last(model, dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     xd, yd = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-    watched = watch.to(dev) if watch is not None else None
+    watched = watch.cpu().bool() if watch is not None else None  # host-side: no syncs
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     order_gen = make_generator(seed)
     aug_gen = make_generator(derive_seed(seed, "augment"), dev)
+    augment = cfg.crop or cfg.flip
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     bar = tqdm(total=epochs * -(-len(yd) // cfg.batch_size), desc=desc,
                disable=not progress, leave=False)
-    for epoch in range(epoch_offset, epoch_offset + epochs):
-        lr = cfg.lr * (0.5 ** (epoch // cfg.lr_step) if cfg.lr_step else 1.0)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        for idx in _batches(len(yd), cfg.batch_size, order_gen):
-            idx = idx.to(dev, non_blocking=True)
-            xb = to_unit(xd[idx])
-            if cfg.crop or cfg.flip:
-                xb = augment_batch(xb, aug_gen, cfg.crop, cfg.flip)
-            record = watched is not None and bool(watched[idx].any())
-            before = [p.detach().clone() for p in params] if record else None
-            loss = F.cross_entropy(model(xb), yd[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if record:
-                on_update(idx, [p.detach() - b for p, b in zip(params, before)])
-            bar.update()
-    bar.close()
+    rng = _DropoutRng(seed, dev) if _has_dropout(model) else contextlib.nullcontext()
+    try:
+        with rng:
+            for epoch in range(epoch_offset, epoch_offset + epochs):
+                lr = cfg.lr * (0.5 ** (epoch // cfg.lr_step) if cfg.lr_step else 1.0)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                host, batches = _batches(len(yd), cfg.batch_size, order_gen, dev)
+                for step, idx in enumerate(batches):
+                    xb = to_unit(xd[idx])
+                    if augment:
+                        xb = augment_batch(xb, aug_gen, cfg.crop, cfg.flip)
+                    if channels_last:
+                        xb = xb.contiguous(memory_format=fmt)
+                    record = watched is not None and bool(watched[host[step]].any())
+                    before = [p.detach().clone() for p in params] if record else None
+                    loss = F.cross_entropy(model(xb), yd[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if record:
+                        on_update(idx, [(p.detach() - b).contiguous()
+                                        for p, b in zip(params, before)])
+                    bar.update()
+    finally:
+        bar.close()
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
     model.eval()
     return model
+
+
+class _DropoutRng:
+    """Fork the global RNG of ``dev`` (and the CPU) and seed it from ``seed``: dropout
+    masks then depend on the training seed only, and the caller's RNG is untouched."""
+
+    def __init__(self, seed: int, dev: torch.device):
+        self.seed, self.dev = derive_seed(seed, "dropout"), dev
+
+    def __enter__(self):
+        devices = [self.dev.index if self.dev.index is not None
+                   else torch.cuda.current_device()] if self.dev.type == "cuda" else []
+        self._fork = torch.random.fork_rng(devices=devices)
+        self._fork.__enter__()
+        torch.default_generator.manual_seed(self.seed)
+        if self.dev.type == "cuda":
+            with torch.cuda.device(devices[0]):
+                torch.cuda.manual_seed(self.seed)
+        return self
+
+    def __exit__(self, *exc):
+        return self._fork.__exit__(*exc)
 
 
 @torch.inference_mode()

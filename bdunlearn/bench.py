@@ -1,0 +1,532 @@
+"""Performance figures of SPEC section 8, printed as a table: ``python -m bdunlearn.bench``.
+
+For the reference model of each dataset, at batch 100:
+
+``engine``
+    throughput of :func:`bdunlearn.train.fit` (uint8 data in memory, per-batch conversion
+    and augmentation) beside a bare forward/backward/step loop of the same model, same
+    optimiser and same memory layout on a float tensor already in memory; the difference
+    is the engine's data and bookkeeping overhead in %.
+``dataloader``
+    the engine against the conventional pipeline of most backdoor codebases: a
+    ``torch.utils.data.Dataset`` that turns each uint8 image into a PIL image, then a
+    normalised float tensor (with per-sample crop/flip where the reference training
+    augments), ``DataLoader(batch_size=100, shuffle=True, num_workers=0)``.
+``sisa S=k``
+    one unlearning request that touches 1 of ``k`` shards against a full retrain, in
+    seconds and in sample-epochs (:class:`bdunlearn.sisa.SisaService`).
+``stacked S=k`` (CUDA only unless ``--stacked``)
+    ``k`` constituent models trained together by :func:`bdunlearn.stacked.fit_stacked`
+    against one after another.
+``neural cleanse``
+    all classes reverse-engineered in one batched run against one class at a time,
+    when :mod:`bdunlearn.defenses` provides it.
+
+Every figure is the best of ``--repeats`` interleaved runs after a warm-up, so a busy
+machine lowers the figures less than it scatters them; the header prints the machine,
+its load average, the torch thread count and the date, so numbers can be compared
+between runs (on a small shared machine ``--threads 1`` gives steadier figures: contending
+intra-op threads can slow training several-fold). Datasets that are not on disk are
+replaced by random uint8 images of the right shape (throughput does not depend on pixel
+values; the table says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime as _dt
+import inspect
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .models import DEFAULT_ARCH, build_model
+from .stacked import fit_many, stackable
+from .train import _channels_last, fit, reference_config, resolve_device
+
+BENCH_DATASETS = ("fmnist", "mnist", "gtsrb", "cifar10")
+_SHAPES = {"fmnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
+           "gtsrb": ((3, 32, 32), 43), "cifar10": ((3, 32, 32), 10),
+           "digits": ((1, 28, 28), 10)}
+BATCH = 100
+
+
+@dataclass
+class Settings:
+    """How long to measure. ``budget`` is the target seconds of one timed run."""
+
+    budget: float = 4.0
+    repeats: int = 3
+    sisa_budget: float = 20.0
+    shards: tuple[int, ...] = (1, 5, 10, 20)
+    sisa_datasets: int | None = None  # None: every dataset; k: the first k
+    stacked_shards: tuple[int, ...] = (5, 10, 20)
+    nc_steps: int = 100
+    nc_samples: int = 200
+    nc_datasets: int | None = None  # None: every dataset; k: the first k
+
+    @classmethod
+    def quick(cls) -> "Settings":
+        return cls(budget=0.8, repeats=2, sisa_budget=1.2, sisa_datasets=1,
+                   stacked_shards=(5,), nc_steps=10, nc_samples=100, nc_datasets=1)
+
+
+@dataclass
+class Row:
+    dataset: str
+    arch: str
+    figure: str
+    value: float | None
+    unit: str
+    detail: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ machine and data
+
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        info["load"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        info["load"] = "n/a"
+    return info
+
+
+def bench_data(name: str, n: int, seed: int = 0):
+    """``(x, y, source)``: the real training set when on disk, else random uint8 images."""
+    try:
+        from .data import load
+
+        ds = load(name)
+        x, y = ds.x_train, ds.y_train
+        if len(y) >= n:
+            idx = torch.from_numpy(np.random.default_rng(seed).permutation(len(y))[:n])
+            return x[idx], y[idx], "real"
+        reps = -(-n // len(y))
+        return x.repeat(reps, 1, 1, 1)[:n], y.repeat(reps)[:n], "real (repeated)"
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError):
+        shape, k = _SHAPES[name]
+        g = torch.Generator().manual_seed(seed)
+        return (torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g),
+                torch.randint(0, k, (n,), generator=g), "random")
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _timed(fn, dev) -> float:
+    _sync(dev)
+    t = time.perf_counter()
+    fn()
+    _sync(dev)
+    return time.perf_counter() - t
+
+
+# ------------------------------------------------------------------ the three training loops
+
+def bare_loop(model, xf, y, cfg, dev, channels_last: bool):
+    """Forward/backward/step of ``model`` over float batches already in memory."""
+    model.to(dev).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    for xb, yb in zip(xf.split(BATCH), y.split(BATCH)):
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+
+
+class PerSampleDataset(torch.utils.data.Dataset):
+    """The conventional pipeline: uint8 image -> PIL -> (crop, flip) -> float -> normalise."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean, std, crop: bool, flip: bool,
+                 seed: int = 0):
+        self.x = x.permute(0, 2, 3, 1).numpy()  # HWC, as images on disk decode
+        self.y = y.numpy()
+        self.mean = np.asarray(mean, np.float32)[:, None, None]
+        self.std = np.asarray(std, np.float32)[:, None, None]
+        self.crop, self.flip = crop, flip
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        from PIL import Image, ImageOps
+
+        arr = self.x[i]
+        img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+        if self.crop:
+            w, h = img.size
+            img = ImageOps.expand(img, border=4, fill=0)
+            dx, dy = self.rng.integers(0, 9, size=2)
+            img = img.crop((int(dx), int(dy), int(dx) + w, int(dy) + h))
+        if self.flip and self.rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        a = np.asarray(img, dtype=np.float32) / 255.0
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        return torch.from_numpy((a - self.mean) / self.std), int(self.y[i])
+
+
+def dataloader_loop(model, x, y, cfg, dev, seed: int = 0):
+    """One epoch the conventional way: per-sample PIL conversion, ``num_workers=0``."""
+    net = model.net.to(dev).train()  # the pipeline normalises, so skip the wrapper's step
+    ds = PerSampleDataset(x, y, model.mean.flatten().tolist(), model.std.flatten().tolist(),
+                          cfg.crop, cfg.flip, seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=0,
+                                         generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    for xb, yb in loader:
+        xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+        loss = F.cross_entropy(net(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+# ------------------------------------------------------------------ figures
+
+def _size_for(rate: float, budget: float, cap: int, min_batches: int = 2) -> int:
+    n = int(rate * budget) // BATCH * BATCH
+    return int(max(min_batches * BATCH, min(n, cap)))
+
+
+def throughput_rows(name: str, dev, st: Settings, cap: int = 60000) -> tuple[list[Row], float]:
+    arch = DEFAULT_ARCH[name]
+    shape, k = _SHAPES[name]
+    cfg = reference_config(name, epochs=1, batch_size=BATCH)
+    channels_last = _channels_last(build_model(arch, shape, k), dev)  # the engine's choice
+    # Warm-up (kernel selection, allocator) and calibration of the sample count.
+    xw, yw, _ = bench_data(name, 3 * BATCH)
+    fit(build_model(arch, shape, k, seed=0), xw, yw, cfg, seed=0, device=dev)
+    m = build_model(arch, shape, k, seed=0)
+    xf = (xw.float() / 255).to(dev)
+    if channels_last:
+        xf = xf.contiguous(memory_format=torch.channels_last)
+    bare_loop(m, xf[:BATCH], yw[:BATCH].to(dev), cfg, dev, channels_last)
+    rate = 2 * BATCH / _timed(lambda: bare_loop(m, xf[BATCH:], yw[BATCH:].to(dev), cfg, dev,
+                                                channels_last), dev)
+    n = _size_for(rate, st.budget, cap)
+    x, y, source = bench_data(name, n)
+    xf = (x.float() / 255).to(dev)
+    xf_cl = xf.contiguous(memory_format=torch.channels_last) if channels_last else xf
+    yd = y.to(dev)
+    dataloader_loop(build_model(arch, shape, k, seed=0), x[:BATCH], y[:BATCH], cfg, dev)
+    t_eng, t_bare, t_plain, t_dl = [], [], [], []
+    for r in range(st.repeats):  # interleaved, best of each
+        t_eng.append(_timed(lambda: fit(build_model(arch, shape, k, seed=r), x, y, cfg,
+                                        seed=r, device=dev), dev))
+        t_bare.append(_timed(lambda: bare_loop(build_model(arch, shape, k, seed=r), xf_cl, yd,
+                                               cfg, dev, channels_last), dev))
+        if channels_last:
+            t_plain.append(_timed(lambda: bare_loop(build_model(arch, shape, k, seed=r), xf,
+                                                    yd, cfg, dev, False), dev))
+        t_dl.append(_timed(lambda: dataloader_loop(build_model(arch, shape, k, seed=r), x, y,
+                                                   cfg, dev, seed=r), dev))
+    eng, bare, dl = n / min(t_eng), n / min(t_bare), n / min(t_dl)
+    aug = "+".join(a for a, on in (("crop", cfg.crop), ("flip", cfg.flip)) if on) or "none"
+    layout = "channels-last" if channels_last else "default layout"
+    rows = [
+        Row(name, arch, "engine throughput", eng, "samples/s",
+            f"train.fit, {n} {source} samples, augmentation {aug}"),
+        Row(name, arch, "bare loop throughput", bare, "samples/s",
+            f"float tensor in memory, {layout}"),
+    ]
+    if channels_last:
+        rows.append(Row(name, arch, "bare loop, default layout", n / min(t_plain),
+                        "samples/s", "the same loop without channels-last"))
+    rows += [
+        Row(name, arch, "engine overhead", 100 * (bare / eng - 1), "%",
+            "time over the bare loop (target <= 10 on CPU)"),
+        Row(name, arch, "engine vs DataLoader", eng / dl, "x",
+            f"per-sample PIL DataLoader at {dl:.0f} samples/s"),
+    ]
+    return rows, eng
+
+
+def _sisa_service(x, y, name, cfg, shards, dev):
+    from .sisa import SisaService
+
+    shape, k = _SHAPES[name]
+    kw = dict(arch=DEFAULT_ARCH[name], num_classes=k, cfg=cfg, shards=shards, slices=1,
+              seed=0, cache_dir=None, device=dev)
+    if "shape" in inspect.signature(SisaService).parameters:
+        kw["shape"] = shape
+    return SisaService(x, y, **kw)
+
+
+def sisa_rows(name: str, dev, st: Settings, rate: float) -> list[Row]:
+    """One request touching 1 of S shards against a full retrain (S = 1 is the retrain)."""
+    try:
+        from . import sisa  # noqa: F401
+    except ImportError as exc:
+        return [Row(name, DEFAULT_ARCH[name], "sisa", None, "", f"skipped: {exc}")]
+    cfg = reference_config(name, epochs=1, batch_size=BATCH)
+    n = _size_for(rate, st.sisa_budget, 60000, min_batches=max(st.shards))
+    x, y, source = bench_data(name, n)
+    rows, full = [], None
+    for s in sorted(set(st.shards) | {1}):
+        svc = _sisa_service(x, y, name, cfg, s, dev)
+        svc.fit()
+        # ``repeats`` requests of one id each; every one touches exactly one shard.
+        costs = [svc.unlearn([i]) for i in range(st.repeats)]
+        cost = min(costs, key=lambda c: c.seconds)
+        if s == 1:  # every S=1 request, and the S=1 fit, is a full retrain
+            full = cost
+            fit_cost = getattr(svc, "fit_cost", None)
+            if fit_cost is not None and fit_cost.seconds < full.seconds:
+                full = dataclasses.replace(cost, seconds=fit_cost.seconds)
+        if s not in st.shards:
+            continue
+        rows.append(Row(
+            name, DEFAULT_ARCH[name], f"sisa request, S={s}", cost.seconds / full.seconds, "x",
+            f"{cost.seconds:.2f} s vs {full.seconds:.2f} s full retrain; sample-epochs "
+            f"{cost.sample_epochs}/{full.sample_epochs} = "
+            f"{cost.sample_epochs / full.sample_epochs:.3f}; {n} {source} samples, 1 epoch",
+            {"sample_epoch_ratio": cost.sample_epochs / full.sample_epochs,
+             "seconds": cost.seconds, "full_seconds": full.seconds,
+             "shards_retrained": cost.shards_retrained}))
+    return rows
+
+
+def stacked_rows(name: str, dev, st: Settings, rate: float, force: bool) -> list[Row]:
+    arch = DEFAULT_ARCH[name]
+    shape, k = _SHAPES[name]
+    if dev.type != "cuda" and not force:
+        return [Row(name, arch, "stacked vs sequential", None, "",
+                    "skipped on CPU: fit_many trains one model after another there "
+                    "(pass --stacked to measure anyway)")]
+    probe = [build_model(arch, shape, k), build_model(arch, shape, k)]
+    if not stackable(probe):
+        return [Row(name, arch, "stacked vs sequential", None, "",
+                    "not stackable (batch norm or dropout): fit_many trains sequentially")]
+    cfg = reference_config(name, epochs=1, batch_size=BATCH)
+    rows = []
+    for s in st.stacked_shards:
+        n = _size_for(rate, st.budget, 60000, min_batches=s)
+        x, y, source = bench_data(name, n)
+        parts = [torch.from_numpy(p) for p in np.array_split(np.arange(n), s)]
+        xs, ys = [x[p] for p in parts], [y[p] for p in parts]
+        seeds = list(range(s))
+
+        def run(stacked):
+            models = [build_model(arch, shape, k, seed=i) for i in range(s)]
+            fit_many(models, xs, ys, cfg, seeds=seeds, device=dev, stacked=stacked)
+
+        run(True)  # warm-up
+        t_stk, t_seq = [], []
+        for _ in range(st.repeats):
+            t_stk.append(_timed(lambda: run(True), dev))
+            t_seq.append(_timed(lambda: run(False), dev))
+        rows.append(Row(name, arch, f"stacked vs sequential, S={s}", min(t_seq) / min(t_stk),
+                        "x", f"{min(t_stk):.2f} s stacked vs {min(t_seq):.2f} s one after "
+                        f"another; {n} {source} samples, 1 epoch"))
+    return rows
+
+
+def neural_cleanse_rows(name: str, dev, st: Settings) -> list[Row]:
+    arch = DEFAULT_ARCH[name]
+    try:
+        from .defenses import DEFENSES, DefenderView, run_defense
+    except ImportError as exc:
+        return [Row(name, arch, "neural cleanse batched", None, "",
+                    f"skipped: bdunlearn.defenses is not available ({exc})")]
+    if "neural_cleanse" not in DEFENSES:
+        return [Row(name, arch, "neural cleanse batched", None, "",
+                    "skipped: no defense named 'neural_cleanse' is registered")]
+    shape, k = _SHAPES[name]
+    x, y, source = bench_data(name, st.nc_samples)
+    model = build_model(arch, shape, k, seed=0)
+    fit(model, x, y, reference_config(name, epochs=1, batch_size=BATCH), seed=0, device=dev)
+    view = DefenderView(model, x, y, num_classes=k, device=dev)
+    times = {}
+    for batched in (True, False):
+        call = lambda: run_defense("neural_cleanse", view, batched=batched,  # noqa: E731
+                                   steps=st.nc_steps)
+        run_defense("neural_cleanse", view, batched=batched, steps=1)  # warm-up
+        times[batched] = min(_timed(call, dev) for _ in range(max(1, st.repeats - 1)))
+    return [Row(name, arch, "neural cleanse batched vs per class", times[False] / times[True],
+                "x", f"{times[True]:.2f} s all {k} classes at once vs {times[False]:.2f} s "
+                f"one class at a time; at most {st.nc_steps} steps, {len(y)} {source} "
+                "clean samples")]
+
+
+# ------------------------------------------------------------------ driver and printing
+
+def run_benchmark(datasets=("fmnist",), device="auto", quick: bool = False,
+                  settings: Settings | None = None, stacked_on_cpu: bool = False,
+                  log=print) -> tuple[dict, list[Row]]:
+    """Measure every figure for ``datasets``; return the machine info and the rows."""
+    datasets = list(datasets)
+    if not datasets:
+        raise ValueError("no dataset given; choose from " + ", ".join(BENCH_DATASETS))
+    for d in datasets:
+        if d not in _SHAPES:
+            raise ValueError(f"unknown dataset {d!r}; choose from {', '.join(BENCH_DATASETS)}")
+    dev = resolve_device(device)
+    st = settings or (Settings.quick() if quick else Settings())
+    info = machine_info(dev)
+    rows: list[Row] = []
+    for i, name in enumerate(datasets):
+        log(f"[bench] {name}: throughput ...", file=sys.stderr)
+        got, rate = throughput_rows(name, dev, st)
+        rows += got
+        if st.sisa_datasets is None or i < st.sisa_datasets:
+            log(f"[bench] {name}: SISA requests ...", file=sys.stderr)
+            rows += sisa_rows(name, dev, st, rate)
+        else:
+            rows.append(Row(name, DEFAULT_ARCH[name], "sisa request", None, "",
+                            "skipped in --quick (first dataset only)"))
+        log(f"[bench] {name}: stacked training ...", file=sys.stderr)
+        rows += stacked_rows(name, dev, st, rate, stacked_on_cpu)
+        if st.nc_datasets is None or i < st.nc_datasets:
+            log(f"[bench] {name}: Neural Cleanse ...", file=sys.stderr)
+            rows += neural_cleanse_rows(name, dev, st)
+        else:
+            rows.append(Row(name, DEFAULT_ARCH[name], "neural cleanse batched", None, "",
+                            "skipped in --quick (first dataset only)"))
+    info["load_after"] = machine_info(dev)["load"]
+    return info, rows
+
+
+def _busy(info: dict) -> bool:
+    try:
+        loads = [float(v) for v in (info["load"] + " " + info.get("load_after", "")).split()]
+    except (ValueError, KeyError):
+        return False
+    return bool(loads) and max(loads) > 0.5 * (info.get("cores") or 1)
+
+
+def format_table(info: dict, rows: list[Row]) -> str:
+    head = [f"bdunlearn benchmark  {info['date']}",
+            f"cpu: {info['cpu']}, {info['cores']} cores, torch threads {info['threads']}",
+            f"torch {info['torch']}, python {info['python']}, device {info['device']}"
+            + (f" ({info['gpu']})" if "gpu" in info else ""),
+            f"load average before: {info['load']}, after: {info.get('load_after', 'n/a')}"]
+    if _busy(info):
+        head.append("note: the machine was busy (load average above half the cores); "
+                    "figures are noisy" + ("" if info["threads"] == 1 else
+                                           ", and --threads 1 gives steadier ones"))
+    head.append("")
+    cols = ("dataset", "model", "figure", "value", "detail")
+    body = []
+    for r in rows:
+        if r.value is None:
+            val = "-"
+        elif r.unit == "x":
+            val = f"{r.value:.2f}x"
+        elif r.unit == "%":
+            val = f"{r.value:+.1f}%"
+        else:
+            val = f"{r.value:,.0f} {r.unit}"
+        body.append((r.dataset, r.arch, r.figure, val, r.detail))
+    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c)
+              for i, c in enumerate(cols[:-1])]
+    line = lambda cells: "  ".join(  # noqa: E731
+        [c.ljust(w) if i != 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        + [cells[-1]])
+    out = head + [line(cols), line(["-" * w for w in widths] + ["-" * 6])]
+    out += [line(b) for b in body]
+    return "\n".join(out)
+
+
+def write_csv(path: str, info: dict, rows: list[Row]) -> None:
+    fields = ["date", "cpu", "cores", "threads", "torch", "device", "dataset", "model",
+              "figure", "value", "unit", "detail", "extra"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({"date": info["date"], "cpu": info["cpu"], "cores": info["cores"],
+                        "threads": info["threads"], "torch": info["torch"],
+                        "device": info["device"], "dataset": r.dataset, "model": r.arch,
+                        "figure": r.figure, "value": "" if r.value is None else r.value,
+                        "unit": r.unit, "detail": r.detail,
+                        "extra": json.dumps(r.extra) if r.extra else ""})
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated integers") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must list positive integers")
+    return vals
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bdunlearn.bench",
+                                description="Print the performance figures of SPEC section 8.")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--datasets", default=",".join(BENCH_DATASETS),
+                   help="comma-separated, from " + ", ".join(BENCH_DATASETS))
+    p.add_argument("--quick", action="store_true",
+                   help="short runs (about two minutes on two CPU cores)")
+    p.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--repeats", type=int, help="timed repeats per figure (best is kept)")
+    p.add_argument("--shards", type=_int_list, help="SISA shard counts, e.g. 1,5,10,20")
+    p.add_argument("--stacked", action="store_true",
+                   help="measure stacked training on the CPU too")
+    args = p.parse_args(argv)
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    bad = [d for d in datasets if d not in _SHAPES]
+    if bad or not datasets:
+        p.error(f"unknown dataset {bad[0] if bad else args.datasets!r}; choose from "
+                + ", ".join(BENCH_DATASETS))
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads {args.threads} must be a positive integer")
+        torch.set_num_threads(args.threads)
+    if args.repeats is not None and args.repeats < 1:
+        p.error(f"--repeats {args.repeats} must be a positive integer")
+    st = Settings.quick() if args.quick else Settings()
+    if args.repeats:
+        st.repeats = args.repeats
+    if args.shards:
+        st.shards = args.shards
+    try:
+        info, rows = run_benchmark(datasets, args.device, args.quick, st, args.stacked)
+    except ValueError as exc:
+        p.error(str(exc))
+    print(format_table(info, rows))
+    if args.csv:
+        write_csv(args.csv, info, rows)
+        print(f"\nwrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
