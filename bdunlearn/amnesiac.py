@@ -67,8 +67,9 @@ class AmnesiacService:
         fit(self.model, self.x, self.y, self.cfg, seed=derive_seed(self.seed, "train", 0, 0),
             device=self.device, watch=mask, on_update=self._record, progress=self.progress,
             desc="amnesiac training")
-        self.fit_cost = RequestCost(0, 0, 1, 1, len(self.y) * self.cfg.epochs,
-                                    time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.fit_cost = RequestCost(0, 0, 1, 1, len(self.y) * self.cfg.epochs, seconds,
+                                    wall_seconds=seconds)
         return self
 
     def unlearn(self, ids) -> RequestCost:
@@ -96,7 +97,8 @@ class AmnesiacService:
             sub = keep[torch.from_numpy(np.sort(gen.choice(len(keep), n_ft, replace=False)))]
             fit(self.model, self.x[sub], self.y[sub], self.cfg, epochs=1,
                 seed=derive_seed(self.seed, "finetune", len(self.log)), device=self.device)
-        cost = RequestCost(len(arr), 0, 1, 0, n_ft, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        cost = RequestCost(len(arr), 0, 1, 0, n_ft, seconds, wall_seconds=seconds)
         self.log.append(cost)
         return cost
 

@@ -73,7 +73,7 @@ def _take(x, y, n, gen):
         return x, y
     if n < 1:
         raise ValueError(f"subset size {n} must be a positive number of samples")
-    idx = gen.permutation(len(y))[:n]
+    idx = gen.permutation(len(y))[:n]  # experiment.defender_pool relies on this draw
     idx = torch.from_numpy(np.sort(idx))
     return x[idx], y[idx]
 

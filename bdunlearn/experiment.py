@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import attack as attacks
 from .amnesiac import AmnesiacService
@@ -153,3 +154,36 @@ def save_table(df: pd.DataFrame, stem: str, results_dir: Path, columns=None) -> 
     path = Path(results_dir) / f"{stem}.csv"
     df.to_csv(path, index=False)
     return path
+
+
+def defender_pool(p: dict, n: int, seed: int = 0):
+    """``n`` clean images a defender holds, disjoint from the training subset.
+
+    They come from the training split's images outside ``train_subset`` (class-stratified
+    and seeded). With the whole training split in use, they come from the test split and
+    overlap the evaluation images (said in the notebooks that use them).
+    """
+    full = load(p["dataset"], p.get("data_root"))
+    n_sub = p.get("train_subset")
+    if n_sub is not None and n_sub < len(full.y_train):
+        rest = np.random.default_rng(0).permutation(len(full.y_train))[n_sub:]
+        x, y = full.x_train[torch.from_numpy(rest)], full.y_train[torch.from_numpy(rest)]
+    else:
+        x, y = full.x_test, full.y_test
+    if n > len(y):
+        raise ValueError(f"a defender pool of {n} images is more than the {len(y)} available")
+    rng = np.random.default_rng([seed, 21])
+    per = [rng.permutation(np.flatnonzero(y.numpy() == c)) for c in range(full.num_classes)]
+    picked = np.concatenate([idx[: n // full.num_classes + (c < n % full.num_classes)]
+                             for c, idx in enumerate(per)])
+    picked = torch.from_numpy(rng.permutation(picked))
+    return x[picked], y[picked]
+
+
+def defend(model, name: str, x_clean, y_clean, num_classes: int, *, seed: int, device,
+           trigger=None, **knobs):
+    """Run defense ``name`` on a copy of ``model`` with only defender data."""
+    from .defenses import DefenderView, run_defense
+
+    view = DefenderView(model, x_clean, y_clean, num_classes, trigger=trigger, device=device)
+    return run_defense(name, view, seed=seed, **knobs)

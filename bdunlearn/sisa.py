@@ -78,7 +78,14 @@ def save_atomic(obj, path: Path) -> None:
 
 @dataclass
 class RequestCost:
-    """What serving one request cost."""
+    """What serving one request cost.
+
+    ``slices_retrained``, ``sample_epochs`` and ``seconds`` count the training the request
+    needs, including slices an earlier run already trained and left in the cache (their
+    recorded training time is counted), so the figures do not depend on the cache.
+    ``cache_hits`` says how many of the needed checkpoints were found; ``wall_seconds`` is
+    what this call took.
+    """
 
     requested: int
     refused: int
@@ -87,6 +94,7 @@ class RequestCost:
     sample_epochs: int
     seconds: float
     cache_hits: int = 0
+    wall_seconds: float = 0.0
 
 
 class SisaService:
@@ -191,56 +199,74 @@ class SisaService:
         return build_model(self.arch, tuple(self.x.shape[1:]), self.num_classes,
                            seed=derive_seed(self.seed, "init", shard))
 
-    def _load(self, key: str, model: torch.nn.Module) -> bool:
-        """Load checkpoint ``key`` into ``model``; False when missing, corrupt or mismatched."""
+    def _load(self, key: str, model: torch.nn.Module) -> float | None:
+        """Load checkpoint ``key`` into ``model`` and return the recorded training seconds
+        of its slices ``0..l``;
+        ``None`` when it is missing, corrupt or mismatched (the caller retrains it)."""
         if key in self._memory:
-            model.load_state_dict(self._memory[key])
-            return True
+            state, seconds = self._memory[key]
+            model.load_state_dict(state)
+            return seconds
         path = self._path(key)
         if path is None or not path.is_file():
-            return False
+            return None
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             if blob.get("key") != key:
                 raise ValueError("checkpoint key mismatch")
             model.load_state_dict(blob["state"])
+            seconds = float(blob.get("seconds", 0.0))
         except Exception:
             path.unlink(missing_ok=True)  # corrupt or foreign: retrain it
-            return False
-        self._memory[key] = blob["state"]
-        return True
+            return None
+        self._memory[key] = (blob["state"], seconds)
+        return seconds
 
-    def _store(self, key: str, model: torch.nn.Module) -> None:
+    def _store(self, key: str, model: torch.nn.Module, seconds: float) -> None:
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        self._memory[key] = state
+        self._memory[key] = (state, seconds)
         path = self._path(key)
         if path is not None:
-            save_atomic({"key": key, "state": state}, path)
+            save_atomic({"key": key, "state": state, "seconds": seconds}, path)
 
-    def _train_shard(self, shard: int, cost: RequestCost | None = None) -> None:
-        """Bring ``shard`` up to date: load cached slices, train the rest."""
+    def _train_shard(self, shard: int, cost: RequestCost, dirty: int | None = None) -> None:
+        """Bring ``shard`` up to date: load cached slices, train the rest.
+
+        ``dirty`` is the first slice a request changed: from it on, slices count as
+        retrained in ``cost`` even when an earlier run left them in the cache.
+        """
         model = self._new_model(shard)
         keys = [self._key(shard, l) for l in range(self.slices)]
-        start = 0
+        start, loaded = 0, None
         for l in range(self.slices - 1, -1, -1):
-            if self._load(keys[l], model):
+            loaded = self._load(keys[l], model)
+            if loaded is not None:
                 start = l + 1
                 break
-        if cost is not None:
-            cost.cache_hits += start
+        cost.cache_hits += start
+        chain = loaded or 0.0  # checkpoints record the training seconds of slices 0..l
+        if dirty is not None and start > dirty:  # needed slices found in the cache
+            for l in range(dirty, start):
+                cost.slices_retrained += 1
+                cost.sample_epochs += len(self.retained(shard, l)) * self.epochs[l]
+            clean = self._memory.get(keys[dirty - 1], (None, 0.0))[1] if dirty else 0.0
+            cost.seconds += chain - clean
         done_epochs = sum(self.epochs[:start])
         for l in range(start, self.slices):
             ids = self.retained(shard, l)
             ids_t = torch.from_numpy(ids)
+            t0 = time.perf_counter()
             fit(model, self.x[ids_t], self.y[ids_t], self.cfg,
                 seed=derive_seed(self.seed, "train", shard, l), device=self.device,
                 epochs=self.epochs[l], epoch_offset=done_epochs,
                 desc=f"shard {shard} slice {l}")
+            seconds = time.perf_counter() - t0
+            chain += seconds
             done_epochs += self.epochs[l]
-            self._store(keys[l], model)
-            if cost is not None:
-                cost.slices_retrained += 1
-                cost.sample_epochs += len(ids) * self.epochs[l]
+            self._store(keys[l], model, chain)
+            cost.seconds += seconds
+            cost.slices_retrained += 1
+            cost.sample_epochs += len(ids) * self.epochs[l]
         self.models[shard] = model.to(self.device).eval()
 
     def fit(self) -> "SisaService":
@@ -252,7 +278,7 @@ class SisaService:
             before = cost.slices_retrained
             self._train_shard(s, cost)
             cost.shards_retrained += cost.slices_retrained > before
-        cost.seconds = time.perf_counter() - start
+        cost.wall_seconds = time.perf_counter() - start
         self.fit_cost = cost
         return self
 
@@ -275,9 +301,10 @@ class SisaService:
         cost = RequestCost(len(arr), int(refused.sum()), 0, 0, 0, 0.0)
         self.removed[accepted] = True
         for s in np.unique(self.shard_of[accepted]):
-            self._train_shard(int(s), cost)
+            first = int(self.slice_of[accepted[self.shard_of[accepted] == s]].min())
+            self._train_shard(int(s), cost, dirty=first)
             cost.shards_retrained += 1
-        cost.seconds = time.perf_counter() - start
+        cost.wall_seconds = time.perf_counter() - start
         self.log.append(cost)
         return cost
 

@@ -159,3 +159,14 @@ def test_aggregations(small):
     assert torch.allclose(mean, svc.member_proba(x).mean(0))
     pred = svc.predict(x)
     assert (votes.gather(1, pred[:, None]).squeeze(1) == votes.max(1).values).all()
+
+
+def test_request_cost_does_not_depend_on_the_cache(small, tmp_path):
+    first = make(small, tmp_path).fit()
+    victims = [int(first.layout[0][0][0]), int(first.layout[2][0][0])]
+    fresh = first.unlearn(victims)
+    replay = make(small, tmp_path).fit().unlearn(victims)  # same request, all cached
+    assert fresh.cache_hits == 0 and replay.cache_hits == 2
+    assert (replay.shards_retrained, replay.slices_retrained, replay.sample_epochs) == \
+        (fresh.shards_retrained, fresh.slices_retrained, fresh.sample_epochs) == (2, 2, 2 * 199 * 2)
+    assert replay.seconds == pytest.approx(fresh.seconds) and replay.wall_seconds < fresh.seconds
