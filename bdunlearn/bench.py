@@ -19,8 +19,7 @@ For the reference model of each dataset, at batch 100:
     ``k`` constituent models trained together by :func:`bdunlearn.stacked.fit_stacked`
     against one after another.
 ``neural cleanse``
-    all classes reverse-engineered in one batched run against one class at a time,
-    when :mod:`bdunlearn.defenses` provides it.
+    all classes reverse-engineered in one batched run against one class at a time.
 
 Every figure is the best of ``--repeats`` interleaved runs after a warm-up, so a busy
 machine lowers the figures less than it scatters them; the header prints the machine,
@@ -37,7 +36,6 @@ import argparse
 import csv
 import dataclasses
 import datetime as _dt
-import inspect
 import json
 import os
 import platform
@@ -49,7 +47,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .defenses import DefenderView, run_defense
 from .models import DEFAULT_ARCH, build_model
+from .sisa import SisaService
 from .stacked import fit_many, stackable
 from .train import _channels_last, fit, reference_config, resolve_device
 
@@ -275,38 +275,22 @@ def throughput_rows(name: str, dev, st: Settings, cap: int = 60000) -> tuple[lis
     return rows, eng
 
 
-def _sisa_service(x, y, name, cfg, shards, dev):
-    from .sisa import SisaService
-
-    shape, k = _SHAPES[name]
-    kw = dict(arch=DEFAULT_ARCH[name], num_classes=k, cfg=cfg, shards=shards, slices=1,
-              seed=0, cache_dir=None, device=dev)
-    if "shape" in inspect.signature(SisaService).parameters:
-        kw["shape"] = shape
-    return SisaService(x, y, **kw)
-
-
 def sisa_rows(name: str, dev, st: Settings, rate: float) -> list[Row]:
     """One request touching 1 of S shards against a full retrain (S = 1 is the retrain)."""
-    try:
-        from . import sisa  # noqa: F401
-    except ImportError as exc:
-        return [Row(name, DEFAULT_ARCH[name], "sisa", None, "", f"skipped: {exc}")]
     cfg = reference_config(name, epochs=1, batch_size=BATCH)
     n = _size_for(rate, st.sisa_budget, 60000, min_batches=max(st.shards))
     x, y, source = bench_data(name, n)
     rows, full = [], None
     for s in sorted(set(st.shards) | {1}):
-        svc = _sisa_service(x, y, name, cfg, s, dev)
-        svc.fit()
+        svc = SisaService(x, y, arch=DEFAULT_ARCH[name], num_classes=_SHAPES[name][1],
+                          cfg=cfg, shards=s, seed=0, cache_dir=None, device=dev).fit()
         # ``repeats`` requests of one id each; every one touches exactly one shard.
         costs = [svc.unlearn([i]) for i in range(st.repeats)]
         cost = min(costs, key=lambda c: c.seconds)
         if s == 1:  # every S=1 request, and the S=1 fit, is a full retrain
             full = cost
-            fit_cost = getattr(svc, "fit_cost", None)
-            if fit_cost is not None and fit_cost.seconds < full.seconds:
-                full = dataclasses.replace(cost, seconds=fit_cost.seconds)
+            if svc.fit_cost.seconds < full.seconds:
+                full = dataclasses.replace(cost, seconds=svc.fit_cost.seconds)
         if s not in st.shards:
             continue
         rows.append(Row(
@@ -357,14 +341,6 @@ def stacked_rows(name: str, dev, st: Settings, rate: float, force: bool) -> list
 
 def neural_cleanse_rows(name: str, dev, st: Settings) -> list[Row]:
     arch = DEFAULT_ARCH[name]
-    try:
-        from .defenses import DEFENSES, DefenderView, run_defense
-    except ImportError as exc:
-        return [Row(name, arch, "neural cleanse batched", None, "",
-                    f"skipped: bdunlearn.defenses is not available ({exc})")]
-    if "neural_cleanse" not in DEFENSES:
-        return [Row(name, arch, "neural cleanse batched", None, "",
-                    "skipped: no defense named 'neural_cleanse' is registered")]
     shape, k = _SHAPES[name]
     x, y, source = bench_data(name, st.nc_samples)
     model = build_model(arch, shape, k, seed=0)

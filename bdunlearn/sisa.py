@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .models import build_model
+from .stacked import fit_stacked, stackable
 from .train import TrainConfig, derive_seed, fit, predict_proba, resolve_device
 
 AGGREGATIONS = ("vote", "mean")
@@ -97,19 +98,33 @@ class RequestCost:
     wall_seconds: float = 0.0
 
 
+@dataclass
+class _Job:
+    """One shard being brought up to date: its model, slice keys, first slice to train."""
+
+    shard: int
+    model: torch.nn.Module
+    keys: list
+    start: int
+    chain: float
+
+
 class SisaService:
     """An unlearning service over ``x`` (uint8 images) and ``y`` with ids ``0..N-1``.
 
     ``requestable`` limits which ids may be unlearned (the requesting contributor's own
     samples); ``screen`` is an optional request filter ``screen(service, ids) -> bool mask``
     of ids to refuse (see :mod:`bdunlearn.detect`). ``cache_dir=None`` keeps checkpoints in
-    memory only; ``"auto"`` uses :func:`default_cache_dir`.
+    memory only; ``"auto"`` uses :func:`default_cache_dir`. ``stacked="auto"`` trains the
+    shards a fit or request touches together on a CUDA device when the architecture allows
+    it (:func:`bdunlearn.stacked.fit_stacked`) and one after another otherwise; ``True`` or
+    ``False`` insist.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, arch: str, num_classes: int,
                  cfg: TrainConfig, shards: int = 1, slices: int = 1, seed: int = 0,
                  cache_dir=None, device="auto", aggregation: str = "vote",
-                 requestable=None, screen=None, progress: bool = False):
+                 requestable=None, screen=None, stacked="auto", progress: bool = False):
         n = len(y)
         if x.dtype != torch.uint8 or x.dim() != 4 or len(x) != n:
             raise ValueError("x must be uint8 images (N, C, H, W) with one label per image in y")
@@ -120,12 +135,15 @@ class SisaService:
             raise ValueError(f"{shards} shards x {slices} slices is more than the {n} samples")
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; use 'vote' or 'mean'")
+        if stacked not in ("auto", True, False):
+            raise ValueError(f"stacked={stacked!r} must be 'auto', True or False")
         self.x, self.y = x, y
         self.arch, self.num_classes, self.cfg = arch, int(num_classes), cfg
         self.shards, self.slices, self.seed = int(shards), int(slices), int(seed)
         self.device = resolve_device(device)
         self.aggregation = aggregation
         self.progress = progress
+        self.stacked = stacked
         self.screen = screen
         self.cache_dir = default_cache_dir() if cache_dir == "auto" else (
             Path(cache_dir) if cache_dir is not None else None)
@@ -147,6 +165,11 @@ class SisaService:
         self.models: list[torch.nn.Module | None] = [None] * self.shards
         self.log: list[RequestCost] = []
         self.refused: list[int] = []
+        probe = self._new_model(0)
+        self._stackable = stackable([probe, probe])
+        if stacked is True and not self._stackable:
+            raise ValueError(f"stacked=True, but {arch} cannot be trained stacked (it has "
+                             "batch norm or dropout); use stacked='auto' or False")
         self._config = {"arch": arch, "shape": list(x.shape[1:]), "classes": self.num_classes,
                         "cfg": cfg.as_dict(), "seed": self.seed, "shards": self.shards,
                         "slices": self.slices, "data": data_fingerprint(x, y),
@@ -229,8 +252,8 @@ class SisaService:
         if path is not None:
             save_atomic({"key": key, "state": state, "seconds": seconds}, path)
 
-    def _train_shard(self, shard: int, cost: RequestCost, dirty: int | None = None) -> None:
-        """Bring ``shard`` up to date: load cached slices, train the rest.
+    def _resume(self, shard: int, cost: RequestCost, dirty: int | None) -> "_Job":
+        """Load the newest cached slice of ``shard``; account for the slices it spares.
 
         ``dirty`` is the first slice a request changed: from it on, slices count as
         retrained in ``cost`` even when an earlier run left them in the cache.
@@ -251,33 +274,60 @@ class SisaService:
                 cost.sample_epochs += len(self.retained(shard, l)) * self.epochs[l]
             clean = self._memory.get(keys[dirty - 1], (None, 0.0))[1] if dirty else 0.0
             cost.seconds += chain - clean
-        done_epochs = sum(self.epochs[:start])
-        for l in range(start, self.slices):
-            ids = self.retained(shard, l)
-            ids_t = torch.from_numpy(ids)
-            t0 = time.perf_counter()
-            fit(model, self.x[ids_t], self.y[ids_t], self.cfg,
-                seed=derive_seed(self.seed, "train", shard, l), device=self.device,
-                epochs=self.epochs[l], epoch_offset=done_epochs,
-                desc=f"shard {shard} slice {l}")
-            seconds = time.perf_counter() - t0
-            chain += seconds
-            done_epochs += self.epochs[l]
-            self._store(keys[l], model, chain)
-            cost.seconds += seconds
-            cost.slices_retrained += 1
-            cost.sample_epochs += len(ids) * self.epochs[l]
-        self.models[shard] = model.to(self.device).eval()
+        return _Job(shard, model, keys, start, chain)
+
+    def _train_shards(self, shards, cost: RequestCost, dirty: dict | None = None) -> int:
+        """Bring ``shards`` up to date: load cached slices, train the rest.
+
+        Shards train one after another, or slice by slice all together
+        (:func:`bdunlearn.stacked.fit_stacked`) when :attr:`stacked` says so; every slice
+        checkpoint is stored as soon as its model has trained it. Returns how many shards
+        trained anything.
+        """
+        dirty = dirty or {}
+        jobs = [self._resume(s, cost, dirty.get(s)) for s in shards]
+        groups = [jobs] if self._stack(len(jobs)) else [[j] for j in jobs]
+        for group in tqdm(groups, desc="SISA shards", disable=not self.progress or len(groups) < 2,
+                          leave=False):
+            for l in range(self.slices):
+                todo = [j for j in group if j.start <= l]
+                if not todo:
+                    continue
+                ids = [torch.from_numpy(self.retained(j.shard, l)) for j in todo]
+                kw = dict(device=self.device, epochs=self.epochs[l],
+                          epoch_offset=sum(self.epochs[:l]))
+                t0 = time.perf_counter()
+                if len(todo) == 1:
+                    fit(todo[0].model, self.x[ids[0]], self.y[ids[0]], self.cfg,
+                        seed=derive_seed(self.seed, "train", todo[0].shard, l),
+                        desc=f"shard {todo[0].shard} slice {l}", **kw)
+                else:
+                    fit_stacked([j.model for j in todo], [self.x[i] for i in ids],
+                                [self.y[i] for i in ids], self.cfg,
+                                seeds=[derive_seed(self.seed, "train", j.shard, l)
+                                       for j in todo], desc=f"{len(todo)} shards slice {l}",
+                                **kw)
+                share = (time.perf_counter() - t0) / len(todo)
+                for j, i in zip(todo, ids):
+                    j.chain += share
+                    self._store(j.keys[l], j.model, j.chain)
+                    cost.seconds += share
+                    cost.slices_retrained += 1
+                    cost.sample_epochs += len(i) * self.epochs[l]
+        for j in jobs:
+            self.models[j.shard] = j.model.to(self.device).eval()
+        return sum(j.start < self.slices for j in jobs)
+
+    def _stack(self, n: int) -> bool:
+        if n < 2 or self.stacked is False:
+            return False
+        return self.stacked is True or (self.device.type == "cuda" and self._stackable)
 
     def fit(self) -> "SisaService":
         """Train (or load from the cache) every shard's model."""
         cost = RequestCost(0, 0, 0, 0, 0, 0.0)
         start = time.perf_counter()
-        for s in tqdm(range(self.shards), desc="SISA shards", disable=not self.progress,
-                      leave=False):
-            before = cost.slices_retrained
-            self._train_shard(s, cost)
-            cost.shards_retrained += cost.slices_retrained > before
+        cost.shards_retrained = self._train_shards(range(self.shards), cost)
         cost.wall_seconds = time.perf_counter() - start
         self.fit_cost = cost
         return self
@@ -300,10 +350,10 @@ class SisaService:
         accepted = arr[~refused]
         cost = RequestCost(len(arr), int(refused.sum()), 0, 0, 0, 0.0)
         self.removed[accepted] = True
-        for s in np.unique(self.shard_of[accepted]):
-            first = int(self.slice_of[accepted[self.shard_of[accepted] == s]].min())
-            self._train_shard(int(s), cost, dirty=first)
-            cost.shards_retrained += 1
+        dirty = {int(s): int(self.slice_of[accepted[self.shard_of[accepted] == s]].min())
+                 for s in np.unique(self.shard_of[accepted])}
+        self._train_shards(sorted(dirty), cost, dirty)
+        cost.shards_retrained = len(dirty)
         cost.wall_seconds = time.perf_counter() - start
         self.log.append(cost)
         return cost

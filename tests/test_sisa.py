@@ -170,3 +170,18 @@ def test_request_cost_does_not_depend_on_the_cache(small, tmp_path):
     assert (replay.shards_retrained, replay.slices_retrained, replay.sample_epochs) == \
         (fresh.shards_retrained, fresh.slices_retrained, fresh.sample_epochs) == (2, 2, 2 * 199 * 2)
     assert replay.seconds == pytest.approx(fresh.seconds) and replay.wall_seconds < fresh.seconds
+
+
+def test_shards_trained_together_match_one_by_one(small):
+    kw = dict(shards=3, slices=2)
+    apart = make(small, stacked=False, **kw).fit()
+    together = make(small, stacked=True, **kw).fit()
+    request = np.concatenate([apart.layout[s][1][:2] for s in range(3)])  # every shard
+    costs = [svc.unlearn(request) for svc in (apart, together)]
+    assert costs[0].sample_epochs == costs[1].sample_epochs
+    assert costs[0].shards_retrained == costs[1].shards_retrained == 3
+    for a, b in zip(apart.models, together.models):
+        for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="stacked"):
+        make(small, stacked="yes")
