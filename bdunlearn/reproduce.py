@@ -89,12 +89,18 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
         print(f"    done in {seconds:.0f} s -> {out}", flush=True)
         rows.append({"notebook": nb.stem, "profile": profile, "seconds": round(seconds, 1),
                      "date": dt.date.today().isoformat(), "machine": host})
+        timings = _record(results / "timings.csv", rows)  # kept if a later notebook fails
+    return timings
+
+
+def _record(path: Path, rows: list[dict]) -> pd.DataFrame:
+    """Merge ``rows`` into the timings table at ``path`` (newer rows win) and save it."""
     timings = pd.DataFrame(rows)
-    path = results / "timings.csv"
     if path.is_file():
         old = pd.read_csv(path)
         timings = pd.concat([old[~old.notebook.isin(timings.notebook)], timings])
-    timings.sort_values("notebook").to_csv(path, index=False)
+    timings = timings.sort_values("notebook")
+    timings.to_csv(path, index=False)
     return timings
 
 

@@ -22,8 +22,21 @@ def _read(results: Path, stem: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
+def _points(d: pd.DataFrame) -> str:
+    return f"{100 * (d.clean_acc_after.mean() - d.clean_acc_before.mean()):+.1f} points"
+
+
 def _pct(v: float) -> str:
     return f"{100 * v:.1f}%"
+
+
+def _detection_verdict(auc: pd.Series) -> str:
+    falls = auc.iloc[-1] <= auc.iloc[0] + 0.02
+    if auc.iloc[0] >= 0.8 and falls:
+        return "agrees"
+    if auc.iloc[0] >= 0.6 and falls:
+        return "weaker: above chance, below 0.80; sharding weakens it"
+    return "differs: near chance"
 
 
 def claims(results: Path) -> list[tuple[str, str, str, str]]:
@@ -68,10 +81,11 @@ def claims(results: Path) -> list[tuple[str, str, str, str]]:
             rows.append((f"BAU: {detector.upper()} detects mitigation samples; sharding weakens it",
                          "high AUROC at few shards, falling with more shards",
                          f"AUROC {txt}",
-                         "agrees" if d.iloc[0] >= 0.8 and d.iloc[-1] <= d.iloc[0] else "differs"))
+                         _detection_verdict(d)))
     ovh = _read(results, "03_defense_overhead")
     if ovh is not None and "cumulative_seconds" in ovh:
-        for defense, d in ovh[ovh.setting == "bau"].groupby("defense"):
+        runs = ovh[(ovh.setting == "bau") & ~ovh.defense.str.startswith("screen")]
+        for defense, d in runs.groupby("defense"):
             once = ovh[(ovh.setting == "badnets") & (ovh.defense == defense)].seconds.mean()
             total = d.groupby("requested").seconds.mean().sum()
             rows.append((f"BAU: the attack multiplies the cost of {defense}",
@@ -79,19 +93,46 @@ def claims(results: Path) -> list[tuple[str, str, str, str]]:
                          f"{total:.0f} s over {d.requested.nunique()} runs vs {once:.0f} s once "
                          f"on a classical BadNets model ({total / max(once, 1e-9):.1f}x)",
                          "agrees" if total > 1.5 * once else "differs"))
+        nc = ovh[(ovh.setting == "bau") & (ovh.defense == "neural_cleanse")]
+        if "flagged" in nc and len(nc):
+            flagged = nc[nc.flagged.astype(str) == "True"].requested
+            first = "never" if flagged.empty else f"from {flagged.min()} requests on"
+            rows.append(("BAU: before the requests the backdoor hides from model-level "
+                         "detection", "Neural Cleanse needs the activated backdoor",
+                         f"Neural Cleanse flags the target {first} (runs after "
+                         f"{', '.join(str(k) for k in nc.requested)} requests)",
+                         "agrees" if flagged.empty or flagged.min() > 0 else "differs: the "
+                         "dormant backdoor is found"))
     era = _read(results, "05_backdoor_erasure")
     if era is not None:
-        for defense, claim, paper in (
-                ("baeraser", "BAERASER erases backdoors", "ASR lowered by 99% on average"),
-                ("grad_prune", "Grad-Prune erases backdoors with little data",
-                 "low ASR with 10-100 samples per class, small accuracy loss")):
-            for attack_name, d in era[era.defense == defense].groupby("attack"):
-                drop = 1 - d.asr_after.mean() / max(d.asr_before.mean(), 1e-9)
-                acc = d.clean_acc_before.mean() - d.clean_acc_after.mean()
-                rows.append((f"{claim} ({attack_name})", paper,
-                             f"ASR {_pct(d.asr_before.mean())} -> {_pct(d.asr_after.mean())} "
-                             f"({_pct(drop)} lower), clean accuracy -{100 * acc:.1f} points",
-                             "agrees" if drop >= 0.9 else "weaker"))
+        names = {"bau": "BAU model after activation", "badnets": "classical BadNets"}
+        for attack_name, d in era[era.defense == "baeraser"].groupby("attack"):
+            drop = 1 - d.asr_after.mean() / max(d.asr_before.mean(), 1e-9)
+            rows.append((f"BAERASER erases the backdoor ({names.get(attack_name, attack_name)})",
+                         "ASR lowered by 99% on average, clean accuracy kept",
+                         f"ASR {_pct(d.asr_before.mean())} -> {_pct(d.asr_after.mean())} "
+                         f"({_pct(drop)} lower), clean accuracy {_points(d)}",
+                         "agrees" if drop >= 0.9 else "weaker"))
+        for attack_name, d in era[era.defense == "grad_prune"].groupby("attack"):
+            per = d.groupby("defender_samples")[["asr_after", "clean_acc_after",
+                                                 "clean_acc_before"]].mean()
+            txt = "; ".join(f"{n} images: ASR {_pct(r.asr_after)}, accuracy "
+                            f"{100 * (r.clean_acc_after - r.clean_acc_before):+.1f} points"
+                            for n, r in per.iterrows())
+            best = per.iloc[-1]
+            ok = best.asr_after < 0.1 and best.clean_acc_before - best.clean_acc_after <= 0.1
+            rows.append((f"Grad-Prune erases the backdoor with little data "
+                         f"({names.get(attack_name, attack_name)}, known trigger)",
+                         "low ASR with 10-100 clean samples per class, small accuracy loss",
+                         f"from ASR {_pct(d.asr_before.mean())}: {txt}",
+                         "agrees" if ok else "weaker"))
+        clean = era[(era.attack == "none") & (era.defense == "neural_cleanse")]
+        if len(clean):
+            fp = (clean.flagged_labels > 0).sum()
+            rows.append(("Neural Cleanse does not flag clean models",
+                         "anomaly index below 2 on clean models",
+                         f"{fp} of {len(clean)} clean models flagged",
+                         "agrees" if fp == 0 else "false positives"))
     return rows
 
 
