@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bdunlearn import profiles
+from bdunlearn import data, profiles
 from bdunlearn.data import load
 from bdunlearn.models import build_model
 from bdunlearn.train import (TrainConfig, augment_batch, fit, make_generator, predict,
@@ -63,3 +63,14 @@ def test_profiles(monkeypatch):
     assert profiles.get_profile()["name"] == "default"
     with pytest.raises(ValueError, match="unknown profile 'huge'"):
         profiles.get_profile("huge")
+
+
+@pytest.mark.skipif(not (data.DEBIAN_ROOT / "fashion-mnist").is_dir(),
+                    reason="dataset-fashion-mnist is not installed")
+def test_fmnist_cnn_two_epochs_on_the_full_training_set_reaches_85_percent():
+    ds = load("fmnist")
+    model = build_model("fmnist_cnn", ds.image_shape, 10, seed=0)
+    fit(model, ds.x_train, ds.y_train, reference_config("fmnist", epochs=2), seed=0,
+        device="cpu", progress=False)
+    acc = (predict(model, ds.x_test, device="cpu") == ds.y_test).float().mean().item()
+    assert acc >= 0.85, acc
