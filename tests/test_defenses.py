@@ -149,3 +149,30 @@ def test_baselines_return_results(setup, name, knobs):
     assert isinstance(result, DefenseResult) and result.seconds > 0
     acc, _ = scores(result.model, setup["ds"])
     assert acc > 0.7
+
+
+FAST_KNOBS = {"neural_cleanse": dict(NC_FAST, mitigate=True, unlearn_epochs=1),
+              "baeraser": dict(target=TARGET, gen_epochs=1, unlearn_epochs=1),
+              "grad_prune": dict(samples_per_class=15, finetune_epochs=1),
+              "finetune": dict(epochs=1), "fine_pruning": dict(epochs=1)}
+
+
+@pytest.mark.parametrize("name", sorted(DEFENSES))
+def test_cached_defense_is_loaded_not_rerun(setup, tmp_path, monkeypatch, name):
+    from bdunlearn import defenses, experiment as ex
+
+    trigger = PatchTrigger(4, 1.0) if name == "grad_prune" else None
+    call = lambda seed: ex.defend(setup["backdoored"], name, setup["x"], setup["y"], 10,  # noqa: E731
+                                  seed=seed, device="cpu", trigger=trigger,
+                                  cache_dir=tmp_path, **FAST_KNOBS[name])
+    first = call(0)
+    assert len(list((tmp_path / "defenses").glob("*.pt"))) == 1
+    assert not list((tmp_path / "defenses").glob(".tmp-*"))
+    monkeypatch.setattr(defenses, "run_defense", None)  # a second run must not compute
+    again = call(0)
+    assert again.info["from_cache"] and again.seconds == first.seconds
+    assert (again.flagged, again.target) == (first.flagged, first.target)
+    for p, q in zip(first.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(p, q)
+    with pytest.raises(TypeError):  # another seed is another result: computed, not loaded
+        call(1)
