@@ -22,8 +22,8 @@ def _read(results: Path, stem: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
-def _points(d: pd.DataFrame) -> str:
-    return f"{100 * (d.clean_acc_after.mean() - d.clean_acc_before.mean()):+.1f} points"
+def _points(before: float, after: float) -> str:
+    return f"{100 * (after - before):+.1f} points"
 
 
 def _pct(v: float) -> str:
@@ -93,7 +93,7 @@ def claims(results: Path) -> list[tuple[str, str, str, str]]:
                          f"{total:.0f} s over {d.requested.nunique()} runs vs {once:.0f} s once "
                          f"on a classical BadNets model ({total / max(once, 1e-9):.1f}x)",
                          "agrees" if total > 1.5 * once else "differs"))
-        nc = ovh[(ovh.setting == "bau") & (ovh.defense == "neural_cleanse")]
+        nc = runs[runs.defense == "neural_cleanse"]
         if "flagged" in nc and len(nc):
             flagged = nc[nc.flagged.astype(str) == "True"].requested
             first = "never" if flagged.empty else f"from {flagged.min()} requests on"
@@ -111,13 +111,14 @@ def claims(results: Path) -> list[tuple[str, str, str, str]]:
             rows.append((f"BAERASER erases the backdoor ({names.get(attack_name, attack_name)})",
                          "ASR lowered by 99% on average, clean accuracy kept",
                          f"ASR {_pct(d.asr_before.mean())} -> {_pct(d.asr_after.mean())} "
-                         f"({_pct(drop)} lower), clean accuracy {_points(d)}",
+                         f"({_pct(drop)} lower), clean accuracy "
+                         f"{_points(d.clean_acc_before.mean(), d.clean_acc_after.mean())}",
                          "agrees" if drop >= 0.9 else "weaker"))
         for attack_name, d in era[era.defense == "grad_prune"].groupby("attack"):
             per = d.groupby("defender_samples")[["asr_after", "clean_acc_after",
                                                  "clean_acc_before"]].mean()
             txt = "; ".join(f"{n} images: ASR {_pct(r.asr_after)}, accuracy "
-                            f"{100 * (r.clean_acc_after - r.clean_acc_before):+.1f} points"
+                            f"{_points(r.clean_acc_before, r.clean_acc_after)}"
                             for n, r in per.iterrows())
             best = per.iloc[-1]
             ok = best.asr_after < 0.1 and best.clean_acc_before - best.clean_acc_after <= 0.1
