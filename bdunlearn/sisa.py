@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -165,8 +166,6 @@ class SisaService:
         self.models: list[torch.nn.Module | None] = [None] * self.shards
         self.log: list[RequestCost] = []
         self.refused: list[int] = []
-        probe = self._new_model(0)
-        self._stackable = stackable([probe, probe])
         if stacked is True and not self._stackable:
             raise ValueError(f"stacked=True, but {arch} cannot be trained stacked (it has "
                              "batch norm or dropout); use stacked='auto' or False")
@@ -317,6 +316,12 @@ class SisaService:
         for j in jobs:
             self.models[j.shard] = j.model.to(self.device).eval()
         return sum(j.start < self.slices for j in jobs)
+
+    @cached_property
+    def _stackable(self) -> bool:
+        """Whether the architecture can be trained stacked (built once, only when asked)."""
+        probe = self._new_model(0)
+        return stackable([probe, probe])
 
     def _stack(self, n: int) -> bool:
         if n < 2 or self.stacked is False:
