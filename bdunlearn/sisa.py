@@ -387,3 +387,42 @@ class SisaService:
         probs = self.member_proba(x)
         votes = torch.nn.functional.one_hot(probs.argmax(2), self.num_classes).float().sum(0)
         return (votes + 0.5 * probs.mean(0)).argmax(1)
+
+    # ------------------------------------------------------------------ planning (sweeps)
+    def plan_slices(self, removed=()) -> list[tuple[str, int, int, str | None]]:
+        """``(key, shard, slice, key of slice - 1)`` of every slice checkpoint the models
+        need once the ids ``removed`` are unlearned, in training order.
+
+        Trains nothing and leaves the service as it was; the keys are the ones
+        :meth:`fit` and :meth:`unlearn` look up (see :mod:`bdunlearn.plan`).
+        """
+        saved = self.removed
+        self.removed = np.zeros_like(saved)
+        self.removed[self._as_ids(removed, check_state=False)] = True
+        try:
+            out = []
+            for s in range(self.shards):
+                keys = [self._key(s, l) for l in range(self.slices)]
+                out += [(k, s, l, keys[l - 1] if l else None) for l, k in enumerate(keys)]
+            return out
+        finally:
+            self.removed = saved
+
+    def train_slice(self, shard: int, upto: int, removed=()) -> bool:
+        """Train and store slice ``upto`` of ``shard`` as it is once ``removed`` ids are
+        unlearned, continuing from slice ``upto - 1``'s cached checkpoint (or training
+        the missing earlier slices too). Returns ``False`` when the checkpoint was
+        already cached (nothing trained). For sweeps; the service's models are unchanged.
+        """
+        if not 0 <= shard < self.shards or not 0 <= upto < self.slices:
+            raise ValueError(f"shard {shard}, slice {upto} is outside the {self.shards} "
+                             f"shards x {self.slices} slices")
+        saved = self.removed, self.slices, list(self.models)
+        self.removed = np.zeros_like(saved[0])
+        self.removed[self._as_ids(removed, check_state=False)] = True
+        self.slices = upto + 1  # _train_shards stops at slice `upto`; keys use the layout
+        try:
+            cost = RequestCost(0, 0, 0, 0, 0, 0.0)
+            return self._train_shards([shard], cost) > 0
+        finally:
+            self.removed, self.slices, self.models = saved
