@@ -1,17 +1,30 @@
-"""Reference architectures (BAU paper, section 5) behind one normalising wrapper.
+"""Reference architectures (BAU paper, section 5) behind one input-scaling wrapper.
 
-Every model takes float images in [0, 1] of shape ``(N, C, H, W)`` and normalises them
-itself, so defenses such as Neural Cleanse can optimise directly in pixel space.
+Every model takes float images in [0, 1] of shape ``(N, C, H, W)`` and applies its input
+scaling itself, so defenses such as Neural Cleanse can optimise directly in pixel space.
+
+Input scalings (:data:`INPUT_SCALINGS`), as ``(x - mean) / std`` inside the model:
+
+* ``"unit"``: [0, 1] unchanged, what the BAU authors' MNIST and Fashion-MNIST pipelines
+  feed (``ToTensor()`` with no normalisation); the reference for ``lenet5`` and
+  ``fmnist_cnn``.
+* ``"signed"``: [-1, 1] (mean 0.5, std 0.5), the package's former choice for every model;
+  the reference for ``gtsrb_cnn`` and ``preact_resnet18``.
+* ``"imagenet"``: ImageNet channel statistics, what the authors' CIFAR-10 pipeline uses
+  (``Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))``); the reference for
+  ``vgg11_bn``. Needs three channels.
 """
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 from torch import nn
 
+from .checks import choice, integer
+
 ARCHITECTURES = ("lenet5", "fmnist_cnn", "gtsrb_cnn", "vgg11_bn", "preact_resnet18")
-DEFAULT_ARCH = {"mnist": "lenet5", "digits": "fmnist_cnn", "fmnist": "fmnist_cnn",
-                "gtsrb": "gtsrb_cnn", "cifar10": "vgg11_bn"}
 
 
 class Normalized(nn.Module):
@@ -113,28 +126,42 @@ _BUILDERS = {"lenet5": lenet5, "fmnist_cnn": fmnist_cnn, "gtsrb_cnn": gtsrb_cnn,
              "vgg11_bn": vgg11_bn, "preact_resnet18": preact_resnet18}
 
 
-def build_model(arch: str, shape, num_classes: int, mean=None, std=None,
-                seed: int | None = None) -> Normalized:
+INPUT_SCALINGS = {"unit": ((0.0,), (1.0,)), "signed": ((0.5,), (0.5,)),
+                  "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+REFERENCE_SCALING = {"lenet5": "unit", "fmnist_cnn": "unit", "gtsrb_cnn": "signed",
+                     "vgg11_bn": "imagenet", "preact_resnet18": "signed"}
+
+
+def build_model(arch: str, shape, num_classes: int, seed: int | None = None,
+                input_scaling: str | None = None) -> Normalized:
     """Build ``arch`` for images of ``shape = (C, H, W)`` and ``num_classes`` labels.
 
-    With ``seed`` the initial weights are drawn from that seed without touching the
-    caller's global RNG state.
+    ``input_scaling`` is one of :data:`INPUT_SCALINGS`; ``None`` takes the architecture's
+    reference scaling (:data:`REFERENCE_SCALING`, the BAU authors' procedure). With
+    ``seed`` the initial weights are drawn from that seed without touching the caller's
+    global RNG state.
     """
-    if arch not in _BUILDERS:
-        raise ValueError(f"unknown model {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    if len(shape) != 3:
-        raise ValueError(f"image shape {tuple(shape)} must be (channels, height, width)")
+    choice("model", arch, ARCHITECTURES)
+    if (not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 3
+            or not all(isinstance(d, Integral) and not isinstance(d, bool) and d >= 1
+                       for d in shape)):
+        raise ValueError(f"image shape {shape!r} must be three positive integers "
+                         "(channels, height, width)")
+    shape = tuple(int(d) for d in shape)
+    num_classes = integer("num_classes", num_classes, low=2)
+    if seed is not None:
+        seed = integer("seed", seed, low=0)
+    scaling = REFERENCE_SCALING[arch] if input_scaling is None else input_scaling
+    choice("input_scaling", scaling, tuple(INPUT_SCALINGS))
+    mean, std = INPUT_SCALINGS[scaling]
     c = shape[0]
-    mean = (0.5,) * c if mean is None else tuple(mean)
-    std = (0.5,) * c if std is None else tuple(std)
+    if len(mean) == 1:
+        mean, std = mean * c, std * c
+    elif len(mean) != c:
+        raise ValueError(f"input_scaling {scaling!r} needs {len(mean)}-channel images, "
+                         f"got shape {shape}")
     if seed is None:
-        return Normalized(_BUILDERS[arch](tuple(shape), num_classes), mean, std)
+        return Normalized(_BUILDERS[arch](shape, num_classes), mean, std)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Normalized(_BUILDERS[arch](tuple(shape), num_classes), mean, std)
-
-
-def default_arch(dataset: str) -> str:
-    if dataset not in DEFAULT_ARCH:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DEFAULT_ARCH)}")
-    return DEFAULT_ARCH[dataset]
+        return Normalized(_BUILDERS[arch](shape, num_classes), mean, std)
