@@ -31,7 +31,14 @@ test: setup
 	  BDUNLEARN_FIGURES=$$out/figures $(BIN)/python -m pytest tests notebooks --nbval-lax \
 	  -p no:cacheprovider
 
+# RAY=local|auto|ADDRESS (or none: local worker processes) first trains the profile's
+# planned models with `python -m bdunlearn.sweep` (Ray comes from the cluster extra).
+RAY ?=
+
 reproduce: setup
+	$(if $(filter-out none,$(RAY)),$(BIN)/python -c "import ray" 2>/dev/null || \
+	  $(BIN)/pip install --quiet -e ".[cluster]")
+	$(if $(RAY),$(BIN)/python -m bdunlearn.sweep --profile $(PROFILE) --ray $(RAY) --no-notebooks)
 	$(BIN)/python -m bdunlearn.reproduce --profile $(PROFILE) $(ARGS)
 
 lab: setup
