@@ -37,7 +37,7 @@ def number(name: str, value, low: float | None = None, high: float | None = None
     lo = "" if low is None else ("(" if low_open else "[") + f"{low}, "
     hi = "" if high is None else f"{high}" + (")" if high_open else "]")
     if low is not None and high is not None:
-        allowed = f"a finite number in {lo}{hi}"
+        allowed = f"in {lo}{hi}"
     elif low is not None:
         allowed = f"a finite number {'>' if low_open else '>='} {low}"
     elif high is not None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import choice, integer, number
+
 
 def _check_batch(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
@@ -23,33 +25,51 @@ def _scale(x: torch.Tensor) -> float:
     return 255.0 if x.dtype == torch.uint8 else 1.0
 
 
+CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
+ROUNDINGS = ("truncate", "round")
+
+
+def patch_value(intensity: float, rounding: str = "truncate") -> int:
+    """The uint8 value of a patch at ``intensity`` (fraction of white).
+
+    ``"truncate"`` stores ``int(intensity * 255)`` as the BAU authors' code does (their
+    faint patch at alpha 0.5 is 127); ``"round"`` rounds to the nearest value (128).
+    """
+    intensity = number("patch intensity", intensity, 0, 1, low_open=True)
+    choice("rounding", rounding, ROUNDINGS)
+    scaled = intensity * 255
+    return int(scaled) if rounding == "truncate" else round(scaled)
+
+
 def stamp_patch(x: torch.Tensor, size: int = 4, intensity: float = 1.0,
-                corner: str = "bottom-right") -> torch.Tensor:
+                corner: str = "bottom-right", rounding: str = "truncate") -> torch.Tensor:
     """Set a ``size`` x ``size`` square in every channel to ``intensity`` (fraction of white).
 
     The BAU poison uses ``intensity = alpha`` (a faint patch), its mitigation samples and
-    test trigger ``intensity = 1`` (a bright patch).
+    test trigger ``intensity = 1`` (a bright patch). On uint8 images the patch value is
+    :func:`patch_value` with ``rounding``: ``"truncate"`` (default, the authors'
+    ``int(alpha * 255)``, 127 for alpha 0.5) or ``"round"`` (128, the package's former
+    choice). On float images the value is ``intensity`` itself.
     """
     _check_batch(x)
-    if not 0 < intensity <= 1:
-        raise ValueError(f"patch intensity {intensity} must be in (0, 1]")
+    value = patch_value(intensity, rounding)
     h, w = x.shape[-2:]
-    if not 1 <= size <= min(h, w):
-        raise ValueError(f"patch size {size} must be between 1 and the image side {min(h, w)}")
-    rows = slice(h - size, h) if "bottom" in corner else slice(0, size)
-    cols = slice(w - size, w) if "right" in corner else slice(0, size)
-    if corner not in ("bottom-right", "bottom-left", "top-right", "top-left"):
-        raise ValueError(f"unknown corner {corner!r}; use bottom-right, bottom-left, "
-                         "top-right or top-left")
+    size = integer("patch size", size, 1, min(h, w))
+    choice("corner", corner, CORNERS)
+    rows = slice(h - size, h) if corner.startswith("bottom") else slice(0, size)
+    cols = slice(w - size, w) if corner.endswith("right") else slice(0, size)
     out = x.clone()
-    value = intensity * _scale(x)
-    out[..., rows, cols] = round(value) if x.dtype == torch.uint8 else value
+    out[..., rows, cols] = value if x.dtype == torch.uint8 else float(intensity)
     return out
 
 
 def add_noise(x: torch.Tensor, gen: torch.Generator, low: int = -5, high: int = 4) -> torch.Tensor:
     """Independent integer noise in ``[low, high]`` per pixel (0-255 scale), clipped."""
     _check_batch(x)
+    if not isinstance(gen, torch.Generator):
+        raise ValueError(f"gen must be a torch.Generator, got {type(gen).__name__}")
+    low = integer("noise low", low, -255, 255)
+    high = integer("noise high", high, low, 255)
     noise = torch.randint(low, high + 1, x.shape, generator=gen, device=x.device)
     if x.dtype == torch.uint8:
         return (x.to(torch.int16) + noise).clamp_(0, 255).to(torch.uint8)
@@ -58,14 +78,25 @@ def add_noise(x: torch.Tensor, gen: torch.Generator, low: int = -5, high: int = 
 
 @dataclass(frozen=True)
 class PatchTrigger:
-    """A square patch as a callable trigger (what a defender told the trigger receives)."""
+    """A square patch as a callable trigger (what a defender told the trigger receives).
+
+    ``size``: side in pixels; ``intensity``: fraction of white in (0, 1]; ``corner``: one
+    of :data:`CORNERS`; ``rounding``: how uint8 patch values are made (see
+    :func:`stamp_patch`). Checked at construction.
+    """
 
     size: int = 4
     intensity: float = 1.0
     corner: str = "bottom-right"
+    rounding: str = "truncate"
+
+    def __post_init__(self):
+        integer("patch size", self.size, 1)
+        patch_value(self.intensity, self.rounding)
+        choice("corner", self.corner, CORNERS)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return stamp_patch(x, self.size, self.intensity, self.corner)
+        return stamp_patch(x, self.size, self.intensity, self.corner, self.rounding)
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,13 +104,35 @@ class MaskTrigger:
     """``(1 - mask) * x + mask * pattern`` in [0, 1] pixel space (Neural Cleanse's form).
 
     ``mask`` is ``(1, H, W)`` or ``(H, W)`` in [0, 1]; ``pattern`` is ``(C, H, W)`` in [0, 1].
+    Both must be finite float tensors of the same height and width; a batch they are
+    applied to must have that height and width and ``C`` channels.
     """
 
     mask: torch.Tensor
     pattern: torch.Tensor
 
+    def __post_init__(self):
+        m, p = self.mask, self.pattern
+        if not isinstance(m, torch.Tensor) or not m.is_floating_point() or not (
+                m.dim() == 2 or (m.dim() == 3 and m.shape[0] == 1)):
+            raise ValueError("mask must be a float tensor of shape (1, H, W) or (H, W), got "
+                             f"{_describe(m)}")
+        if not isinstance(p, torch.Tensor) or not p.is_floating_point() or p.dim() != 3:
+            raise ValueError(f"pattern must be a float tensor of shape (C, H, W), got "
+                             f"{_describe(p)}")
+        if m.shape[-2:] != p.shape[-2:]:
+            raise ValueError(f"mask {tuple(m.shape)} and pattern {tuple(p.shape)} must have "
+                             "the same height and width")
+        for name, t in (("mask", m), ("pattern", p)):
+            if not bool(torch.isfinite(t).all()) or float(t.min()) < 0 or float(t.max()) > 1:
+                raise ValueError(f"{name} values must be finite and in [0, 1], got range "
+                                 f"[{float(t.min())}, {float(t.max())}]")
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         _check_batch(x)
+        if tuple(x.shape[1:]) != tuple(self.pattern.shape):
+            raise ValueError(f"images of shape {tuple(x.shape[1:])} do not match this "
+                             f"trigger's pattern shape {tuple(self.pattern.shape)}")
         scale = _scale(x)
         m = self.mask.to(x.device, torch.float32)
         p = self.pattern.to(x.device, torch.float32)
@@ -87,3 +140,9 @@ class MaskTrigger:
         if x.dtype == torch.uint8:
             return (out * 255).round_().clamp_(0, 255).to(torch.uint8)
         return out.to(x.dtype)
+
+
+def _describe(t) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"{t.dtype} {tuple(t.shape)}"
+    return type(t).__name__
