@@ -5,12 +5,40 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .checks import integer, number
+
+
+def _labels(name: str, values) -> torch.Tensor:
+    t = torch.as_tensor(values)
+    if t.dim() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be a 1-d tensor of integer labels, got "
+                         f"{t.dtype} of shape {tuple(t.shape)}")
+    return t
+
+
+def _scores(name: str, values) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-d sequence of scores, got shape {a.shape}")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise ValueError(f"{name} holds a non-finite score {a[bad][0]} at position "
+                         f"{int(np.flatnonzero(bad)[0])}; scores must be finite")
+    return a
+
 
 def accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
-    """Clean accuracy: fraction of predictions equal to the true labels."""
+    """Clean accuracy: fraction of predictions equal to the true labels.
+
+    ``pred`` and ``y`` are 1-d integer label tensors of the same, non-zero length.
+    """
+    pred, y = _labels("predictions", pred), _labels("labels", y)
+    if len(pred) != len(y):
+        raise ValueError(f"{len(pred)} predictions for {len(y)} labels; accuracy needs one "
+                         "prediction per label")
     if len(y) == 0:
         raise ValueError("accuracy of an empty set is undefined")
-    return float((pred == y).float().mean())
+    return float((pred == y.to(pred.device)).float().mean())
 
 
 def attack_success_rate(pred: torch.Tensor, target: int) -> float:
@@ -18,15 +46,20 @@ def attack_success_rate(pred: torch.Tensor, target: int) -> float:
 
     The caller passes predictions on triggered inputs whose true label is not the target.
     """
+    pred = _labels("predictions", pred)
+    target = integer("target label", target, low=0)
     if len(pred) == 0:
         raise ValueError("attack success rate of an empty set is undefined")
     return float((pred == target).float().mean())
 
 
 def auroc(scores_pos, scores_neg) -> float:
-    """Area under the ROC curve: P(score_pos > score_neg), ties counted one half."""
-    pos = np.asarray(scores_pos, dtype=np.float64)
-    neg = np.asarray(scores_neg, dtype=np.float64)
+    """Area under the ROC curve: P(score_pos > score_neg), ties counted one half.
+
+    Both arguments are 1-d sequences of finite scores, neither empty.
+    """
+    pos = _scores("positive scores", scores_pos)
+    neg = _scores("negative scores", scores_neg)
     if pos.size == 0 or neg.size == 0:
         raise ValueError("AUROC needs at least one positive and one negative score")
     allv = np.concatenate([pos, neg])
@@ -43,9 +76,8 @@ def auroc(scores_pos, scores_neg) -> float:
 
 def threshold_at_fpr(scores_neg, fpr: float = 0.05) -> float:
     """Smallest threshold that flags at most ``fpr`` of the negatives (score > threshold)."""
-    if not 0 <= fpr < 1:
-        raise ValueError(f"target false-positive rate {fpr} must be in [0, 1)")
-    neg = np.sort(np.asarray(scores_neg, dtype=np.float64))
+    fpr = number("target false-positive rate", fpr, 0, 1, high_open=True)
+    neg = np.sort(_scores("negative scores", scores_neg))
     if neg.size == 0:
         raise ValueError("a threshold needs at least one negative score")
     k = int(np.floor(fpr * neg.size))
