@@ -9,7 +9,8 @@ from bdunlearn.defenses import (DEFENSES, DefenderView, DefenseResult, run_defen
 from bdunlearn.defenses.neural_cleanse import anomaly_indices, flag_outliers
 from bdunlearn.metrics import accuracy, attack_success_rate
 from bdunlearn.models import build_model
-from bdunlearn.train import make_generator, predict, reference_config, fit
+from bdunlearn.registry import reference_config
+from bdunlearn.train import make_generator, predict, fit
 from bdunlearn.triggers import PatchTrigger, stamp_patch
 
 TARGET = 0

@@ -6,7 +6,7 @@ from bdunlearn import detect
 from bdunlearn.data import load
 from bdunlearn.metrics import auroc, threshold_at_fpr
 from bdunlearn.sisa import SisaService
-from bdunlearn.train import reference_config
+from bdunlearn.registry import reference_config
 
 
 def test_gini_on_hand_built_softmax():

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from bdunlearn.models import ARCHITECTURES, DEFAULT_ARCH, build_model, default_arch
+from bdunlearn.models import ARCHITECTURES, build_model
+from bdunlearn.registry import SPECS, spec
 
 SHAPES = {"mnist": (1, 28, 28), "fmnist": (1, 28, 28), "gtsrb": (3, 32, 32),
           "cifar10": (3, 32, 32), "digits": (1, 28, 28)}
@@ -10,7 +11,7 @@ CLASSES = {"mnist": 10, "fmnist": 10, "gtsrb": 43, "cifar10": 10, "digits": 10}
 
 @pytest.mark.parametrize("dataset", sorted(SHAPES))
 def test_default_model_output_shape(dataset):
-    model = build_model(default_arch(dataset), SHAPES[dataset], CLASSES[dataset], seed=0).eval()
+    model = build_model(spec(dataset).arch, SHAPES[dataset], CLASSES[dataset], seed=0).eval()
     out = model(torch.rand(3, *SHAPES[dataset]))
     assert out.shape == (3, CLASSES[dataset]) and out.dtype == torch.float32
 
@@ -59,11 +60,11 @@ def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():
 
 
 def test_every_dataset_has_a_reference_model():
-    assert set(DEFAULT_ARCH.values()) <= set(ARCHITECTURES)
+    assert {s.arch for s in SPECS.values()} <= set(ARCHITECTURES)
 
 
 def test_bad_model_names():
     with pytest.raises(ValueError, match="unknown model 'resnet50'"):
         build_model("resnet50", (3, 32, 32), 10)
     with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
-        default_arch("svhn")
+        spec("svhn")

@@ -6,7 +6,8 @@ from bdunlearn import sisa
 from bdunlearn.data import load
 from bdunlearn.models import build_model
 from bdunlearn.sisa import SisaService, checkpoint_key, slice_epochs
-from bdunlearn.train import derive_seed, fit, reference_config
+from bdunlearn.registry import reference_config
+from bdunlearn.train import derive_seed, fit
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,227 @@
+"""One typed run configuration: ``resolve(profile, **overrides) -> RunConfig``.
+
+A profile names a size of experiment: ``smoke`` (CI: a few thousand images, under a
+minute a notebook), ``default`` (the paper's Fashion-MNIST setting on real data, within
+an hour on two cores) and ``paper`` (the paper's scale for every dataset: its epochs,
+counts and patch intensity, shard counts 1/5/10/20, five seeds). ``profile=None`` reads
+the ``BDUNLEARN_PROFILE`` environment variable, else ``"default"``.
+
+Overrides replace the profile's values; an override of ``None`` means "the profile's
+value" (the notebooks' ``parameters`` cells pass ``None`` for every knob left alone).
+After resolution every field holds a concrete value:
+
+* ``epochs``, ``alpha``, ``poison_num``, ``mitigation_num``, ``it_poison_num``,
+  ``it_mitigation_num`` and ``defender_size`` given as ``"paper"`` (the ``paper``
+  profile's choice) take the dataset's values from :mod:`bdunlearn.registry`
+  (``defender_size``: 5% of the training split, BAERASER's defender share);
+* ``train_subset``/``test_subset`` given as ``"all"`` become the size of the dataset's
+  standard split (a smaller copy on disk is then used whole);
+* ``results_dir``/``figures_dir`` left unset come from ``BDUNLEARN_RESULTS`` /
+  ``BDUNLEARN_FIGURES`` (relative values against the current working directory) or
+  else ``results/<profile>/`` and ``figures/<profile>/`` at the repository root (plus
+  ``<dataset>/`` for a profile of several datasets), never the committed ``results/``;
+* ``device`` ``"auto"`` becomes ``"cuda"`` or ``"cpu"``; ``precision`` stays one of
+  ``"auto"``, ``"fp32"``, ``"bf16"`` (the training engine resolves ``auto`` per device);
+* ``data_root`` ``None`` means the data readers' search order.
+
+A scalar where a list is expected (``shards=5``) is read as a one-element list. A bad
+field fails with one ``ValueError`` sentence naming the field, the value and what is
+allowed, before anything trains.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from numbers import Integral
+from pathlib import Path
+
+from . import checks, registry
+from .registry import reference_config
+from .train import TrainConfig, resolve_device
+
+PAPER, ALL = "paper", "all"
+PRECISIONS = ("auto", "fp32", "bf16")
+VARIANTS = ("bn", "it")
+
+# Calibration notes (measured on real Fashion-MNIST, see README):
+# * default: a 10k training subset and 8 epochs keep all notebooks within about an hour on
+#   two CPU cores. At that scale the paper's 300 mitigation samples leave 17-28% ASR
+#   before the requests, so the profile uses 600 (the paper's MNIST count); 200 poison.
+# * smoke: 4k images reach a visible effect only with a brighter faint patch (alpha 0.7).
+_COMMON = dict(variant="bn", device="auto", precision="auto", data_root=None,
+               results_dir=None, figures_dir=None, slices=1, it_poison_num=PAPER,
+               it_mitigation_num=PAPER, amnesiac=True, target_fpr=0.05,
+               poison_fraction=0.05, defense_steps=3)
+PROFILES = {
+    "smoke": dict(
+        _COMMON, datasets=("fmnist",), train_subset=4000, test_subset=1000, epochs=8,
+        alpha=0.7, poison_num=150, mitigation_num=300, shards=(1, 3), seeds=(0,),
+        request_steps=3, defense_samples=(10,), nc_steps=60, defender_size=1000),
+    "default": dict(
+        _COMMON, datasets=("fmnist",), train_subset=10000, test_subset=ALL, epochs=8,
+        alpha=PAPER, poison_num=200, mitigation_num=600, shards=(1, 5, 10), seeds=(0, 1),
+        request_steps=6, defense_samples=(10, 50, 100), nc_steps=300, defender_size=3000),
+    "paper": dict(
+        _COMMON, datasets=("fmnist", "mnist", "gtsrb", "cifar10"), train_subset=ALL,
+        test_subset=ALL, epochs=PAPER, alpha=PAPER, poison_num=PAPER, mitigation_num=PAPER,
+        shards=(1, 5, 10, 20), seeds=(0, 1, 2, 3, 4), request_steps=6,
+        defense_samples=(10, 50, 100), nc_steps=1000, defender_size=PAPER),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every knob of one notebook run on one dataset, each a concrete checked value.
+
+    ``shards``, ``seeds`` and ``defense_samples`` are tuples; ``seeds[0]`` is the seed of
+    the single-seed parts of a notebook. See the module docstring for how each field
+    is resolved.
+    """
+
+    profile: str
+    dataset: str
+    seeds: tuple[int, ...]
+    device: str
+    precision: str
+    data_root: str | None
+    results_dir: str
+    figures_dir: str
+    variant: str
+    shards: tuple[int, ...]
+    slices: int
+    train_subset: int
+    test_subset: int
+    epochs: int
+    alpha: float
+    poison_num: int
+    mitigation_num: int
+    it_poison_num: int
+    it_mitigation_num: int
+    request_steps: int
+    amnesiac: bool
+    target_fpr: float
+    poison_fraction: float
+    defense_steps: int
+    defender_size: int
+    defense_samples: tuple[int, ...]
+    nc_steps: int
+
+    def train_config(self) -> TrainConfig:
+        """The dataset's reference optimiser with this run's epochs and precision."""
+        return reference_config(self.dataset, epochs=self.epochs, precision=self.precision)
+
+
+FIELDS = tuple(f.name for f in fields(RunConfig))
+
+
+def profile_name(name: str | None = None) -> str:
+    """``name``, else ``$BDUNLEARN_PROFILE``, else ``"default"``; checked."""
+    name = name if name is not None else os.environ.get("BDUNLEARN_PROFILE") or "default"
+    return checks.choice("profile", name, tuple(PROFILES))
+
+
+def profile_datasets(profile: str | None = None) -> tuple[str, ...]:
+    """The datasets a profile runs (the runner runs each that is on disk)."""
+    return PROFILES[profile_name(profile)]["datasets"]
+
+
+def repository_root() -> Path:
+    """The repository holding the current working directory (a notebook's ``notebooks/``
+    folder included), else the current working directory."""
+    here = Path.cwd().resolve()
+    for p in (here, *here.parents):
+        if (p / "pyproject.toml").is_file() and (p / "bdunlearn").is_dir():
+            return p
+    return here
+
+
+def resolve(profile: str | None = None, **overrides) -> RunConfig:
+    """The :class:`RunConfig` of ``profile`` with ``overrides`` (``None``: the profile's).
+
+    Raises ``ValueError`` naming the field, the value and what is allowed for an unknown
+    field name or a bad value (see the module docstring).
+    """
+    name = profile_name(profile)
+    unknown = sorted(set(overrides) - set(FIELDS) - {"profile"})
+    if unknown:
+        raise ValueError(f"unknown parameter {unknown[0]!r}; choose from {', '.join(FIELDS)}")
+    raw = {k: v for k, v in PROFILES[name].items() if k != "datasets"}
+    raw.update({k: v for k, v in overrides.items() if v is not None and k != "profile"})
+    dataset = raw.get("dataset", PROFILES[name]["datasets"][0])
+    ds = registry.spec(dataset)
+    c = checks
+    out = dict(profile=name, dataset=dataset)
+    out["train_subset"] = _size("train_subset", raw["train_subset"], ds.train_size)
+    out["test_subset"] = _size("test_subset", raw["test_subset"], ds.test_size)
+    n_train = min(out["train_subset"], ds.train_size)
+    out["seeds"] = _ints("seeds", raw["seeds"], low=0)
+    out["shards"] = _ints("shards", raw["shards"], low=1, high=n_train,
+                          high_text=f"the {n_train} training images")
+    out["defense_samples"] = _ints("defense_samples", raw["defense_samples"], low=1)
+    dev = raw["device"]
+    if not isinstance(dev, str):
+        raise ValueError(f"device {dev!r} must be 'auto', 'cpu' or a device name like 'cuda:0'")
+    out["device"] = str(resolve_device(dev))
+    out["precision"] = c.choice("precision", raw["precision"], PRECISIONS)
+    out["variant"] = c.choice("variant", raw["variant"], VARIANTS)
+    out["data_root"] = _path("data_root", raw["data_root"])
+    out["slices"] = c.integer("slices", raw["slices"], 1)
+    out["epochs"] = c.integer("epochs", _paper(raw["epochs"], ds.train.epochs), 1)
+    out["alpha"] = c.number("alpha", _paper(raw["alpha"], ds.alpha), 0, 1, low_open=True)
+    for key in ("poison_num", "mitigation_num", "it_poison_num", "it_mitigation_num"):
+        out[key] = c.integer(key, _paper(raw[key], getattr(ds, key)), 1, n_train)
+    for key in ("request_steps", "defense_steps", "nc_steps"):
+        out[key] = c.integer(key, raw[key], 1)
+    out["defender_size"] = c.integer(
+        "defender_size", _paper(raw["defender_size"], ds.train_size // 20), 1)
+    out["amnesiac"] = c.flag("amnesiac", raw["amnesiac"])
+    out["target_fpr"] = c.number("target_fpr", raw["target_fpr"], 0, 1, low_open=True,
+                                 high_open=True)
+    out["poison_fraction"] = c.number("poison_fraction", raw["poison_fraction"], 0, 1,
+                                      low_open=True, high_open=True)
+    several = len(PROFILES[name]["datasets"]) > 1
+    for key, env, top in (("results_dir", "BDUNLEARN_RESULTS", "results"),
+                          ("figures_dir", "BDUNLEARN_FIGURES", "figures")):
+        given = _path(key, raw[key]) or os.environ.get(env)
+        if given:
+            out[key] = str(Path(given).expanduser().absolute())
+        else:
+            folder = repository_root() / top / name
+            out[key] = str(folder / dataset if several else folder)
+    return RunConfig(**out)
+
+
+def _paper(value, reference):
+    """``reference`` where ``value`` is the ``"paper"`` sentinel, else ``value``."""
+    return reference if value == PAPER else value
+
+
+def _size(key: str, value, split: int) -> int:
+    """A subset size: a positive integer, or ``"all"`` for the standard split's size."""
+    if value == ALL:
+        return split
+    if isinstance(value, str):
+        raise ValueError(f"{key} {value!r} must be a positive integer or 'all'")
+    return checks.integer(key, value, 1)
+
+
+def _ints(key: str, value, low: int, high: int | None = None,
+          high_text: str | None = None) -> tuple[int, ...]:
+    """A non-empty tuple of integers in ``[low, high]``; a scalar is a one-element list."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise ValueError(f"{key} {value!r} is empty; give at least one integer >= {low}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, Integral) or v < low or (
+                high is not None and v > high):
+            limit = f" and at most {high_text or high}" if high is not None else ""
+            raise ValueError(f"{key} {value!r} must hold integers >= {low}{limit} "
+                             f"(offending value {v!r})")
+    return tuple(int(v) for v in values)
+
+
+def _path(key: str, value) -> str | None:
+    if value is None or isinstance(value, (str, os.PathLike)):
+        return None if value is None else os.fspath(value)
+    raise ValueError(f"{key} {value!r} must be a folder path (a string)")
