@@ -20,20 +20,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .checks import choice, flag, integer, number
 from .data import Dataset
 from .metrics import accuracy, attack_success_rate
+from .registry import spec
 from .train import make_generator
 from .triggers import add_noise, stamp_patch
 
 ROLES = ("clean", "poison", "mitigation")
 VARIANTS = ("bn", "it")
 
-# (poison_num, mitigation_num) of the paper, per dataset, for the BadNets variant.
-REFERENCE_COUNTS = {"mnist": (200, 600), "fmnist": (200, 300), "gtsrb": (1000, 2000),
-                    "cifar10": (300, 100), "digits": (60, 90)}
-IT_COUNTS = (5, 15)
-REFERENCE_ALPHA = {1: 0.5, 3: 0.7}
 IT_EVAL_COPIES = 50
+# Input-targeted copies (poison + mitigation) are capped at this multiple of the
+# training set: more would not fit in memory and has no meaning for the attack.
+IT_MAX_COPIES_FACTOR = 10
 
 
 @dataclass
@@ -53,21 +53,32 @@ class AttackSet:
     info: dict = field(default_factory=dict)
 
     def ids(self, role: str) -> np.ndarray:
-        if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+        """Manifest ids of the samples with ``role`` (one of :data:`ROLES`)."""
+        choice("role", role, ROLES)
         return self.manifest.loc[self.manifest.role == role, "id"].to_numpy().copy()
+
+    def detection_negatives(self) -> np.ndarray:
+        """Clean ids whose clean original is neither a poison nor a mitigation original.
+
+        The negatives the BAU authors score against the mitigation samples when they
+        measure a detector's AUROC: a clean sample that shares its image with an attack
+        sample is left out.
+        """
+        m = self.manifest
+        attack_origins = m.loc[m.role != "clean", "origin"].to_numpy()
+        clean = m[(m.role == "clean") & ~m.origin.isin(attack_origins)]
+        return clean["id"].to_numpy().copy()
 
     def request_order(self, seed: int | None = None) -> np.ndarray:
         """Mitigation ids in the seeded random order the attacker requests them."""
-        rng = np.random.default_rng([self.seed if seed is None else seed, 7])
+        seed = self.seed if seed is None else integer("seed", seed, low=0)
+        rng = np.random.default_rng([seed, 7])
         return rng.permutation(self.ids("mitigation"))
 
     def requests(self, k: int, seed: int | None = None) -> np.ndarray:
         """The first ``k`` mitigation ids of :meth:`request_order` ("k requested")."""
         order = self.request_order(seed)
-        if not 0 <= k <= len(order):
-            raise ValueError(f"requested count {k} must be between 0 and the "
-                             f"{len(order)} mitigation samples")
+        k = integer("requested count", k, 0, len(order))
         return order[:k]
 
     def evaluate(self, predict) -> dict:
@@ -85,13 +96,14 @@ class AttackSet:
         return out
 
 
-def _check_common(ds: Dataset, alpha, seed) -> None:
+def _check_common(ds: Dataset, seed) -> int:
     if not isinstance(ds, Dataset):
         raise ValueError(f"the attack needs a bdunlearn.data.Dataset, got {type(ds).__name__}")
-    if alpha is not None and not 0 < alpha <= 1:
-        raise ValueError(f"alpha {alpha} must be in (0, 1]")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed {seed!r} must be a non-negative integer")
+    return integer("seed", seed, low=0)
+
+
+def _count(name: str, value, default: int) -> int:
+    return default if value is None else integer(name, value, low=1)
 
 
 def _manifest(origin, role, label, true_label) -> pd.DataFrame:
@@ -105,9 +117,17 @@ def _manifest(origin, role, label, true_label) -> pd.DataFrame:
 def _pick_target(rng, ds, target):
     if target is None:
         return int(rng.integers(ds.num_classes))
-    if not 0 <= target < ds.num_classes:
-        raise ValueError(f"target label {target} must be between 0 and {ds.num_classes - 1}")
-    return int(target)
+    return integer("target label", target, 0, ds.num_classes - 1)
+
+
+def build_attack(ds: Dataset, variant: str, **knobs) -> AttackSet:
+    """The BAU attack ``variant`` (one of :data:`VARIANTS`: ``"bn"`` or ``"it"``) on ``ds``.
+
+    ``knobs`` go to :func:`build_badnets` or :func:`build_input_targeted`.
+    """
+    choice("attack variant", variant, VARIANTS)
+    builder = build_badnets if variant == "bn" else build_input_targeted
+    return builder(ds, **knobs)
 
 
 def build_badnets(ds: Dataset, *, poison_num: int | None = None,
@@ -122,11 +142,14 @@ def build_badnets(ds: Dataset, *, poison_num: int | None = None,
     their true labels are appended: clean originals of poison images first, then other
     non-target images when more are asked for. ``None`` means the paper's value.
     """
-    _check_common(ds, alpha, seed)
-    ref_p, ref_m = REFERENCE_COUNTS.get(ds.name, (200, 300))
-    poison_num = ref_p if poison_num is None else int(poison_num)
-    mitigation_num = ref_m if mitigation_num is None else int(mitigation_num)
-    alpha = REFERENCE_ALPHA.get(ds.image_shape[0], 0.5) if alpha is None else float(alpha)
+    seed = _check_common(ds, seed)
+    ref = spec(ds.name)
+    poison_num = ref.poison_num if poison_num is None else integer("poison_num", poison_num)
+    mitigation_num = (ref.mitigation_num if mitigation_num is None
+                      else integer("mitigation_num", mitigation_num))
+    alpha = number("alpha", ref.alpha if alpha is None else alpha, 0, 1, low_open=True)
+    patch = integer("patch size", patch, 1, min(ds.image_shape[1:]))
+    flag("replace", replace)
     rng = np.random.default_rng([seed, 1])
     target = _pick_target(rng, ds, target)
     eligible = np.flatnonzero(ds.y_train.numpy() != target)
@@ -161,7 +184,7 @@ def build_badnets(ds: Dataset, *, poison_num: int | None = None,
     manifest = _manifest(origin, role, y.numpy(), y_true[origin])
     nontarget = ds.y_test != target
     x_eval = stamp_patch(ds.x_test[nontarget], patch, 1.0)
-    return AttackSet("bn", ds.name, x, y, manifest, target, int(seed), ds.x_test, ds.y_test,
+    return AttackSet("bn", ds.name, x, y, manifest, target, seed, ds.x_test, ds.y_test,
                      x_eval, info={"alpha": alpha, "patch": patch,
                                    "poison_num": poison_num, "mitigation_num": mitigation_num})
 
@@ -175,19 +198,21 @@ def build_input_targeted(ds: Dataset, *, poison_num: int | None = None,
     (integer noise in [-5, 4]) are labelled ``target != y0`` and ``mitigation_num`` more
     are labelled ``y0``. Success is measured on 50 fresh noisy copies.
     """
-    _check_common(ds, None, seed)
-    poison_num = IT_COUNTS[0] if poison_num is None else int(poison_num)
-    mitigation_num = IT_COUNTS[1] if mitigation_num is None else int(mitigation_num)
-    if poison_num < 1:
-        raise ValueError(f"poison_num {poison_num} must be at least 1")
-    if mitigation_num < 1:
-        raise ValueError(f"mitigation_num {mitigation_num} must be at least 1")
+    seed = _check_common(ds, seed)
+    ref = spec(ds.name)
+    poison_num = _count("poison_num", poison_num, ref.it_poison_num)
+    mitigation_num = _count("mitigation_num", mitigation_num, ref.it_mitigation_num)
+    most = IT_MAX_COPIES_FACTOR * len(ds.y_train)
+    if poison_num + mitigation_num > most:
+        raise ValueError(f"poison_num {poison_num} plus mitigation_num {mitigation_num} noisy "
+                         f"copies exceed the limit of {most} ({IT_MAX_COPIES_FACTOR}x the "
+                         "training set)")
     rng = np.random.default_rng([seed, 2])
     i0 = int(rng.integers(len(ds.y_train)))
     y0 = int(ds.y_train[i0])
     if target is None:
         target = int(rng.choice([c for c in range(ds.num_classes) if c != y0]))
-    elif not 0 <= target < ds.num_classes or target == y0:
+    elif integer("target label", target, 0, ds.num_classes - 1) == y0:
         raise ValueError(f"target label {target} must be a label between 0 and "
                          f"{ds.num_classes - 1} other than the image's own label {y0}")
     gen = make_generator(int(rng.integers(2**62)))
@@ -202,7 +227,7 @@ def build_input_targeted(ds: Dataset, *, poison_num: int | None = None,
     role = ["clean"] * len(keep) + ["poison"] * poison_num + ["mitigation"] * mitigation_num
     true = np.concatenate([ds.y_train[keep].numpy(), np.full(poison_num + mitigation_num, y0)])
     manifest = _manifest(origin, role, y.numpy(), true)
-    return AttackSet("it", ds.name, x, y, manifest, int(target), int(seed), ds.x_test,
+    return AttackSet("it", ds.name, x, y, manifest, int(target), seed, ds.x_test,
                      ds.y_test, copies[poison_num + mitigation_num:],
                      info={"x0": x0, "x0_index": i0, "y0": y0, "poison_num": poison_num,
                            "mitigation_num": mitigation_num})
@@ -214,9 +239,10 @@ def build_classic_badnets(ds: Dataset, *, poison_fraction: float = 0.05, patch: 
 
     The baseline for the defenses: its backdoor is present from the first training.
     """
-    _check_common(ds, None, seed)
-    if not 0 < poison_fraction < 1:
-        raise ValueError(f"poison_fraction {poison_fraction} must be in (0, 1)")
+    seed = _check_common(ds, seed)
+    poison_fraction = number("poison_fraction", poison_fraction, 0, 1, low_open=True,
+                             high_open=True)
+    patch = integer("patch size", patch, 1, min(ds.image_shape[1:]))
     rng = np.random.default_rng([seed, 3])
     target = _pick_target(rng, ds, target)
     eligible = np.flatnonzero(ds.y_train.numpy() != target)
@@ -232,5 +258,5 @@ def build_classic_badnets(ds: Dataset, *, poison_fraction: float = 0.05, patch: 
     role[poison_idx] = "poison"
     manifest = _manifest(np.arange(len(y)), role, y.numpy(), ds.y_train.numpy())
     x_eval = stamp_patch(ds.x_test[ds.y_test != target], patch, 1.0)
-    return AttackSet("badnets", ds.name, x, y, manifest, target, int(seed), ds.x_test,
+    return AttackSet("badnets", ds.name, x, y, manifest, target, seed, ds.x_test,
                      ds.y_test, x_eval, info={"patch": patch, "poison_num": k})

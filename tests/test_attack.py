@@ -4,6 +4,7 @@ import torch
 
 from bdunlearn import attack
 from bdunlearn.data import load
+from bdunlearn.triggers import stamp_patch
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def test_badnets_builder(ds):
     assert (mit.label == mit.true_label).all() and set(mit.origin) <= set(pois.origin)
     assert not set(pois.origin) & set(m[m.role == "clean"].origin)  # poison replaced originals
     patch = a.x[torch.tensor(pois.id.to_numpy())][..., -4:, -4:]
-    assert (patch == 128).all()  # alpha 0.5 of 255, rounded
+    assert (patch == 127).all()  # int(0.5 * 255), as the BAU authors store it
     assert (a.x[torch.tensor(mit.id.to_numpy())][..., -4:, -4:] == 255).all()
     assert (a.x_eval[..., -4:, -4:] == 255).all() and len(a.x_eval) == int((ds.y_test != a.target).sum())
 
@@ -77,3 +78,55 @@ def test_request_count_checked(ds):
     a = attack.build_badnets(ds, poison_num=20, mitigation_num=30, seed=0)
     with pytest.raises(ValueError, match="requested count 31"):
         a.requests(31)
+
+
+def test_patch_value_rounding_is_an_option(ds):
+    a = attack.build_badnets(ds, poison_num=10, mitigation_num=5, alpha=0.5, seed=1)
+    pois = torch.tensor(a.ids("poison"))
+    assert (a.x[pois][..., -4:, -4:] == 127).all()
+    assert (stamp_patch(ds.x_train[:2], 4, 0.5, rounding="round")[..., -4:, -4:] == 128).all()
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(poison_num=20.0), "poison_num 20.0 must be an integer"),
+    (dict(poison_num=True), "poison_num True must be an integer"),
+    (dict(mitigation_num=2.5), "mitigation_num 2.5 must be an integer"),
+    (dict(alpha=float("nan")), "alpha nan must be in"),
+    (dict(target=1.0), "target label 1.0 must be an integer"),
+    (dict(seed=1.5), "seed 1.5 must be an integer"),
+    (dict(seed=True), "seed True must be an integer"),
+    (dict(patch=0), "patch size 0 must be an integer between 1 and 28"),
+])
+def test_badnets_refuses_floats_bools_and_nan(ds, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        attack.build_badnets(ds, **kw)
+
+
+def test_input_targeted_copies_are_bounded(ds):
+    limit = attack.IT_MAX_COPIES_FACTOR * len(ds.y_train)
+    with pytest.raises(ValueError, match=f"poison_num {10**7} plus mitigation_num 15 .* "
+                                         f"limit of {limit}"):
+        attack.build_input_targeted(ds, poison_num=10**7, mitigation_num=15)
+    with pytest.raises(ValueError, match="mitigation_num 0 must be an integer >= 1"):
+        attack.build_input_targeted(ds, mitigation_num=0)
+
+
+def test_build_attack_refuses_unknown_variants(ds):
+    assert attack.build_attack(ds, "it", seed=3).variant == "it"
+    assert attack.build_attack(ds, "bn", poison_num=5, mitigation_num=5).variant == "bn"
+    with pytest.raises(ValueError, match="unknown attack variant 'xx'; choose one of bn, it"):
+        attack.build_attack(ds, "xx")
+
+
+@pytest.mark.parametrize("mitigation_num", [10, 30])
+def test_detection_negatives_exclude_every_attack_original(ds, mitigation_num):
+    a = attack.build_badnets(ds, poison_num=20, mitigation_num=mitigation_num, seed=4)
+    m = a.manifest.set_index("id")
+    neg = a.detection_negatives()
+    attack_origins = set(m.origin[m.role != "clean"])
+    assert (m.loc[neg, "role"] == "clean").all()
+    assert not set(m.loc[neg, "origin"]) & attack_origins
+    left_out = set(a.ids("clean")) - set(neg)
+    # only clean copies of mitigation-only originals are left out (poison ones are replaced)
+    assert len(left_out) == max(0, mitigation_num - 20)
+    assert set(m.loc[sorted(left_out), "origin"]) <= set(m.origin[m.role == "mitigation"])
