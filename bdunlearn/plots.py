@@ -1,29 +1,405 @@
-"""One figure style for every notebook, print-quality saving, and the explorer widgets."""
+"""One figure style for every notebook, the notebooks' figures, and the explorer widgets.
+
+Each figure function takes the tidy table its notebook builds (the columns are named in its
+docstring), returns a matplotlib ``Figure`` and leaves saving to :func:`save`. Rates (ASR,
+accuracy, AUROC) are drawn on a fixed 0-1 axis as percentages; bars carry their value, so a
+bar of height zero reads as "0%", not as missing data.
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 import seaborn as sns
 import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, MaxNLocator, PercentFormatter
 
 PALETTE = "colorblind"
+PRINT_DPI = 200
+
+# How the tables' short names read in a figure.
+NAMES = {
+    "bn": "BadNets-based (BN)", "it": "input-targeted (IT)",
+    "badnets": "classical BadNets", "bau": "BAU after unlearning",
+    "mu": "MU", "sms": "SMS",
+    "neural_cleanse": "Neural Cleanse", "baeraser": "BAERASER",
+    "grad_prune": "Grad-Prune, known trigger", "grad_prune_nc": "Grad-Prune, NC trigger",
+    "finetune": "fine-tuning", "fine_pruning": "fine-pruning",
+}
 
 
 def use_style() -> None:
-    """The shared look: seaborn ticks, colour-blind palette, readable sizes."""
+    """The shared look: seaborn ticks, colour-blind palette, readable sizes, print dpi."""
     sns.set_theme(style="ticks", palette=PALETTE, context="notebook")
-    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 200, "savefig.bbox": "tight",
-                         "axes.spines.top": False, "axes.spines.right": False})
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": PRINT_DPI, "savefig.bbox": "tight",
+                         "axes.spines.top": False, "axes.spines.right": False,
+                         "legend.frameon": False})
 
 
 def save(fig, figures_dir, stem: str, name: str) -> Path:
-    """Save ``figures/<stem>-<name>.png`` at print quality and return its path."""
+    """Save ``figures/<stem>-<name>.png`` at print quality (200 dpi) and return its path."""
     path = Path(figures_dir) / f"{stem}-{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, dpi=PRINT_DPI, bbox_inches="tight")
     return path
+
+
+def _name(key) -> str:
+    return NAMES.get(key, str(key))
+
+
+def _require(table, columns, figure: str) -> None:
+    """Refuse a table that is empty or lacks a column ``figure`` draws from."""
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"{figure} needs a pandas DataFrame, not {type(table).__name__}")
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"the table given to {figure} lacks the columns {missing}; "
+                         f"it needs {list(columns)}")
+    if table.empty:
+        raise ValueError(f"the table given to {figure} has no rows")
+
+
+def _rate_axis(ax, axis: str = "y", top: float = 1.02) -> None:
+    """A 0-100% axis with a little room below zero so a zero line stays visible."""
+    lim = (-0.02, top)
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(*lim)
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    (ax.set_yticks if axis == "y" else ax.set_xticks)([0, 0.25, 0.5, 0.75, 1.0])
+
+
+def _percent(value: float) -> str:
+    """A rate as a label: whole percent, one decimal below 1% so small is not zero."""
+    if np.isnan(value):
+        return ""
+    return f"{100 * value:.1f}%" if 0 < abs(value) < 0.01 else f"{100 * value:.0f}%"
+
+
+def _label_bars(ax) -> None:
+    """Write each bar's value (as a percentage) at its end; a zero bar reads '0%'."""
+    for bars in ax.containers:
+        ax.bar_label(bars, labels=[_percent(v) for v in bars.datavalues], padding=2,
+                     fontsize=8)
+
+
+def _integer_ticks(ax, values) -> None:
+    """x ticks exactly at the integer values drawn (shard counts, sample counts)."""
+    ticks = sorted({int(v) for v in values})
+    ax.xaxis.set_major_locator(FixedLocator(ticks) if len(ticks) <= 12
+                               else MaxNLocator(integer=True))
+
+
+def before_after(table: pd.DataFrame, baselines: dict) -> Figure:
+    """Notebook 01: clean accuracy and ASR of each variant before and after the requests.
+
+    ``table`` has one row per (variant, seed, requested) with ``clean_acc`` and ``asr``;
+    ``requested == 0`` is "before", any other count "after". ``baselines`` maps each seed
+    to the clean accuracy of the model trained without attack samples (the dotted line).
+    Each bar carries its value (means over seeds).
+    """
+    _require(table, ["variant", "requested", "clean_acc", "asr"], "before_after")
+    if not baselines:
+        raise ValueError("before_after needs the no-attack accuracy of at least one seed "
+                         "in baselines, got an empty mapping")
+    summary = table.assign(
+        stage=np.where(table.requested > 0, "after the requests", "before the requests"),
+        attack=table.variant.map(_name))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), sharey=True, layout="constrained")
+    panels = (("clean_acc", "clean accuracy"), ("asr", "attack success rate"))
+    for ax, (metric, title) in zip(axes, panels):
+        sns.barplot(summary, x="attack", y=metric, hue="stage", ax=ax, errorbar=None,
+                    hue_order=["before the requests", "after the requests"])
+        _label_bars(ax)
+        ax.set(title=title, xlabel="", ylabel="")
+        _rate_axis(ax, top=1.15)
+        ax.get_legend().remove()
+    no_attack = float(np.mean(list(baselines.values())))
+    axes[0].axhline(no_attack, color="k", ls=":", lw=1)
+    handles, labels = axes[0].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], color="k", ls=":", lw=1))
+    labels.append(f"model without attack samples ({100 * no_attack:.0f}%)")
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
+    return fig
+
+
+def _trajectory_axes(axes, traj: pd.DataFrame, hue: str, at=None) -> None:
+    panels = (("asr", "attack success rate"), ("clean_acc", "clean accuracy"),
+              ("retrain_seconds", "seconds per request batch"))
+    order = list(dict.fromkeys(traj[hue]))
+    for ax, (metric, title) in zip(axes, panels):
+        data = traj[traj.requested > 0] if metric == "retrain_seconds" else traj
+        sns.lineplot(data, x="requested", y=metric, hue=hue, hue_order=order, marker="o",
+                     ax=ax, errorbar=None, legend=ax is axes[0])
+        ax.set(title=title, xlabel="mitigation samples unlearned", ylabel="")
+        if metric == "retrain_seconds":
+            ax.set_ylim(bottom=0)
+            ax.set_ylabel("seconds (as measured when computed)", fontsize=8)
+        else:
+            _rate_axis(ax)
+        if at is not None:
+            ax.axvline(at, color="grey", ls="--", lw=1)
+
+
+def trajectory(traj: pd.DataFrame, hue: str = "setting") -> Figure:
+    """Notebook 02: ASR, clean accuracy and serving seconds along the requests.
+
+    ``traj`` has ``requested`` (mitigation samples unlearned so far), ``asr``,
+    ``clean_acc``, ``retrain_seconds`` and the column ``hue`` naming each unlearning
+    setting (for example "exact", "SISA S=5", "amnesiac"); seeds are averaged. The legend
+    sits below the panels, off every line.
+    """
+    _require(traj, ["requested", "asr", "clean_acc", "retrain_seconds", hue], "trajectory")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    _trajectory_axes(axes, traj, hue)
+    legend = axes[0].get_legend()
+    handles, labels = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
+    legend.remove()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), title=None)
+    return fig
+
+
+def _png(fig, dpi: int = 100) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _box_with_fallback(children, png: bytes, text: str):
+    """A ``VBox`` of ``children`` that also carries a static PNG and a plain-text line.
+
+    A live JupyterLab renders the widget; a saved notebook without widget state (GitHub,
+    nbviewer, an untrusted notebook) shows the PNG instead of ``VBox(children=...)``.
+    """
+    import ipywidgets as widgets
+
+    class FallbackBox(widgets.VBox):
+        def _repr_mimebundle_(self, **kwargs):
+            return {**super()._repr_mimebundle_(**kwargs), "image/png": png,
+                    "text/plain": text}
+
+    return FallbackBox(children)
+
+
+def trajectory_slider(traj: pd.DataFrame, hue: str = "setting"):
+    """Notebook 02: a slider over the number of mitigation samples unlearned.
+
+    The slider's readout is that number (the values of ``traj.requested``); moving it
+    redraws the :func:`trajectory` panels with a marker at that point and shows the mean
+    clean accuracy and ASR of each setting there. Saved without widget state, the
+    notebook shows the figure at the last request instead.
+    """
+    import ipywidgets as widgets
+
+    _require(traj, ["requested", "asr", "clean_acc", "retrain_seconds", hue],
+             "trajectory_slider")
+    steps = [int(k) for k in sorted(traj.requested.unique())]
+
+    def frame(k: int) -> bytes:
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+        _trajectory_axes(axes, traj, hue, at=k)
+        sns.move_legend(axes[0], "lower left", bbox_to_anchor=(0, 1.12), ncol=6,
+                        title=None, fontsize=8)
+        return _png(fig)
+
+    def readout(k: int) -> str:
+        now = traj[traj.requested == k].groupby(hue, sort=False)[["clean_acc", "asr"]].mean()
+        now.columns = ["clean accuracy", "ASR"]
+        return (f"<b>{k} mitigation samples unlearned</b>"
+                + now.style.format("{:.1%}").to_html())
+
+    slider = widgets.SelectionSlider(options=steps, value=steps[-1],
+                                     description="mitigation samples unlearned",
+                                     continuous_update=False,
+                                     style={"description_width": "initial"},
+                                     layout=widgets.Layout(width="640px"))
+    last = frame(steps[-1])
+    image = widgets.Image(value=last, format="png")
+    table = widgets.HTML(readout(steps[-1]))
+
+    def redraw(change):
+        image.value = frame(change["new"])
+        table.value = readout(change["new"])
+
+    slider.observe(redraw, names="value")
+    return _box_with_fallback([slider, image, table], last,
+                              f"trajectory slider over {len(steps)} request counts "
+                              f"(live in JupyterLab; the figure shows the last one)")
+
+
+def defense_cost(overhead: pd.DataFrame, traj: pd.DataFrame) -> Figure:
+    """Notebook 03: cumulative defense seconds along the attack, and when detection fires.
+
+    ``overhead`` has ``setting`` ("badnets" for the one-time runs on the classical model,
+    "bau" for the runs after each request batch), ``defense``, ``requested``, ``seconds``
+    and ``flagged``; rows whose defense starts with ``screen`` (request screening) are
+    left out. ``traj`` is the attack's trajectory (``requested``, ``asr``) under exact
+    unlearning. Left: cumulative seconds of each defense re-run after every batch, with
+    its one-time cost on BadNets dotted in the same colour. Right: the served model's ASR,
+    circled where Neural Cleanse flags the target.
+    """
+    _require(overhead, ["setting", "defense", "requested", "seconds", "flagged"],
+             "defense_cost")
+    _require(traj, ["requested", "asr"], "defense_cost")
+    runs = overhead[~overhead.defense.str.startswith("screen")]
+    bau = runs[runs.setting == "bau"].sort_values("requested")
+    once = runs[runs.setting == "badnets"].groupby("defense").seconds.mean()
+    defenses = list(dict.fromkeys(bau.defense))
+    colours = dict(zip(defenses, sns.color_palette(PALETTE)))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
+    for d in defenses:
+        rows = bau[bau.defense == d].groupby("requested").seconds.mean().cumsum()
+        axes[0].plot(rows.index, rows.values, "o-", color=colours[d], label=_name(d))
+        if d in once:
+            axes[0].axhline(once[d], color=colours[d], ls=":", lw=1.2)
+    axes[0].plot([], [], "k:", lw=1.2, label="once on classical BadNets")
+    axes[0].set(title="cumulative cost of re-running each defense",
+                xlabel="mitigation samples unlearned", ylabel="seconds")
+    axes[0].set_ylim(bottom=0)
+    _integer_ticks(axes[0], bau.requested)
+    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8)
+    asr = traj.groupby("requested").asr.mean()
+    axes[1].plot(asr.index, asr.values, "o-", color="k", label="ASR of the served model")
+    nc = bau[bau.defense == "neural_cleanse"].groupby("requested").flagged.any()
+    fired = [k for k in nc.index[nc.astype(bool)] if k in asr.index]
+    axes[1].scatter(fired, asr[fired], s=140, facecolors="none", edgecolors="r", lw=1.5,
+                    label="Neural Cleanse flags the target", zorder=3)
+    axes[1].set(title="when detection fires", xlabel="mitigation samples unlearned",
+                ylabel="")
+    _rate_axis(axes[1])
+    _integer_ticks(axes[1], asr.index)
+    axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8)
+    return fig
+
+
+def auroc_vs_shards(det: pd.DataFrame, ax=None) -> Figure:
+    """Notebook 04: AUROC of each detector and variant against the shard count.
+
+    ``det`` has ``shards``, ``detector``, ``variant`` and ``auroc`` (one row per seed;
+    lines are means, dots the seeds). Ticks sit at the shard counts measured, the axis
+    covers 0-100% (an AUROC below chance stays visible), chance is dotted, and the legend
+    sits outside the lines. Draws into ``ax`` when given, else a new figure.
+    """
+    _require(det, ["shards", "detector", "variant", "auroc"], "auroc_vs_shards")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.5, 3.4), layout="constrained")
+    styles = {v: s for v, s in zip(dict.fromkeys(det.variant), ("-", "--", "-.", ":"))}
+    colours = dict(zip(dict.fromkeys(det.detector), sns.color_palette(PALETTE)))
+    for (detector, variant), rows in det.groupby(["detector", "variant"], sort=False):
+        mean = rows.groupby("shards").auroc.mean()
+        ax.scatter(rows.shards, rows.auroc, s=10, color=colours[detector], alpha=0.35)
+        ax.plot(mean.index, mean.values, marker="o", ls=styles[variant],
+                color=colours[detector], label=f"{_name(detector)}, {_name(variant)}")
+    ax.axhline(0.5, color="k", ls=":", lw=1, label="chance")
+    ax.set(title="AUROC against shard count", xlabel="shards", ylabel="AUROC")
+    _rate_axis(ax)
+    _integer_ticks(ax, det.shards)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    return ax.figure
+
+
+def detection(det: pd.DataFrame, curves: dict, seed: int) -> Figure:
+    """Notebook 04's three panels: MU score histograms, ROC curves, AUROC against shards.
+
+    ``curves`` maps ``(variant, seed, shards, detector)`` to ``(positive_scores,
+    negative_scores)``; the histogram shows the BN attack's MU scores at the fewest shards
+    of ``seed``, the ROC panel every BN curve of ``seed``; the third panel is
+    :func:`auroc_vs_shards`.
+    """
+    from sklearn.metrics import roc_curve
+
+    bn = {k: v for k, v in curves.items() if k[0] == "bn" and k[1] == seed}
+    if not bn:
+        raise ValueError(f"curves hold no BN scores for seed {seed!r}; seeds present: "
+                         f"{sorted({k[1] for k in curves})}")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), layout="constrained",
+                             gridspec_kw={"width_ratios": [1, 1, 1.35]})
+    fewest = min(k[2] for k in bn if k[3] == "mu")
+    pos, neg = bn[("bn", seed, fewest, "mu")]
+    sns.histplot({"mitigation": pos, "clean": neg}, bins=30, stat="density",
+                 common_norm=False, element="step", ax=axes[0])
+    axes[0].set(title=f"MU scores, BN attack, {fewest} shard{'s' * (fewest > 1)}",
+                xlabel="Gini impurity", ylabel="density")
+    for (_, _, s, d), (sp, sn) in sorted(bn.items(), key=lambda kv: (kv[0][2], kv[0][3])):
+        fpr, tpr, _ = roc_curve(np.r_[np.ones(len(sp)), np.zeros(len(sn))], np.r_[sp, sn])
+        axes[1].plot(fpr, tpr, label=f"{_name(d)}, {s} shard{'s' * (s > 1)}")
+    axes[1].plot([0, 1], [0, 1], "k:", lw=1)
+    axes[1].set(title="ROC, BN attack", xlabel="false-positive rate",
+                ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    axes[1].legend(fontsize=7, loc="lower right")
+    auroc_vs_shards(det, ax=axes[2])
+    return fig
+
+
+def filter_effect(both: pd.DataFrame) -> Figure:
+    """Notebook 04: the attack's ASR with and without the request filter.
+
+    ``both`` has ``unlearning`` (the setting's label, e.g. "no filter", "MU filter"),
+    ``requested``, ``asr`` and ``refused`` (requests the filter refused in that batch).
+    Left: ASR against the samples requested; right: requests refused so far.
+    """
+    _require(both, ["unlearning", "requested", "asr", "refused"], "filter_effect")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained",
+                             gridspec_kw={"width_ratios": [1.4, 1]})
+    order = list(dict.fromkeys(both.unlearning))
+    sns.lineplot(both, x="requested", y="asr", hue="unlearning", hue_order=order,
+                 marker="o", ax=axes[0], errorbar=None)
+    axes[0].set(title="ASR with and without the MU request filter", ylabel="",
+                xlabel="mitigation samples requested")
+    _rate_axis(axes[0])
+    sns.move_legend(axes[0], "upper left", title=None)
+    refused = both.sort_values("requested").assign(
+        refused_so_far=lambda d: d.groupby("unlearning").refused.cumsum())
+    sns.lineplot(refused, x="requested", y="refused_so_far", hue="unlearning",
+                 hue_order=order, marker="o", ax=axes[1], errorbar=None, legend=False)
+    axes[1].set(title="requests refused so far", xlabel="mitigation samples requested",
+                ylabel="")
+    axes[1].set_ylim(bottom=-0.5)
+    axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def erasure(df: pd.DataFrame) -> Figure:
+    """Notebook 05: ASR and clean accuracy after each defense, on both backdoored models.
+
+    ``df`` has ``attack``, ``defense``, ``defender_samples``, ``asr_before``,
+    ``asr_after`` and ``clean_acc_after`` (rows without ``asr_after``, such as Neural
+    Cleanse on clean models, are left out). One horizontal bar per defense and attack,
+    labelled with its value; the legend gives each attack's ASR before any defense.
+    """
+    _require(df, ["attack", "defense", "defender_samples", "asr_before", "asr_after",
+                  "clean_acc_after"], "erasure")
+    rows = df.dropna(subset=["asr_after"]).copy()
+    if rows.empty:
+        raise ValueError("the table given to erasure has no row with an asr_after value")
+    rows["defense_label"] = [f"{_name(d)}\n({n} clean samples)"
+                             for d, n in zip(rows.defense, rows.defender_samples)]
+    rows["attack_label"] = rows.attack.map(_name)
+    order = list(dict.fromkeys(rows.defense_label))
+    hue_order = list(dict.fromkeys(rows.attack_label))
+    colours = dict(zip(hue_order, sns.color_palette(PALETTE)))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 * len(order) + 1.4), sharey=True,
+                             layout="constrained")
+    panels = (("asr_after", "ASR after the defense", "attack success rate"),
+              ("clean_acc_after", "clean accuracy after the defense", "clean accuracy"))
+    for ax, (metric, title, xlabel) in zip(axes, panels):
+        sns.barplot(rows, x=metric, y="defense_label", hue="attack_label", order=order,
+                    hue_order=hue_order, palette=colours, ax=ax, errorbar=None, legend=False)
+        _label_bars(ax)
+        ax.set(title=title, xlabel=xlabel, ylabel="")
+        _rate_axis(ax, axis="x", top=1.2)
+        ax.set_xticks([0, 0.5, 1.0])
+    before = rows.groupby("attack_label", sort=False).asr_before.mean()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[a]) for a in hue_order]
+    labels = [f"{a} (ASR before: {_percent(before[a])})" for a in hue_order]
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(handles), fontsize=9)
+    return fig
 
 
 def _show(ax, img: torch.Tensor, title: str) -> None:
@@ -63,70 +439,49 @@ def attack_gallery(atk, classes, n: int = 6):
     else:
         clean = m[m.role == "clean"].head(n)
         rows = {"clean": (atk.x[torch.tensor(clean.id.to_numpy())],
-                          [classes[int(l)] for l in clean.label])}
+                          [classes[int(label)] for label in clean.label])}
     rows["poison"] = (atk.x[torch.tensor(pois.id.to_numpy())],
-                      [f"-> {classes[int(l)]}" for l in pois.label])
+                      [f"-> {classes[int(label)]}" for label in pois.label])
     rows["mitigation"] = (atk.x[torch.tensor(mit.id.to_numpy())],
-                          [classes[int(l)] for l in mit.label])
+                          [classes[int(label)] for label in mit.label])
     rows["test trigger"] = (atk.x_eval[:n], ["trigger"] * min(n, len(atk.x_eval)))
     return gallery(rows, ncol=n)
 
 
-def trajectory_slider(df, x: str = "requested", hue: str = "setting"):
-    """An ipywidgets slider over a trajectory table: one point of it at a time."""
-    import ipywidgets as widgets
-
-    steps = sorted(df[x].unique())
-    out = widgets.Output()
-
-    def draw(change=None):
-        k = steps[slider.value]
-        with out:
-            out.clear_output(wait=True)
-            fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-            for ax, metric in zip(axes, ("asr", "clean_acc")):
-                sns.lineplot(df, x=x, y=metric, hue=hue, marker="o", ax=ax, errorbar=None)
-                ax.axvline(k, color="grey", ls="--")
-                ax.set_ylim(-0.02, 1.02)
-            axes[1].get_legend().remove() if axes[1].get_legend() else None
-            plt.show()
-            cur = df[df[x] == k].groupby(hue)[["clean_acc", "asr"]].mean()
-            print(f"{k} mitigation samples unlearned:\n{cur.round(3).to_string()}")
-
-    slider = widgets.IntSlider(0, 0, len(steps) - 1, description="request step",
-                               continuous_update=False)
-    slider.observe(draw, names="value")
-    draw()
-    return widgets.VBox([slider, out])
-
-
 def image_viewer(atk, classes):
-    """A dropdown over the roles of an attack's samples and a slider over their index."""
+    """A dropdown over the roles of an attack's samples and a slider over their index.
+
+    Saved without widget state, the notebook shows the first poison sample instead.
+    """
     import ipywidgets as widgets
 
     m = atk.manifest
     role = widgets.Dropdown(options=["poison", "mitigation", "test trigger"],
                             description="samples")
     index = widgets.IntSlider(0, 0, 10, description="index")
-    out = widgets.Output()
 
     def pick():
         if role.value == "test trigger":
             return atk.x_eval, ["test trigger"] * len(atk.x_eval)
         rows = m[m.role == role.value]
         return (atk.x[torch.tensor(rows.id.to_numpy())],
-                [f"id {i}, label {classes[int(l)]}" for i, l in zip(rows.id, rows.label)])
+                [f"id {i}, label {classes[int(label)]}" for i, label in zip(rows.id, rows.label)])
 
-    def draw(change=None):
+    def frame() -> bytes:
         imgs, titles = pick()
         index.max = max(len(imgs) - 1, 0)
-        with out:
-            out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(2.4, 2.4))
-            _show(ax, imgs[min(index.value, len(imgs) - 1)], titles[min(index.value, len(imgs) - 1)])
-            plt.show()
+        i = min(index.value, len(imgs) - 1)
+        fig, ax = plt.subplots(figsize=(2.4, 2.4))
+        _show(ax, imgs[i], titles[i])
+        return _png(fig)
 
-    role.observe(draw, names="value")
-    index.observe(draw, names="value")
-    draw()
-    return widgets.VBox([widgets.HBox([role, index]), out])
+    first = frame()
+    image = widgets.Image(value=first, format="png")
+
+    def redraw(change=None):
+        image.value = frame()
+
+    role.observe(redraw, names="value")
+    index.observe(redraw, names="value")
+    return _box_with_fallback([widgets.HBox([role, index]), image], first,
+                              "image viewer over the attack's samples (live in JupyterLab)")
