@@ -1,10 +1,16 @@
 """Dataset readers: real on-disk formats in, uint8 tensors ``(N, C, H, W)`` out.
 
 Every reader returns a :class:`Dataset` holding train and test images as uint8 tensors
-and int64 labels. Roots are searched in this order: the ``root`` argument, the
-``BDUNLEARN_DATA`` environment variable, the user cache (``~/.cache/bdunlearn``), and
-the Debian dataset folder (``/usr/share/datasets``). Layouts are those torchvision
-writes, so a root that torchvision downloaded into works as it is.
+and int64 labels. A ``root`` argument is the only folder searched when it is given;
+without one, roots are searched in this order: the ``BDUNLEARN_DATA`` environment
+variable, the user cache (``~/.cache/bdunlearn``), and the Debian dataset folder
+(``/usr/share/datasets``). Layouts are those torchvision writes, so a root that
+torchvision downloaded into works as it is.
+
+A file that is there but cannot be read (truncated, not gzip, wrong magic number, a
+corrupt pickle, a CSV without the expected columns) raises :class:`DataFileError`
+naming the file and the dataset; missing data raises ``FileNotFoundError`` saying what
+is missing where and how to get it.
 """
 
 from __future__ import annotations
@@ -13,13 +19,16 @@ import csv
 import gzip
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-DATASETS = ("fmnist", "mnist", "cifar10", "gtsrb", "digits")
+from .checks import choice, flag, integer
+from .registry import DATASETS, spec
+
 DEBIAN_ROOT = Path("/usr/share/datasets")
 
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -28,16 +37,28 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
-HOW_TO_GET = {
-    "fmnist": "install it with `apt-get install dataset-fashion-mnist` (or `make setup`)",
-    "mnist": "put the four MNIST idx files in <root>/MNIST/raw, or call "
-             "bdunlearn.data.load('mnist', root, fetch=True) where torchvision imports",
-    "cifar10": "extract cifar-10-python.tar.gz so that <root>/cifar-10-batches-py exists, "
-               "or call load('cifar10', root, fetch=True) where torchvision imports",
-    "gtsrb": "extract the GTSRB training and test archives into <root>/gtsrb "
-             "(torchvision's layout), or call load('gtsrb', root, fetch=True) where "
-             "torchvision imports",
+IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# What a root must hold, completing "expected ..." in the not-found message.
+EXPECTED = {
+    "fmnist": f"the idx files {', '.join(IDX_STEMS)} (optionally .gz) in <root>, "
+              "<root>/fashion-mnist or <root>/FashionMNIST/raw",
+    "mnist": f"the idx files {', '.join(IDX_STEMS)} (optionally .gz) in <root>/MNIST/raw "
+             "or <root>/mnist",
+    "cifar10": "<root>/cifar-10-batches-py with data_batch_1 to data_batch_5 and test_batch",
+    "gtsrb": "<root>/gtsrb/GTSRB/Training, <root>/gtsrb/GTSRB/Final_Test/Images and "
+             "<root>/gtsrb/GT-final_test.csv",
 }
+RUNNER_HINT = 'from the command line: make reproduce ARGS="-p data_root /path"'
+
+
+class DataFileError(ValueError):
+    """A data file that exists but cannot be read; the message names file and dataset."""
+
+
+def _corrupt(dataset: str, path: Path, reason: str) -> DataFileError:
+    return DataFileError(f"{dataset} file {path} is unreadable: {reason}; replace it with a "
+                         "fresh copy of the original download")
 
 
 @dataclass(frozen=True)
@@ -51,6 +72,26 @@ class Dataset:
     y_test: torch.Tensor
     classes: tuple[str, ...]
 
+    def __post_init__(self):
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
+                raise ValueError(f"x_{split} must be a uint8 tensor (N, C, H, W), got "
+                                 f"{getattr(x, 'dtype', type(x).__name__)} "
+                                 f"{tuple(getattr(x, 'shape', ()))}")
+            if (not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1
+                    or len(y) != len(x)):
+                raise ValueError(f"y_{split} must be an int64 tensor with one label per image "
+                                 f"({len(x)}), got {getattr(y, 'dtype', type(y).__name__)} "
+                                 f"{tuple(getattr(y, 'shape', ()))}")
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
+                raise ValueError(f"y_{split} holds label {int(y.max())} (min {int(y.min())}), "
+                                 f"outside the {len(self.classes)} classes 0.."
+                                 f"{len(self.classes) - 1}")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise ValueError(f"train images {tuple(self.x_train.shape[1:])} and test images "
+                             f"{tuple(self.x_test.shape[1:])} must have the same shape")
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
@@ -61,8 +102,12 @@ class Dataset:
 
     def subset(self, train: int | None = None, test: int | None = None,
                seed: int = 0) -> "Dataset":
-        """A class-stratified random subset (``None`` keeps a split whole)."""
-        gen = np.random.default_rng(seed)
+        """A random subset of ``train`` and ``test`` samples (``None`` keeps a split whole;
+        a size at least the split's keeps it whole too), drawn from ``seed``."""
+        gen = np.random.default_rng(integer("seed", seed, low=0))
+        for name, n in (("train", train), ("test", test)):
+            if n is not None:
+                integer(f"{name} subset size", n, low=1)
         xtr, ytr = _take(self.x_train, self.y_train, train, gen)
         xte, yte = _take(self.x_test, self.y_test, test, gen)
         return Dataset(self.name, xtr, ytr, xte, yte, self.classes)
@@ -71,18 +116,18 @@ class Dataset:
 def _take(x, y, n, gen):
     if n is None or n >= len(y):
         return x, y
-    if n < 1:
-        raise ValueError(f"subset size {n} must be a positive number of samples")
     idx = gen.permutation(len(y))[:n]  # experiment.defender_pool relies on this draw
     idx = torch.from_numpy(np.sort(idx))
     return x[idx], y[idx]
 
 
 def candidate_roots(root: str | os.PathLike | None = None) -> list[Path]:
-    """Folders searched for data, in order."""
-    roots = []
+    """Folders searched for data, in order: only ``root`` when it is given."""
     if root is not None:
-        roots.append(Path(root).expanduser())
+        if not isinstance(root, (str, os.PathLike)) or not str(root):
+            raise ValueError(f"data_root {root!r} must be a folder path")
+        return [Path(root).expanduser()]
+    roots = []
     if os.environ.get("BDUNLEARN_DATA"):
         roots.append(Path(os.environ["BDUNLEARN_DATA"]).expanduser())
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -92,13 +137,14 @@ def candidate_roots(root: str | os.PathLike | None = None) -> list[Path]:
 
 
 def load(name: str, root: str | os.PathLike | None = None, *, fetch: bool = False) -> Dataset:
-    """Load dataset ``name`` (one of :data:`DATASETS`) from the first root that holds it.
+    """Load dataset ``name`` (a name in :mod:`bdunlearn.registry`) from the first root holding it.
 
     ``fetch=True`` downloads into ``root`` (or the user cache) through torchvision when
-    the data is missing; torchvision is imported only then.
+    the data is missing; torchvision is imported only then. An explicit ``root`` is the
+    only folder searched (no fallback to the other roots).
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    choice("dataset", name, DATASETS)
+    flag("fetch", fetch)
     if name == "digits":
         return _read_digits()
     reader = {"fmnist": _find_fmnist, "mnist": _find_mnist,
@@ -115,24 +161,37 @@ def load(name: str, root: str | os.PathLike | None = None, *, fetch: bool = Fals
         if found is not None:
             return found
     searched = ", ".join(str(r) for r in roots)
-    raise FileNotFoundError(f"{name} data not found under {searched}; {HOW_TO_GET[name]}.")
+    hint = "" if name == "fmnist" else f"; {RUNNER_HINT}"
+    raise FileNotFoundError(f"{name} data not found under {searched} (expected "
+                            f"{EXPECTED[name]}); {spec(name).how_to_get}{hint}.")
 
 
 # ---------------------------------------------------------------- idx (MNIST family)
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one idx file (gzipped or not) into a numpy array."""
+def read_idx(path: str | os.PathLike, dataset: str = "idx") -> np.ndarray:
+    """Read one unsigned-byte idx file (gzipped when its name ends in .gz) into an array.
+
+    A file that is not gzip, truncated, or not an idx file raises :class:`DataFileError`
+    naming ``path`` and ``dataset``.
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _corrupt(dataset, path, f"{exc.__class__.__name__}: {exc}") from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte idx file")
+        raise _corrupt(dataset, path, "not an unsigned-byte idx file (magic number "
+                                      f"{data[:4].hex() or 'missing'}, expected 0000080N)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise _corrupt(dataset, path, f"its header is cut short ({len(data)} bytes)")
     dims = np.frombuffer(data, dtype=">i4", count=ndim, offset=4)
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path} holds {arr.size} bytes, its header says {tuple(dims)}")
+        raise _corrupt(dataset, path, f"it holds {arr.size} bytes of data, its header says "
+                                      f"{tuple(int(d) for d in dims)}")
     return arr.reshape(tuple(int(d) for d in dims))
 
 
@@ -144,12 +203,21 @@ def _idx_file(folder: Path, stem: str) -> Path | None:
 
 
 def _read_idx_folder(folder: Path, name: str, classes) -> Dataset | None:
-    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    files = [_idx_file(folder, s) for s in stems]
-    if any(f is None for f in files):
+    files = [_idx_file(folder, s) for s in IDX_STEMS]
+    if all(f is None for f in files):
         return None
-    xtr, ytr, xte, yte = (read_idx(f) for f in files)
+    missing = [s for s, f in zip(IDX_STEMS, files) if f is None]
+    if missing:
+        raise FileNotFoundError(f"{name} data in {folder} is incomplete: {', '.join(missing)} "
+                                f"(or .gz) missing; {spec(name).how_to_get}")
+    xtr, ytr, xte, yte = (read_idx(f, name) for f in files)
+    for xf, yf, x, y in ((files[0], files[1], xtr, ytr), (files[2], files[3], xte, yte)):
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise _corrupt(name, xf, f"images of shape {x.shape[1:]}, expected 28x28")
+        if y.ndim != 1 or len(y) != len(x):
+            raise _corrupt(name, yf, f"{y.size} labels for the {len(x)} images of {xf.name}")
+        if y.size and int(y.max()) >= len(classes):
+            raise _corrupt(name, yf, f"label {int(y.max())} outside 0..{len(classes) - 1}")
     return Dataset(name, torch.from_numpy(xtr.copy()).unsqueeze(1),
                    torch.from_numpy(ytr.astype(np.int64)),
                    torch.from_numpy(xte.copy()).unsqueeze(1),
@@ -174,23 +242,49 @@ def _find_mnist(root: Path) -> Dataset | None:
 
 # ---------------------------------------------------------------- CIFAR-10 pickles
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+def _unpickle(path: Path, keys) -> dict:
+    """A CIFAR batch as a dict holding ``keys``; anything else is a :class:`DataFileError`."""
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+    except Exception as exc:  # a corrupt pickle can raise almost any error type
+        raise _corrupt("cifar10", path, f"{exc.__class__.__name__}: {exc}") from exc
+    if not isinstance(d, dict):
+        raise _corrupt("cifar10", path, f"it holds a {type(d).__name__}, not a dict")
+    missing = [k.decode() for k in keys if k not in d]
+    if missing:
+        raise _corrupt("cifar10", path, f"the key(s) {', '.join(missing)} are missing")
+    return d
+
+
+def _cifar_batch(path: Path):
+    d = _unpickle(path, (b"data", b"labels"))
+    try:
+        x = np.asarray(d[b"data"], dtype=np.uint8)
+        y = np.asarray(d[b"labels"], dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise _corrupt("cifar10", path, f"data or labels are not numbers ({exc})") from exc
+    if x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+        raise _corrupt("cifar10", path, f"data of shape {x.shape}, expected (N, 3072)")
+    if y.ndim != 1 or len(y) != len(x):
+        raise _corrupt("cifar10", path, f"{y.size} labels for {len(x)} images")
+    if y.size and (y.min() < 0 or y.max() > 9):
+        raise _corrupt("cifar10", path, f"labels outside 0..9 (from {y.min()} to {y.max()})")
+    return x.reshape(-1, 3, 32, 32), y
 
 
 def _find_cifar10(root: Path) -> Dataset | None:
     folder = root / "cifar-10-batches-py"
-    train_files = [folder / f"data_batch_{i}" for i in range(1, 6)]
-    if not all(f.is_file() for f in train_files + [folder / "test_batch"]):
+    if not folder.is_dir():
         return None
+    train_files = [folder / f"data_batch_{i}" for i in range(1, 6)]
+    missing = [f.name for f in train_files + [folder / "test_batch"] if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"cifar10 data in {folder} is incomplete: {', '.join(missing)} "
+                                f"missing; {spec('cifar10').how_to_get}; {RUNNER_HINT}")
 
     def read(files):
-        xs, ys = [], []
-        for f in files:
-            d = _unpickle(f)
-            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(d[b"labels"], dtype=np.int64))
+        xs, ys = zip(*(_cifar_batch(f) for f in files))
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     xtr, ytr = read(train_files)
@@ -198,7 +292,10 @@ def _find_cifar10(root: Path) -> Dataset | None:
     classes = CIFAR10_CLASSES
     meta = folder / "batches.meta"
     if meta.is_file():
-        classes = tuple(n.decode() for n in _unpickle(meta)[b"label_names"])
+        names = _unpickle(meta, (b"label_names",))[b"label_names"]
+        if not isinstance(names, (list, tuple)) or len(names) != 10:
+            raise _corrupt("cifar10", meta, "label_names is not a list of 10 names")
+        classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     return Dataset("cifar10", xtr, ytr, xte, yte, classes)
 
 
@@ -219,21 +316,39 @@ def _read_roi(path: Path, row: dict) -> np.ndarray:
 
 
 def _read_gt_csv(csv_path: Path, image_dir: Path):
+    """Images and labels listed in one GTSRB annotation CSV; a CSV without the expected
+    columns, a bad number, or a missing or unreadable image is a :class:`DataFileError`
+    naming the CSV."""
     xs, ys = [], []
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f, delimiter=";"):
-            xs.append(_read_roi(image_dir / row["Filename"], row))
-            ys.append(int(row["ClassId"]))
+    try:
+        with open(csv_path, newline="") as f:
+            for line, row in enumerate(csv.DictReader(f, delimiter=";"), start=2):
+                try:
+                    xs.append(_read_roi(image_dir / row["Filename"], row))
+                    ys.append(int(row["ClassId"]))
+                except KeyError as exc:
+                    raise _corrupt("gtsrb", csv_path, f"column {exc} is missing (line {line}); "
+                                   "expected Filename;...;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId")
+                except (TypeError, ValueError, OSError) as exc:
+                    raise _corrupt("gtsrb", csv_path,
+                                   f"line {line}: {exc.__class__.__name__}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise _corrupt("gtsrb", csv_path, f"{exc.__class__.__name__}: {exc}") from exc
     return xs, ys
 
 
 def _find_gtsrb(root: Path) -> Dataset | None:
     base = root / "gtsrb"
+    if not base.is_dir():
+        return None
     train_dir = base / "GTSRB" / "Training"
     test_dir = base / "GTSRB" / "Final_Test" / "Images"
     test_csv = base / "GT-final_test.csv"
-    if not (train_dir.is_dir() and test_dir.is_dir() and test_csv.is_file()):
-        return None
+    missing = [str(p) for p, ok in ((train_dir, train_dir.is_dir()), (test_dir, test_dir.is_dir()),
+                                    (test_csv, test_csv.is_file())) if not ok]
+    if missing:
+        raise FileNotFoundError(f"gtsrb data in {base} is incomplete: {', '.join(missing)} "
+                                f"missing; {spec('gtsrb').how_to_get}; {RUNNER_HINT}")
     xtr, ytr = [], []
     for class_dir in sorted(p for p in train_dir.iterdir() if p.is_dir()):
         x, y = _read_gt_csv(class_dir / f"GT-{class_dir.name}.csv", class_dir)
@@ -241,7 +356,9 @@ def _find_gtsrb(root: Path) -> Dataset | None:
         ytr += y
     xte, yte = _read_gt_csv(test_csv, test_dir)
     if not xtr or not xte:
-        return None
+        empty = train_dir if not xtr else test_csv
+        raise FileNotFoundError(f"gtsrb data in {base} lists no images in {empty}; "
+                                f"{spec('gtsrb').how_to_get}; {RUNNER_HINT}")
     classes = tuple(str(c) for c in range(max(ytr + yte) + 1))
     return Dataset("gtsrb", torch.from_numpy(np.stack(xtr)), torch.tensor(ytr),
                    torch.from_numpy(np.stack(xte)), torch.tensor(yte), classes)
@@ -271,7 +388,7 @@ def _fetch(name: str, root: Path) -> None:
     except Exception as exc:  # torchvision missing or built against another torch
         raise RuntimeError(
             f"fetch=True needs a working torchvision ({exc.__class__.__name__}: {exc}); "
-            f"otherwise {HOW_TO_GET[name]}") from exc
+            f"otherwise {spec(name).how_to_get}") from exc
     cls = {"fmnist": tvd.FashionMNIST, "mnist": tvd.MNIST,
            "cifar10": tvd.CIFAR10, "gtsrb": tvd.GTSRB}[name]
     root.mkdir(parents=True, exist_ok=True)

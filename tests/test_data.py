@@ -68,8 +68,8 @@ def test_idx_reader_rejects_other_files(tmp_path):
         data.read_idx(bad)
 
 
-def test_cifar10_pickle_reader(isolated):
-    folder = isolated / "root" / "cifar-10-batches-py"
+def write_cifar(folder: Path) -> dict:
+    """Five training batches and a test batch of 4 random images each, plus batches.meta."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     batches = {}
@@ -81,6 +81,11 @@ def test_cifar10_pickle_reader(isolated):
             pickle.dump(d, f)
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [c.encode() for c in data.CIFAR10_CLASSES]}, f)
+    return batches
+
+
+def test_cifar10_pickle_reader(isolated):
+    batches = write_cifar(isolated / "root" / "cifar-10-batches-py")
     ds = data.load("cifar10", isolated / "root")
     assert ds.x_train.shape == (20, 3, 32, 32) and ds.x_test.shape == (4, 3, 32, 32)
     first = batches["data_batch_1"][b"data"][0].reshape(3, 32, 32)
@@ -100,9 +105,12 @@ def _ppm(path: Path, size=(40, 30), roi=(5, 6, 24, 25)):
     return f"{size[0]};{size[1]};{x1};{y1};{x2};{y2}"
 
 
-def test_gtsrb_ppm_reader_crops_roi(isolated):
-    base = isolated / "root" / "gtsrb"
-    header = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n"
+GT_HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n"
+
+
+def write_gtsrb(base: Path) -> None:
+    """Two training classes (0, 2) of two images each and a test set of two images."""
+    header = GT_HEADER
     for cls in (0, 2):
         folder = base / "GTSRB" / "Training" / f"{cls:05d}"
         folder.mkdir(parents=True)
@@ -112,6 +120,10 @@ def test_gtsrb_ppm_reader_crops_roi(isolated):
     test.mkdir(parents=True)
     lines = [f"0000{i}.ppm;{_ppm(test / f'0000{i}.ppm')};{2 * i}\n" for i in range(2)]
     (base / "GT-final_test.csv").write_text(header + "".join(lines))
+
+
+def test_gtsrb_ppm_reader_crops_roi(isolated):
+    write_gtsrb(isolated / "root" / "gtsrb")
     ds = data.load("gtsrb", isolated / "root")
     assert ds.x_train.shape == (4, 3, 32, 32) and ds.x_train.dtype == torch.uint8
     assert ds.y_train.tolist() == [0, 0, 2, 2] and ds.y_test.tolist() == [0, 2]
@@ -140,13 +152,110 @@ def test_subset_is_seeded_and_checked():
     ds = data.load("digits")
     a, b = ds.subset(100, 50, seed=3), ds.subset(100, 50, seed=3)
     assert len(a.y_train) == 100 and torch.equal(a.x_train, b.x_train)
-    with pytest.raises(ValueError, match="subset size 0"):
+    with pytest.raises(ValueError, match="train subset size 0 must be an integer >= 1"):
         ds.subset(0)
+    with pytest.raises(ValueError, match="train subset size 100.0 must be an integer"):
+        ds.subset(100.0)
+
+
+def test_explicit_root_is_honoured_without_fallback(isolated, monkeypatch):
+    write_mnist_like(isolated / "env" / "FashionMNIST" / "raw")
+    monkeypatch.setenv("BDUNLEARN_DATA", str(isolated / "env"))
+    assert len(data.load("fmnist").y_train) == 12  # found through the environment
+    with pytest.raises(FileNotFoundError) as err:
+        data.load("fmnist", isolated / "elsewhere")
+    msg = str(err.value)
+    assert f"fmnist data not found under {isolated / 'elsewhere'} (expected" in msg
+    assert str(isolated / "env") not in msg and "train-images-idx3-ubyte" in msg
+
+
+@pytest.mark.parametrize("name, layout", [("cifar10", "cifar-10-batches-py"),
+                                          ("gtsrb", "gtsrb/GTSRB/Training")])
+def test_missing_cifar_and_gtsrb_say_how_to_pass_a_data_root(isolated, name, layout):
+    with pytest.raises(FileNotFoundError) as err:
+        data.load(name, isolated / "empty")
+    msg = str(err.value)
+    assert layout in msg and "-p data_root" in msg and 'make reproduce ARGS="-p data_root' in msg
+
+
+def _gz_fmnist(root: Path) -> Path:
+    write_mnist_like(root / "FashionMNIST" / "raw")
+    return root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz"
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda f: f.write_bytes(b"this is not gzip at all"), "BadGzipFile"),
+    (lambda f: f.write_bytes(f.read_bytes()[:40]), "EOFError"),
+    (lambda f: f.write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + bytes(20))),
+     "not an unsigned-byte idx file"),
+    (lambda f: f.write_bytes(gzip.compress(gzip.decompress(f.read_bytes())[:-10])),
+     "holds 9398 bytes of data, its header says"),
+])
+def test_damaged_idx_files_name_file_and_dataset(isolated, damage, reason):
+    bad = _gz_fmnist(isolated / "root")
+    damage(bad)
+    with pytest.raises(data.DataFileError) as err:
+        data.load("fmnist", isolated / "root")
+    msg = str(err.value)
+    assert msg.startswith(f"fmnist file {bad} is unreadable") and reason in msg
+
+
+def test_incomplete_idx_folder_names_the_missing_files(isolated):
+    _gz_fmnist(isolated / "root")
+    (isolated / "root" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="fmnist data in .* is incomplete: "
+                                                "t10k-labels-idx1-ubyte"):
+        data.load("fmnist", isolated / "root")
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"garbage that is no pickle", "UnpicklingError"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}), "labels are missing"),
+    (pickle.dumps([1, 2, 3]), "holds a list, not a dict"),
+    (pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}),
+     "data of shape (2, 100), expected (N, 3072)"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}),
+     "1 labels for 2 images"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [None, "a"]}),
+     "data or labels are not numbers"),
+])
+def test_corrupt_cifar_batch_names_file_and_dataset(isolated, content, reason):
+    folder = isolated / "root" / "cifar-10-batches-py"
+    write_cifar(folder)
+    (folder / "data_batch_3").write_bytes(content)
+    with pytest.raises(data.DataFileError) as err:
+        data.load("cifar10", isolated / "root")
+    msg = str(err.value)
+    assert msg.startswith(f"cifar10 file {folder / 'data_batch_3'} is unreadable")
+    assert reason in msg
+
+
+@pytest.mark.parametrize("csv_text, reason", [
+    ("Filename;ClassId\n00000.ppm;0\n", "column 'Roi.X1' is missing"),
+    (GT_HEADER + "00000.ppm;40;30;5;6;24;25;zero\n", "ValueError"),
+    (GT_HEADER + "absent.ppm;40;30;5;6;24;25;0\n", "FileNotFoundError"),
+])
+def test_bad_gtsrb_csv_names_file_and_dataset(isolated, csv_text, reason):
+    base = isolated / "root" / "gtsrb"
+    write_gtsrb(base)
+    (base / "GT-final_test.csv").write_text(csv_text)
+    with pytest.raises(data.DataFileError) as err:
+        data.load("gtsrb", isolated / "root")
+    msg = str(err.value)
+    assert msg.startswith(f"gtsrb file {base / 'GT-final_test.csv'} is unreadable")
+    assert reason in msg
+
+
+def test_dataset_refuses_labels_beyond_its_classes():
+    x = torch.zeros(3, 1, 4, 4, dtype=torch.uint8)
+    y = torch.tensor([0, 1, 7])
+    with pytest.raises(ValueError, match="y_train holds label 7 .* outside the 5 classes"):
+        data.Dataset("toy", x, y, x, torch.tensor([0, 1, 2]), tuple("abcde"))
 
 
 def test_import_and_fetch_without_torchvision(tmp_path):
     code = ("import sys; sys.modules['torchvision'] = None\n"
-            "import bdunlearn, bdunlearn.data, bdunlearn.sisa, bdunlearn.detect\n"
+            "import bdunlearn, bdunlearn.data, bdunlearn.unlearning, bdunlearn.detect\n"
             "from bdunlearn import data\n"
             "try:\n"
             f"    data.load('cifar10', {str(tmp_path)!r}, fetch=True)\n"
