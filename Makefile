@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data test reproduce lab bench clean-cache
+.PHONY: setup data lint test reproduce lab bench clean-cache
 
 setup: $(VENV)/.installed data
 
@@ -24,9 +24,13 @@ data:
 	@[ -d $(FMNIST_DIR) ] || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 
-# Unit tests, then every notebook under nbval at the smoke profile; the notebooks'
-# tables and figures go to a temporary folder, not over the committed ones.
-test: setup
+# The linter (ruff, configured in pyproject.toml) over the package, tests, tools and notebooks.
+lint: setup
+	$(BIN)/ruff check .
+
+# The linter, unit tests, then every notebook under nbval at the smoke profile; the
+# notebooks' tables and figures go to a temporary folder, not over the committed ones.
+test: lint
 	out=$$(mktemp -d) && BDUNLEARN_PROFILE=smoke BDUNLEARN_RESULTS=$$out/results \
 	  BDUNLEARN_FIGURES=$$out/figures $(BIN)/python -m pytest tests notebooks --nbval-lax \
 	  -p no:cacheprovider
