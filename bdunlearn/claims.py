@@ -1,0 +1,387 @@
+"""The papers' claims, each written once: how it is measured, its thresholds per profile.
+
+A notebook asserts its claims with ``claims.check(name, table, profile)``: the claim's
+numbers are measured from the notebook's tidy table, printed beside the thresholds, and an
+``AssertionError`` with the measured numbers is raised when the claim fails at a profile
+where it is asserted (``Claim.asserted_at``; elsewhere it is reported only). The README's
+results table (:mod:`bdunlearn.summary`) is built from the same claims over the saved CSVs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import pandas as pd
+
+from .config import PROFILES
+
+ALL_PROFILES = tuple(PROFILES)
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def _points(before: float, after: float) -> str:
+    return f"{100 * (after - before):+.1f} points"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim: ``measure(table) -> numbers`` (``None`` when the table has no rows for
+    it), ``holds(numbers, thresholds) -> bool``, ``describe(numbers) -> str`` (the
+    README's "measured here"), ``thresholds[profile]``, and where it is asserted."""
+
+    name: str
+    notebook: str
+    statement: str
+    paper: str
+    measure: Callable[[pd.DataFrame], dict | None]
+    holds: Callable[[dict, Mapping[str, float]], bool]
+    describe: Callable[[dict], str]
+    thresholds: Mapping[str, Mapping[str, float]]
+    asserted_at: tuple[str, ...] = ALL_PROFILES
+    in_readme: bool = True
+    verdict: Callable[[dict, Mapping[str, float], bool], str] | None = field(default=None)
+
+    def judge(self, numbers: dict, profile: str) -> str:
+        """The README's verdict on ``numbers`` at ``profile``'s thresholds."""
+        t = self.thresholds[profile]
+        ok = self.holds(numbers, t)
+        if self.verdict is not None:
+            return self.verdict(numbers, t, ok)
+        return "agrees" if ok else "weaker than the paper"
+
+
+def _same(values: dict) -> dict:
+    """The same thresholds at every profile."""
+    return {p: dict(values) for p in ALL_PROFILES}
+
+
+# ------------------------------------------------------------ 01/02: the backdoor switches on
+
+def _switch_measure(variant: str):
+    def measure(t: pd.DataFrame) -> dict | None:
+        d = t[t.variant == variant]
+        if "unlearning" in d:
+            d = d[d.unlearning == "exact"]
+        if d.empty:
+            return None
+        g = d.groupby("requested")[["clean_acc", "asr"]].mean()
+        m = {"asr_before": g.asr.iloc[0], "asr_after": g.asr.iloc[-1],
+             "acc_before": g.clean_acc.iloc[0], "acc_after": g.clean_acc.iloc[-1]}
+        if "baseline_acc" in d:
+            m["baseline_acc"] = d.baseline_acc.mean()
+        return {k: float(v) for k, v in m.items()}
+    return measure
+
+
+def _switch_holds(m: dict, t: Mapping[str, float]) -> bool:
+    ok = (m["asr_before"] <= t["max_asr_before"] and m["asr_after"] >= t["min_asr_after"]
+          and m["asr_after"] - m["asr_before"] >= t["min_asr_rise"])
+    if "baseline_acc" in m:
+        ok = ok and all(abs(m[k] - m["baseline_acc"]) <= t["max_acc_gap"]
+                        for k in ("acc_before", "acc_after"))
+    return ok
+
+
+def _switch_describe(m: dict) -> str:
+    base = f" (no attack {_pct(m['baseline_acc'])})" if "baseline_acc" in m else ""
+    return (f"ASR {_pct(m['asr_before'])} before, {_pct(m['asr_after'])} after; clean accuracy "
+            f"{_pct(m['acc_before'])} / {_pct(m['acc_after'])}{base}")
+
+
+# smoke (a few thousand images) only checks that unlearning raises the ASR
+_SWITCH = {"smoke": dict(max_asr_before=1.0, min_asr_after=0.0, min_asr_rise=0.2,
+                         max_acc_gap=1.0),
+           "default": dict(max_asr_before=0.15, min_asr_after=0.80, min_asr_rise=0.0,
+                           max_acc_gap=0.02),
+           "paper": dict(max_asr_before=0.15, min_asr_after=0.80, min_asr_rise=0.0,
+                         max_acc_gap=0.02)}
+
+
+def _switch(name, notebook, variant, title, asserted_at, in_readme=True) -> Claim:
+    return Claim(name, notebook,
+                 f"BAU {title}: unlearning the mitigation samples switches the backdoor on",
+                 "benign before the requests, high ASR after (exact unlearning)",
+                 _switch_measure(variant), _switch_holds, _switch_describe, _SWITCH,
+                 asserted_at, in_readme)
+
+
+# ------------------------------------------------------------ 02: sharding, Amnesiac
+
+def _final_asr_by_shards(t: pd.DataFrame) -> dict | None:
+    last = t[(t.requested == t.requested.max()) & t.unlearning.isin(["exact", "sisa"])]
+    by = last.groupby("shards").asr.mean()
+    return None if len(by) < 2 else {"final_asr": {int(s): float(v) for s, v in by.items()}}
+
+
+def _sharding_holds(m: dict, t) -> bool:
+    asr = list(m["final_asr"].values())
+    return asr[-1] < asr[0]
+
+
+def _amnesiac_measure(t: pd.DataFrame) -> dict | None:
+    am = t[t.unlearning == "amnesiac"].groupby("requested").asr.mean()
+    return None if am.empty else {"asr_before": float(am.iloc[0]),
+                                  "asr_after": float(am.iloc[-1])}
+
+
+# ------------------------------------------------------------ 04: detection, the filter
+
+def _auroc_measure(detector: str):
+    def measure(t: pd.DataFrame) -> dict | None:
+        d = t[(t.variant == "bn") & (t.detector == detector)].groupby("shards").auroc.mean()
+        if d.empty:
+            return None
+        return {"auroc": {int(s): float(v) for s, v in d.items()},
+                "fewest": float(d.iloc[0]), "most": float(d.iloc[-1])}
+    return measure
+
+
+def _auroc_holds(m: dict, t) -> bool:
+    return m["fewest"] >= t["min_auroc"] and m["most"] <= m["fewest"] + t["max_gain_with_shards"]
+
+
+def _auroc_verdict(m: dict, t, ok: bool) -> str:
+    if ok and m["fewest"] >= t["paper_auroc"]:
+        return "agrees"
+    if ok:
+        return f"weaker: above chance, below {t['paper_auroc']:.2f}; sharding weakens it"
+    return "differs: near chance"
+
+
+_AUROC = _same(dict(min_auroc=0.6, max_gain_with_shards=0.02, paper_auroc=0.80))
+
+
+def _detects(detector: str, asserted_at) -> Claim:
+    return Claim(f"{detector}_detects", "04_detection",
+                 f"BAU: {detector.upper()} detects mitigation samples; sharding weakens it",
+                 "high AUROC at few shards, falling with more shards",
+                 _auroc_measure(detector), _auroc_holds,
+                 lambda m: "AUROC " + ", ".join(f"S={s}: {v:.3f}" for s, v in m["auroc"].items()),
+                 _AUROC, asserted_at, verdict=_auroc_verdict)
+
+
+def _filter_measure(t: pd.DataFrame) -> dict | None:
+    last = t[t.requested == t.requested.max()].set_index("unlearning").asr
+    return {"asr_no_filter": float(last["no filter"]), "asr_filtered": float(last["MU filter"])}
+
+
+# ------------------------------------------------------------ 03: defense overhead
+
+def _overhead_measure(defense: str):
+    def measure(t: pd.DataFrame) -> dict | None:
+        runs = t[(t.setting == "bau") & (t.defense == defense)]
+        once = t[(t.setting == "badnets") & (t.defense == defense)].seconds
+        if runs.empty or once.empty:
+            return None
+        return {"total": float(runs.groupby("requested").seconds.mean().sum()),
+                "runs": int(runs.requested.nunique()), "once": float(once.mean())}
+    return measure
+
+
+def _overhead(defense: str) -> Claim:
+    return Claim(f"overhead_{defense}", "03_defense_overhead",
+                 f"BAU: the attack multiplies the cost of {defense}",
+                 "a defender must re-run it after every request batch",
+                 _overhead_measure(defense),
+                 lambda m, t: m["total"] > t["min_cost_ratio"] * m["once"],
+                 lambda m: (f"{m['total']:.0f} s over {m['runs']} runs vs {m['once']:.0f} s once "
+                            f"on a classical BadNets model "
+                            f"({m['total'] / max(m['once'], 1e-9):.1f}x)"),
+                 _same(dict(min_cost_ratio=1.5)), verdict=lambda m, t, ok: (
+                     "agrees" if ok else "differs"))
+
+
+def _nc_first_flag(t: pd.DataFrame) -> dict | None:
+    nc = t[(t.setting == "bau") & (t.defense == "neural_cleanse")]
+    if nc.empty:
+        return None
+    flagged = nc[nc.flagged.astype(str) == "True"].requested
+    return {"first": None if flagged.empty else int(flagged.min()),
+            "runs": [int(k) for k in nc.requested]}
+
+
+# ------------------------------------------------------------ 05: erasure
+
+_NAMES = {"bau": "BAU model after activation", "badnets": "classical BadNets"}
+
+
+def _erasure_measure(defense: str, attack: str):
+    def measure(t: pd.DataFrame) -> dict | None:
+        d = t[(t.attack == attack) & (t.defense == defense)]
+        if d.empty:
+            return None
+        per = d.groupby("defender_samples")[["asr_before", "asr_after", "clean_acc_before",
+                                             "clean_acc_after"]].mean()
+        last = per.iloc[-1]
+        return {"asr_before": float(last.asr_before), "asr_after": float(last.asr_after),
+                "acc_before": float(last.clean_acc_before),
+                "acc_after": float(last.clean_acc_after),
+                "reduction": float(1 - last.asr_after / max(last.asr_before, 1e-9)),
+                "per_samples": {int(n): (float(r.asr_after),
+                                         float(r.clean_acc_after - r.clean_acc_before))
+                                for n, r in per.iterrows()}}
+    return measure
+
+
+def _baeraser(attack: str, asserted_at) -> Claim:
+    return Claim(
+        f"baeraser_{attack}", "05_backdoor_erasure",
+        f"BAERASER erases the backdoor ({_NAMES[attack]})",
+        "ASR lowered by 99% on average, clean accuracy kept",
+        _erasure_measure("baeraser", attack),
+        lambda m, t: (m["reduction"] >= t["min_asr_reduction"]
+                      and m["acc_before"] - m["acc_after"] <= t["max_acc_drop"]),
+        lambda m: (f"ASR {_pct(m['asr_before'])} -> {_pct(m['asr_after'])} "
+                   f"({_pct(m['reduction'])} lower), clean accuracy "
+                   f"{_points(m['acc_before'], m['acc_after'])}"),
+        _same(dict(min_asr_reduction=0.9, max_acc_drop=0.03, paper_asr_reduction=0.99)),
+        asserted_at, verdict=lambda m, t, ok: "agrees" if ok else "weaker")
+
+
+_GRAD_PRUNE = {"smoke": dict(max_asr_after=1.0, max_acc_drop=1.0),
+               "default": dict(max_asr_after=0.10, max_acc_drop=0.10),
+               "paper": dict(max_asr_after=0.10, max_acc_drop=0.10)}
+
+
+def _grad_prune(attack: str, asserted_at) -> Claim:
+    return Claim(
+        f"grad_prune_{attack}", "05_backdoor_erasure",
+        f"Grad-Prune erases the backdoor with little data ({_NAMES[attack]}, known trigger)",
+        "low ASR with 10-100 clean samples per class, small accuracy loss",
+        _erasure_measure("grad_prune", attack),
+        lambda m, t: (m["asr_after"] < m["asr_before"] and m["asr_after"] < t["max_asr_after"]
+                      and m["acc_before"] - m["acc_after"] <= t["max_acc_drop"]),
+        lambda m: f"from ASR {_pct(m['asr_before'])}: " + "; ".join(
+            f"{n} images: ASR {_pct(a)}, accuracy {100 * g:+.1f} points"
+            for n, (a, g) in m["per_samples"].items()),
+        _GRAD_PRUNE, asserted_at, verdict=lambda m, t, ok: "agrees" if ok else "weaker")
+
+
+def _nc_clean(t: pd.DataFrame) -> dict | None:
+    clean = t[(t.attack == "none") & (t.defense == "neural_cleanse")]
+    if clean.empty:
+        return None
+    return {"flagged": int((clean.flagged_labels > 0).sum()), "models": len(clean)}
+
+
+CLAIMS: dict[str, Claim] = {c.name: c for c in (
+    _switch("bn_switch_on", "01_attack", "bn", "BadNets-based", ALL_PROFILES),
+    _switch("it_switch_on", "01_attack", "it", "input-targeted", ()),
+    _switch("bn_trajectory", "02_unlearning_trajectory", "bn", "BadNets-based",
+            ALL_PROFILES, in_readme=False),
+    _switch("it_trajectory", "02_unlearning_trajectory", "it", "input-targeted",
+            ("smoke",), in_readme=False),
+    Claim("sharding_harder", "02_unlearning_trajectory",
+          "BAU: sharding (SISA) makes the attack harder",
+          "lower ASR after all requests with more shards", _final_asr_by_shards,
+          _sharding_holds,
+          lambda m: "final ASR " + ", ".join(f"S={s}: {_pct(v)}"
+                                             for s, v in m["final_asr"].items()),
+          _same({}), (), verdict=lambda m, t, ok: "agrees" if ok else "differs"),
+    Claim("amnesiac_switch_on", "02_unlearning_trajectory",
+          "BAU (later work): the attack also works against approximate unlearning",
+          "the backdoor appears under Amnesiac unlearning", _amnesiac_measure,
+          lambda m, t: m["asr_after"] - m["asr_before"] > t["min_asr_rise"],
+          lambda m: f"ASR {_pct(m['asr_before'])} before, {_pct(m['asr_after'])} after",
+          _same(dict(min_asr_rise=0.3)), (), verdict=lambda m, t, ok: (
+              "agrees" if ok else "weaker")),
+    _detects("mu", ALL_PROFILES),
+    _detects("sms", ()),
+    Claim("filter_lowers_asr", "04_detection",
+          "BAU: an MU request filter keeps the ASR lower",
+          "refusing flagged requests lowers the attack's success", _filter_measure,
+          lambda m, t: m["asr_filtered"] < m["asr_no_filter"],
+          lambda m: (f"final ASR {_pct(m['asr_no_filter'])} without the filter, "
+                     f"{_pct(m['asr_filtered'])} with it"),
+          _same({}), in_readme=False),
+    _overhead("baeraser"),
+    _overhead("grad_prune"),
+    _overhead("neural_cleanse"),
+    Claim("nc_hides", "03_defense_overhead",
+          "BAU: before the requests the backdoor hides from model-level detection",
+          "Neural Cleanse needs the activated backdoor", _nc_first_flag,
+          lambda m, t: m["first"] is None or m["first"] > 0,
+          lambda m: ("Neural Cleanse flags the target "
+                     + ("never" if m["first"] is None else f"from {m['first']} requests on")
+                     + f" (runs after {', '.join(str(k) for k in m['runs'])} requests)"),
+          _same({}), (), verdict=lambda m, t, ok: (
+              "agrees" if ok else "differs: the dormant backdoor is found")),
+    _baeraser("badnets", ("default", "paper")),
+    _baeraser("bau", ()),
+    _grad_prune("badnets", ALL_PROFILES),
+    _grad_prune("bau", ()),
+    Claim("nc_clean_models", "05_backdoor_erasure", "Neural Cleanse does not flag clean models",
+          "anomaly index below 2 on clean models", _nc_clean,
+          lambda m, t: m["flagged"] <= t["max_flagged"],
+          lambda m: f"{m['flagged']} of {m['models']} clean models flagged",
+          _same(dict(max_flagged=0)), (), verdict=lambda m, t, ok: (
+              "agrees" if ok else "false positives")),
+)}
+
+
+def get(name: str) -> Claim:
+    """The claim called ``name``; an unknown name fails naming the known ones."""
+    if name not in CLAIMS:
+        raise ValueError(f"unknown claim {name!r}; choose one of {', '.join(CLAIMS)}")
+    return CLAIMS[name]
+
+
+def for_notebook(stem: str) -> list[Claim]:
+    """The claims notebook ``stem`` measures, in the README's order."""
+    return [c for c in CLAIMS.values() if c.notebook == stem]
+
+
+def thresholds(name: str, profile: str) -> dict:
+    """Claim ``name``'s thresholds at ``profile``."""
+    if profile not in ALL_PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(ALL_PROFILES)}")
+    return dict(get(name).thresholds[profile])
+
+
+def check(name: str, table: pd.DataFrame, profile: str) -> dict:
+    """Measure claim ``name`` on ``table``, print it, and assert it where it is asserted.
+
+    Returns the measured numbers. Raises ``AssertionError`` naming the measured numbers
+    and the thresholds when the claim fails at a profile in ``asserted_at``, or when the
+    table holds no rows for it there.
+    """
+    claim, t = get(name), thresholds(name, profile)
+    asserted = profile in claim.asserted_at
+    numbers = claim.measure(table)
+    if numbers is None:
+        assert not asserted, f"claim {name}: the table has no rows to measure it"
+        print(f"{name}: no rows to measure")
+        return {}
+    ok = claim.holds(numbers, t)
+    status = ("holds" if ok else "FAILS") if asserted else (
+        f"reported: {claim.judge(numbers, profile)}")
+    print(f"{name} ({status}): {claim.describe(numbers)}; thresholds at {profile}: {t}")
+    assert ok or not asserted, (f"claim {name} fails at profile {profile}: "
+                                f"{claim.describe(numbers)}; thresholds {t}")
+    return numbers
+
+
+def readme_rows(tables: Mapping[str, pd.DataFrame], profile: str = "default"
+                ) -> list[tuple[str, str, str, str]]:
+    """``(claim, paper, measured here, verdict)`` for every README claim whose notebook's
+    table is in ``tables`` (keyed by notebook stem) and holds rows for it."""
+    rows = []
+    for claim in CLAIMS.values():
+        if not claim.in_readme or claim.notebook not in tables:
+            continue
+        numbers = claim.measure(tables[claim.notebook])
+        if numbers is not None:
+            rows.append((claim.statement, claim.paper, claim.describe(numbers),
+                         claim.judge(numbers, profile)))
+    return rows
+
+
+def threshold_values() -> set[float]:
+    """Every threshold number any claim holds at any profile (the notebooks' prose may
+    name only these)."""
+    return {float(v) for c in CLAIMS.values() for t in c.thresholds.values()
+            for v in t.values()}

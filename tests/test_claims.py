@@ -1,0 +1,86 @@
+"""Claims defined once: their checks, and the notebooks' prose naming only their thresholds."""
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bdunlearn import claims, config
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb"))
+
+
+def attack_table(asr_after: float) -> pd.DataFrame:
+    return pd.DataFrame({"variant": ["bn", "bn"], "requested": [0, 600],
+                         "unlearning": ["exact", "exact"], "clean_acc": [0.85, 0.84],
+                         "asr": [0.05, asr_after], "baseline_acc": [0.85, 0.85]})
+
+
+def test_check_passes_reports_and_fails_with_the_numbers(capsys):
+    numbers = claims.check("bn_switch_on", attack_table(0.93), "default")
+    assert numbers["asr_after"] == pytest.approx(0.93)
+    assert "bn_switch_on (holds)" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match=r"ASR 5.0% before, 50.0% after.*min_asr_after"):
+        claims.check("bn_switch_on", attack_table(0.50), "default")
+    # at smoke a rise of 45 points is enough
+    claims.check("bn_switch_on", attack_table(0.50), "smoke")
+    with pytest.raises(AssertionError, match="bn_switch_on fails at profile smoke"):
+        claims.check("bn_switch_on", attack_table(0.10), "smoke")
+    # the input-targeted claim is reported, never asserted
+    it = attack_table(0.10).assign(variant="it")
+    assert claims.check("it_switch_on", it, "default")["asr_after"] == pytest.approx(0.10)
+    assert "reported: weaker than the paper" in capsys.readouterr().out
+
+
+def test_a_table_without_rows_fails_where_the_claim_is_asserted():
+    empty = attack_table(0.9).iloc[:0]
+    with pytest.raises(AssertionError, match="no rows"):
+        claims.check("bn_switch_on", empty, "default")
+
+
+def test_detection_verdict_levels():
+    det = lambda a1, a10: pd.DataFrame({"variant": ["bn"] * 2, "detector": ["mu"] * 2,  # noqa: E731
+                                        "shards": [1, 10], "auroc": [a1, a10]})
+    judge = lambda t: claims.readme_rows({"04_detection": t})[0][3]  # noqa: E731
+    assert judge(det(0.85, 0.6)) == "agrees"
+    assert judge(det(0.69, 0.5)).startswith("weaker: above chance, below 0.80")
+    assert judge(det(0.55, 0.5)) == "differs: near chance"
+    with pytest.raises(AssertionError, match="AUROC S=1: 0.550"):
+        claims.check("mu_detects", det(0.55, 0.5), "smoke")
+
+
+def test_every_claim_has_thresholds_at_every_profile():
+    for claim in claims.CLAIMS.values():
+        assert set(claim.thresholds) == set(config.PROFILES), claim.name
+        assert set(claim.asserted_at) <= set(config.PROFILES), claim.name
+        assert claim.notebook in {p.stem for p in NOTEBOOKS}, claim.name
+    with pytest.raises(ValueError, match="unknown claim 'nope'"):
+        claims.get("nope")
+
+
+def _markdown_numbers(nb: Path) -> list[tuple[str, float]]:
+    cells = json.loads(nb.read_text())["cells"]
+    text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    found = [(m.group(0), float(m.group(1)) / 100)
+             for m in re.finditer(r"(\d+(?:\.\d+)?)\s*%", text)]
+    found += [(m.group(0), float(m.group(0))) for m in re.finditer(r"\b0\.\d+\b", text)]
+    return found
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_prose_names_only_thresholds_the_claims_hold(nb):
+    held = claims.threshold_values()
+    stray = [text for text, v in _markdown_numbers(nb)
+             if not any(abs(v - h) < 1e-9 for h in held)]
+    assert not stray, f"{nb.name} names thresholds the claims module does not hold: {stray}"
+
+
+def test_the_prose_check_catches_a_stale_number(tmp_path):
+    nb = tmp_path / "01_x.ipynb"
+    nb.write_text(json.dumps({"cells": [{"cell_type": "markdown",
+                                         "source": ["MU reaches at least 0.85, ASR 99%"]}]}))
+    assert [t for t, _ in _markdown_numbers(nb)] == ["99%", "0.85"]
+    held = claims.threshold_values()
+    assert 0.99 in held and 0.85 not in held
