@@ -1,11 +1,14 @@
 """The notebooks' figures read at a glance: integer shard ticks, titles in words, zero bars
 visible, legends off the lines, widgets with a static fallback. Synthetic tables, Agg."""
 
+from types import SimpleNamespace
+
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from bdunlearn import plots
@@ -184,3 +187,19 @@ def test_save_writes_print_quality(tmp_path):
     assert path.name == "01_attack-demo.png"
     with Image.open(path) as img:
         assert img.width >= 2 * 200 * 0.8  # 200 dpi (bbox "tight" trims some margin)
+
+
+def test_image_viewer_switches_roles_and_carries_a_static_image():
+    pytest.importorskip("ipywidgets")
+    x = torch.zeros(6, 1, 8, 8, dtype=torch.uint8)
+    x[3:] = 255  # the mitigation samples are white, the poison black
+    manifest = pd.DataFrame({"id": range(6), "role": ["poison"] * 3 + ["mitigation"] * 3,
+                             "label": [1, 1, 1, 0, 0, 0]})
+    atk = SimpleNamespace(manifest=manifest, x=x, x_eval=x[:2])
+    box = plots.image_viewer(atk, ["zero", "one"])
+    (role, index), image = box.children[0].children, box.children[1]
+    assert box._repr_mimebundle_()["image/png"].startswith(b"\x89PNG")
+    assert index.max == 2
+    poison_png = bytes(image.value)
+    role.value = "mitigation"
+    assert bytes(image.value) != poison_png
