@@ -2,7 +2,7 @@
 
 Each figure function takes the tidy table its notebook builds (the columns are named in its
 docstring), returns a matplotlib ``Figure`` and leaves saving to :func:`save`. Rates (ASR,
-accuracy, AUROC) are drawn on a fixed 0-1 axis as percentages; bars carry their value, so a
+accuracy; AUROC as a plain number) are drawn on a fixed 0-1 axis; bars carry their value, so a
 bar of height zero reads as "0%", not as missing data.
 """
 
@@ -65,12 +65,13 @@ def _require(table, columns, figure: str) -> None:
         raise ValueError(f"the table given to {figure} has no rows")
 
 
-def _rate_axis(ax, axis: str = "y", top: float = 1.02) -> None:
-    """A 0-100% axis with a little room below zero so a zero line stays visible."""
+def _rate_axis(ax, axis: str = "y", top: float = 1.02, percent: bool = True) -> None:
+    """A 0-1 axis (as 0-100% when ``percent``) with room below zero for a zero line."""
     lim = (-0.02, top)
     (ax.set_ylim if axis == "y" else ax.set_xlim)(*lim)
-    target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    if percent:
+        target = ax.yaxis if axis == "y" else ax.xaxis
+        target.set_major_formatter(PercentFormatter(1.0, decimals=0))
     (ax.set_yticks if axis == "y" else ax.set_xticks)([0, 0.25, 0.5, 0.75, 1.0])
 
 
@@ -283,7 +284,7 @@ def auroc_vs_shards(det: pd.DataFrame, ax=None) -> Figure:
 
     ``det`` has ``shards``, ``detector``, ``variant`` and ``auroc`` (one row per seed;
     lines are means, dots the seeds). Ticks sit at the shard counts measured, the axis
-    covers 0-100% (an AUROC below chance stays visible), chance is dotted, and the legend
+    covers 0-1 (an AUROC below chance stays visible), chance is dotted, and the legend
     sits outside the lines. Draws into ``ax`` when given, else a new figure.
     """
     _require(det, ["shards", "detector", "variant", "auroc"], "auroc_vs_shards")
@@ -298,7 +299,7 @@ def auroc_vs_shards(det: pd.DataFrame, ax=None) -> Figure:
                 color=colours[detector], label=f"{_name(detector)}, {_name(variant)}")
     ax.axhline(0.5, color="k", ls=":", lw=1, label="chance")
     ax.set(title="AUROC against shard count", xlabel="shards", ylabel="AUROC")
-    _rate_axis(ax)
+    _rate_axis(ax, percent=False)
     _integer_ticks(ax, det.shards)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     return ax.figure
