@@ -101,7 +101,7 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
     def subset(self, train: int | None = None, test: int | None = None,
-               seed: int = 0) -> "Dataset":
+               seed: int = 0) -> Dataset:
         """A random subset of ``train`` and ``test`` samples (``None`` keeps a split whole;
         a size at least the split's keeps it whole too), drawn from ``seed``."""
         gen = np.random.default_rng(integer("seed", seed, low=0))
@@ -328,7 +328,8 @@ def _read_gt_csv(csv_path: Path, image_dir: Path):
                     ys.append(int(row["ClassId"]))
                 except KeyError as exc:
                     raise _corrupt("gtsrb", csv_path, f"column {exc} is missing (line {line}); "
-                                   "expected Filename;...;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId")
+                                   "expected Filename;...;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
+                                   ) from exc
                 except (TypeError, ValueError, OSError) as exc:
                     raise _corrupt("gtsrb", csv_path,
                                    f"line {line}: {exc.__class__.__name__}: {exc}") from exc

@@ -26,7 +26,8 @@ def test_badnets_builder(ds):
     patch = a.x[torch.tensor(pois.id.to_numpy())][..., -4:, -4:]
     assert (patch == 127).all()  # int(0.5 * 255), as the BAU authors store it
     assert (a.x[torch.tensor(mit.id.to_numpy())][..., -4:, -4:] == 255).all()
-    assert (a.x_eval[..., -4:, -4:] == 255).all() and len(a.x_eval) == int((ds.y_test != a.target).sum())
+    assert (a.x_eval[..., -4:, -4:] == 255).all()
+    assert len(a.x_eval) == int((ds.y_test != a.target).sum())
 
 
 def test_more_mitigation_than_poison_adds_other_images(ds):

@@ -114,7 +114,8 @@ def write_gtsrb(base: Path) -> None:
     for cls in (0, 2):
         folder = base / "GTSRB" / "Training" / f"{cls:05d}"
         folder.mkdir(parents=True)
-        lines = [f"00000_0000{i}.ppm;{_ppm(folder / f'00000_0000{i}.ppm')};{cls}\n" for i in range(2)]
+        lines = [f"00000_0000{i}.ppm;{_ppm(folder / f'00000_0000{i}.ppm')};{cls}\n"
+                 for i in range(2)]
         (folder / f"GT-{cls:05d}.csv").write_text(header + "".join(lines))
     test = base / "GTSRB" / "Final_Test" / "Images"
     test.mkdir(parents=True)

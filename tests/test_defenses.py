@@ -4,13 +4,12 @@ import pytest
 import torch
 
 from bdunlearn import data
-from bdunlearn.defenses import (DEFENSES, DefenderView, DefenseResult, run_defense,
-                                stratified_split)
+from bdunlearn.defenses import DEFENSES, DefenderView, DefenseResult, run_defense, stratified_split
 from bdunlearn.defenses.neural_cleanse import anomaly_indices, flag_outliers
 from bdunlearn.metrics import accuracy, attack_success_rate
 from bdunlearn.models import build_model
 from bdunlearn.registry import reference_config
-from bdunlearn.train import make_generator, predict, fit
+from bdunlearn.train import fit, make_generator, predict
 from bdunlearn.triggers import PatchTrigger, stamp_patch
 
 TARGET = 0
@@ -91,6 +90,45 @@ def test_unknown_defense_and_knob_are_named(setup):
                              "fine_pruning"}
 
 
+@pytest.fixture(scope="module")
+def untrained_view():
+    """A view on an untrained model: enough for checks that must fail before any work."""
+    ds = data.load("digits")
+    return DefenderView(build_model("fmnist_cnn", ds.image_shape, 10, seed=0),
+                        ds.x_train[:60], ds.y_train[:60], 10, trigger=PatchTrigger())
+
+
+@pytest.mark.parametrize("name, knobs, msg", [
+    ("neural_cleanse", dict(steps=0), "steps 0 must be an integer >= 1"),
+    ("neural_cleanse", dict(steps=100.0), "steps 100.0 must be an integer"),
+    ("neural_cleanse", dict(lr=float("nan")), "lr nan must be a finite number > 0"),
+    ("neural_cleanse", dict(threshold=1.5), r"threshold 1.5 must be in \(0, 1\]"),
+    ("neural_cleanse", dict(batched="yes"), "batched 'yes' must be True or False"),
+    ("baeraser", dict(target=10), "target 10 must be an integer between 0 and 9"),
+    ("baeraser", dict(target=True), "target True must be an integer"),
+    ("baeraser", dict(gen_lr=float("inf")), "gen_lr inf must be a finite number > 0"),
+    ("baeraser", dict(batch_size=-8), "batch_size -8 must be an integer >= 1"),
+    ("baeraser", dict(positions="corner"), "unknown positions 'corner'; choose one of"),
+    ("grad_prune", dict(samples_per_class=1), "samples_per_class 1 must be an integer >= 2"),
+    ("grad_prune", dict(max_drop=float("nan")), "max_drop nan must be in"),
+    ("grad_prune", dict(patience=2.5), "patience 2.5 must be an integer"),
+    ("finetune", dict(epochs=-1), "epochs -1 must be an integer >= 0"),
+    ("finetune", dict(lr=0.0), "lr 0.0 must be a finite number > 0"),
+    ("finetune", dict(val_fraction=float("nan")), "val_fraction nan must be in"),
+    ("fine_pruning", dict(max_ratio=1.0), r"max_ratio 1.0 must be in \(0, 1\)"),
+    ("fine_pruning", dict(epochs=3.0), "epochs 3.0 must be an integer"),
+])
+def test_bad_knobs_fail_before_any_work(untrained_view, name, knobs, msg):
+    with pytest.raises(ValueError, match=msg):
+        run_defense(name, untrained_view, **knobs)
+
+
+@pytest.mark.parametrize("name", ["neural_cleanse", "finetune"])
+def test_defenses_refuse_a_float_seed(untrained_view, name):
+    with pytest.raises(ValueError, match="seed 0.5 must be an integer >= 0"):
+        run_defense(name, untrained_view, seed=0.5)
+
+
 def test_anomaly_index_flags_small_outlier():
     norms = [100.0, 104.0, 96.0, 101.0, 99.0, 20.0, 98.0, 103.0, 97.0, 250.0]
     idx = anomaly_indices(norms)
@@ -160,7 +198,8 @@ FAST_KNOBS = {"neural_cleanse": dict(NC_FAST, mitigate=True, unlearn_epochs=1),
 
 @pytest.mark.parametrize("name", sorted(DEFENSES))
 def test_cached_defense_is_loaded_not_rerun(setup, tmp_path, monkeypatch, name):
-    from bdunlearn import defenses, experiment as ex
+    from bdunlearn import defenses
+    from bdunlearn import experiment as ex
 
     trigger = PatchTrigger(4, 1.0) if name == "grad_prune" else None
     call = lambda seed: ex.defend(setup["backdoored"], name, setup["x"], setup["y"], 10,  # noqa: E731

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bdunlearn.checks import choice, integer, number
 from bdunlearn.defenses import DefenderView, DefenseResult, register
 from bdunlearn.defenses.finetune import evaluate
 from bdunlearn.defenses.neural_cleanse import neural_cleanse
@@ -204,17 +205,24 @@ def baeraser(view: DefenderView, *, seed: int = 0, target: int | None = None,
     success on the held-out split), ``val_acc_before``/``val_acc_after``, ``epochs``, the
     fitted ``generator`` and ``history`` per epoch.
     """
+    integer("seed", seed, low=0)
     side = min(view.x_clean.shape[-2:])
     size = max(1, round(4 * side / 28)) if trigger_size is None else trigger_size
-    if not isinstance(size, int) or not 1 <= size <= side:
-        raise ValueError(f"trigger_size {trigger_size!r} must be an integer between 1 and "
-                         f"the image side {side}")
-    if not 0 < beta <= 1 or alpha < 0 or lambda_c <= 0 or eta < 0 or ascent_clip <= 0:
-        raise ValueError(f"need 0 < beta <= 1, alpha >= 0, lambda_c > 0, eta >= 0 and "
-                         f"ascent_clip > 0, got {beta}, {alpha}, {lambda_c}, {eta}, "
-                         f"{ascent_clip}")
-    if positions not in ("scan", "random"):
-        raise ValueError(f"positions {positions!r} must be 'scan' or 'random'")
+    integer("trigger_size", size, 1, int(side))
+    for name, value in (("gen_epochs", gen_epochs), ("batch_size", batch_size),
+                        ("unlearn_epochs", unlearn_epochs), ("scan_steps", scan_steps)):
+        integer(name, value, low=1)
+    number("beta", beta, 0, 1, low_open=True)
+    for name, value in (("alpha", alpha), ("eta", eta)):
+        number(name, value, 0)
+    for name, value in (("gen_lr", gen_lr), ("lr", lr), ("lambda_c", lambda_c),
+                        ("ascent_clip", ascent_clip)):
+        number(name, value, 0, low_open=True)
+    number("stop_success", stop_success, 0, 1)
+    number("max_drop", max_drop, 0, 1, low_open=True, high_open=True)
+    choice("positions", positions, ("scan", "random"))
+    if target is not None:
+        integer("target", target, 0, view.num_classes - 1)
     info: dict = {"trigger_size": size}
     flagged = None
     if target is None:
@@ -224,8 +232,6 @@ def baeraser(view: DefenderView, *, seed: int = 0, target: int | None = None,
             info["note"] = "Neural Cleanse flagged no label: model returned unchanged"
             return DefenseResult(model=view.fresh_model(), flagged=flagged, info=info)
         target = scan.target
-    elif not isinstance(target, int) or not 0 <= target < view.num_classes:
-        raise ValueError(f"target {target!r} must be a label in 0..{view.num_classes - 1}")
     (x, y), (xv, yv) = view.split(val_fraction, seed)
     model = view.fresh_model()
     settings = dict(size=size, seed=seed, epochs=gen_epochs, batch_size=batch_size,

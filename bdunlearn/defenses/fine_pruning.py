@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from bdunlearn.checks import integer, number
 from bdunlearn.defenses import DefenderView, DefenseResult, register
 from bdunlearn.defenses.finetune import evaluate, finetune_model
 from bdunlearn.train import to_unit
@@ -52,9 +53,12 @@ def fine_pruning(view: DefenderView, *, seed: int = 0, max_drop: float = 0.05,
     ``info``: ``pruned`` channels, ``val_acc_before``, ``val_acc_pruned`` and the
     fine-tuning summary.
     """
-    if not 0 < max_drop < 1 or not 0 < max_ratio < 1:
-        raise ValueError(f"max_drop {max_drop} and max_ratio {max_ratio} must be strictly "
-                         "between 0 and 1")
+    integer("seed", seed, low=0)
+    number("max_drop", max_drop, 0, 1, low_open=True, high_open=True)
+    number("max_ratio", max_ratio, 0, 1, low_open=True, high_open=True)
+    number("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
+    integer("epochs", epochs, low=0)
+    number("lr", lr, 0, low_open=True)
     (x, y), (xv, yv) = view.split(val_fraction, seed)
     model = view.fresh_model()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]

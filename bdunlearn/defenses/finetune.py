@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bdunlearn.checks import integer, number
 from bdunlearn.defenses import DefenderView, DefenseResult, register
 from bdunlearn.train import make_generator, to_unit
 
@@ -40,9 +41,13 @@ def finetune_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: 
     must already be on the model's device. Returns the model and ``{"epochs",
     "val_loss", "val_acc"}`` of the kept state.
     """
-    if epochs < 0 or lr <= 0 or batch_size < 1 or patience < 1:
-        raise ValueError(f"fine-tuning needs epochs >= 0, lr > 0, batch_size >= 1 and "
-                         f"patience >= 1, got {epochs}, {lr}, {batch_size}, {patience}")
+    integer("seed", seed, low=0)
+    integer("epochs", epochs, low=0)
+    number("lr", lr, 0, low_open=True)
+    number("momentum", momentum, 0, 1)
+    number("weight_decay", weight_decay, 0)
+    integer("batch_size", batch_size, low=1)
+    integer("patience", patience, low=1)
     validate = x_val is not None and len(x_val) > 0
     best = evaluate(model, x_val, y_val) if validate else (float("nan"), float("nan"))
     best_state, best_epoch, waited = copy.deepcopy(model.state_dict()), 0, 0
@@ -82,6 +87,7 @@ def finetune(view: DefenderView, *, seed: int = 0, epochs: int = 5, lr: float = 
     share of the clean set held out for early stopping on validation loss;
     ``patience``: epochs without improvement before stopping.
     """
+    number("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
     (x, y), (xv, yv) = view.split(val_fraction, seed)
     model, info = finetune_model(view.fresh_model(), x, y, x_val=xv, y_val=yv, epochs=epochs,
                                  lr=lr, patience=patience, seed=seed)

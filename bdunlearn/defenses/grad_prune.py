@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
+from bdunlearn.checks import integer, number
 from bdunlearn.defenses import DefenderView, DefenseResult, register, stratified_split
 from bdunlearn.defenses.finetune import evaluate, finetune_model
 from bdunlearn.defenses.neural_cleanse import neural_cleanse
@@ -32,8 +33,7 @@ from bdunlearn.train import make_generator, to_unit
 
 def per_class(x: torch.Tensor, y: torch.Tensor, n: int, seed: int):
     """At most ``n`` random samples of every class (all of a class that has fewer)."""
-    if not isinstance(n, int) or n < 2:
-        raise ValueError(f"samples_per_class {n!r} must be an integer >= 2")
+    integer("samples_per_class", n, low=2)
     gen = make_generator(seed)
     keep = []
     for c in torch.unique(y).tolist():
@@ -85,10 +85,14 @@ def grad_prune(view: DefenderView, *, seed: int = 0, samples_per_class: int = 10
     validation accuracy, validation ``L_U``), ``val_acc_before``, ``val_acc_pruned``,
     ``val_acc_after`` (after fine-tuning), ``val_loss_before`` and ``val_loss_pruned``.
     """
-    if not 0 < max_drop < 1:
-        raise ValueError(f"max_drop {max_drop} must be strictly between 0 and 1")
-    if not isinstance(patience, int) or patience < 1:
-        raise ValueError(f"patience {patience!r} must be a positive integer")
+    integer("seed", seed, low=0)
+    integer("samples_per_class", samples_per_class, low=2)
+    number("max_drop", max_drop, 0, 1, low_open=True, high_open=True)
+    number("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
+    integer("patience", patience, low=1)
+    integer("finetune_epochs", finetune_epochs, low=0)
+    integer("scan_steps", scan_steps, low=1)
+    number("lr", lr, 0, low_open=True)
     trigger, info, target = view.trigger, {"trigger_source": "given"}, None
     if trigger is None:
         scan = neural_cleanse(view, seed=seed, steps=scan_steps)

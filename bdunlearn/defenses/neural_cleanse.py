@@ -26,6 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bdunlearn.checks import flag, integer, number
 from bdunlearn.defenses import DefenderView, DefenseResult, register
 from bdunlearn.defenses.finetune import finetune_model
 from bdunlearn.train import _channels_last, derive_seed, make_generator, to_unit
@@ -182,8 +183,7 @@ def unlearn_trigger(view: DefenderView, model, trigger, *, seed, fraction=0.2, e
                     lr=0.01, val_fraction=0.1):
     """Neural Cleanse's mitigation: fine-tune on the clean set where ``fraction`` of the
     samples carry ``trigger`` with their true labels; early stopping on validation loss."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"unlearning fraction {fraction} must be strictly between 0 and 1")
+    number("unlearning fraction", fraction, 0, 1, low_open=True, high_open=True)
     (x, y), (xv, yv) = view.split(val_fraction, seed)
     gen = make_generator(derive_seed(seed, "unlearn"))
     pick = torch.randperm(len(y), generator=gen)[: round(fraction * len(y))].to(x.device)
@@ -218,13 +218,16 @@ def neural_cleanse(view: DefenderView, *, seed: int = 0, steps: int = 2000,
     reversed trigger as a :class:`~bdunlearn.triggers.MaskTrigger` (``None`` when nothing
     is flagged).
     """
+    integer("seed", seed, low=0)
     for name, value in (("steps", steps), ("batch_size", batch_size), ("patience", patience),
-                        ("early_stop_patience", early_stop_patience)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} {value!r} must be a positive integer")
-    if not 0 < threshold <= 1 or lr <= 0 or init_cost <= 0:
-        raise ValueError(f"threshold {threshold} must be in (0, 1], lr {lr} and init_cost "
-                         f"{init_cost} must be positive")
+                        ("early_stop_patience", early_stop_patience),
+                        ("unlearn_epochs", unlearn_epochs)):
+        integer(name, value, low=1)
+    number("threshold", threshold, 0, 1, low_open=True)
+    for name, value in (("lr", lr), ("init_cost", init_cost), ("unlearn_lr", unlearn_lr)):
+        number(name, value, 0, low_open=True)
+    flag("batched", batched)
+    flag("mitigate", mitigate)
     model = view.fresh_model().eval()
     for p in model.parameters():
         p.requires_grad_(False)
