@@ -5,8 +5,8 @@ import torch
 from bdunlearn import detect
 from bdunlearn.data import load
 from bdunlearn.metrics import auroc, threshold_at_fpr
-from bdunlearn.sisa import SisaService
 from bdunlearn.registry import reference_config
+from bdunlearn.unlearning import AmnesiacService, SisaService
 
 
 def test_gini_on_hand_built_softmax():
@@ -69,3 +69,43 @@ def test_filter_refuses_exactly_the_flagged_ids(service):
     assert set(service.refused) == flagged and cost.refused == len(flagged)
     newly = set(np.flatnonzero(service.removed & ~before).tolist())
     assert newly == set(ids.tolist()) - flagged
+
+
+def test_evaluate_averages_draws_and_sets_the_threshold_on_clean_samples(service):
+    positives, clean = np.arange(0, 20), np.arange(200, 600)
+    out = detect.evaluate(service, positives, clean, "mu", draws=3, seed=1, fpr=0.1)
+    assert len(out["aurocs"]) == 3 and out["auroc"] == pytest.approx(np.mean(out["aurocs"]))
+    assert len(set(out["aurocs"])) > 1  # independent negative draws
+    s_pos = detect.scores(service, positives, "mu")
+    assert out["tpr"] == pytest.approx((s_pos > out["threshold"]).mean())
+    with pytest.raises(ValueError, match="draws 0"):
+        detect.evaluate(service, positives, clean, "mu", draws=0)
+
+
+@pytest.mark.parametrize("ids, msg", [([-1], "unknown sample id -1"),
+                                      ([600], "unknown sample id 600"),
+                                      ([1.0], "must be integers"),
+                                      ([True], "must be integers")])
+def test_scores_reject_bad_ids(service, ids, msg):
+    with pytest.raises(ValueError, match=msg):
+        detect.scores(service, ids, "mu")
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), "0.5"])
+def test_filter_rejects_a_threshold_that_is_not_a_finite_number(threshold):
+    with pytest.raises(ValueError, match="threshold"):
+        detect.RequestFilter("mu", threshold)
+
+
+def test_detectors_on_a_one_model_service():
+    ds = load("digits").subset(300, 50, seed=0)
+    svc = AmnesiacService(ds.x_train, ds.y_train, arch="fmnist_cnn", num_classes=10,
+                          cfg=reference_config("digits", epochs=1), watch=np.arange(20),
+                          device="cpu").fit()
+    mu = detect.scores(svc, np.arange(10), "mu")
+    expected = detect.gini(svc.member_proba(svc.x[:10])[0]).numpy()
+    assert np.allclose(mu, expected)
+    with pytest.raises(ValueError, match="undefined for a service with a single model"):
+        detect.scores(svc, np.arange(10), "sms")
+    out = detect.evaluate(svc, np.arange(10), np.arange(100, 300), "mu", draws=2)
+    assert 0.0 <= out["auroc"] <= 1.0 and len(out["aurocs"]) == 2

@@ -16,15 +16,22 @@ the knobs and times the call::
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
+import json
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from bdunlearn import cache
 from bdunlearn.train import make_generator, resolve_device
+from bdunlearn.triggers import MaskTrigger
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +137,17 @@ def register(name: str):
     return wrap
 
 
-def run_defense(name: str, view: DefenderView, *, seed: int = 0, **knobs) -> DefenseResult:
-    """Run the defense ``name`` on ``view`` with ``knobs``; time it into ``seconds``."""
+def run_defense(name: str, view: DefenderView, *, seed: int = 0, cache_dir=None,
+                **knobs) -> DefenseResult:
+    """Run the defense ``name`` on ``view`` with ``knobs``; time it into ``seconds``.
+
+    With a ``cache_dir`` (``"auto"``: :func:`bdunlearn.cache.default_cache_dir`) the result
+    is stored under a hash of everything the defense sees (weights, clean set, trigger,
+    knobs, seed, device type) in ``<cache_dir>/defenses/``, so a second call loads it
+    instead of running the defense again. A loaded result keeps the seconds measured when
+    it was computed and says so in ``info["from_cache"]``. Entries hold tensors and plain
+    values only and are verified on load; a damaged or planted file is recomputed.
+    """
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}; choose one of {', '.join(sorted(DEFENSES))}")
     if not isinstance(view, DefenderView):
@@ -142,14 +158,110 @@ def run_defense(name: str, view: DefenderView, *, seed: int = 0, **knobs) -> Def
     if bad:
         raise ValueError(f"unknown knob(s) {', '.join(bad)} for defense {name!r}; "
                          f"allowed: {', '.join(allowed)}")
+    if cache_dir is None:
+        return _timed(fn, view, seed, knobs)
+    root = cache.default_cache_dir() if cache_dir == "auto" else Path(cache_dir)
+    path = root / "defenses" / f"{defense_key(view, name, seed, knobs)}.pt"
+    with cache.lock(path):
+        entry = cache.load(path)
+        if entry is not None:
+            return _decode_result(view, *entry)
+        result = _timed(fn, view, seed, knobs)
+        cache.save(path, *_encode_result(result))
+    return result
+
+
+def _timed(fn, view: DefenderView, seed: int, knobs: dict) -> DefenseResult:
     start = time.perf_counter()
     result = fn(view, seed=seed, **knobs)
     result.seconds = time.perf_counter() - start
     return result
 
 
-from bdunlearn.defenses import (baeraser, fine_pruning, finetune, grad_prune,  # noqa: E402
-                                neural_cleanse)
+def defense_key(view: DefenderView, name: str, seed: int, knobs: dict) -> str:
+    """Content hash of a defense call: what the defender holds and how the defense runs."""
+    h = hashlib.sha256(json.dumps([name, seed, view.num_classes, view.device.type, knobs],
+                                  sort_keys=True, default=repr).encode())
+    for k, v in view.model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    h.update(cache.data_fingerprint(view.x_clean, view.y_clean).encode())
+    if view.trigger is not None:  # a trigger is known by what it does to images
+        stamped = view.trigger(view.x_clean[:8])
+        h.update(type(view.trigger).__name__.encode())
+        h.update(stamped.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:40]
+
+
+def _encode(value, name: str, tensors: dict):
+    """``value`` as JSON-able plain values; tensors (and Neural Cleanse's reversed
+    trigger) go into ``tensors`` and are referred to by name."""
+    if isinstance(value, torch.Tensor):
+        tensors[name] = value
+        return {"__tensor__": name}
+    if isinstance(value, MaskTrigger):
+        tensors[name + "/mask"], tensors[name + "/pattern"] = value.mask, value.pattern
+        return {"__mask_trigger__": name}
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"__float__": repr(value)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, f"{name}/{i}", tensors) for i, v in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _encode(v, f"{name}/{k}", tensors) for k, v in value.items()}
+    raise ValueError(f"defense result entry {name} holds a {type(value).__name__}; a cached "
+                     "result may hold numbers, strings, lists, dicts and tensors only")
+
+
+def _decode(value, tensors: dict):
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if "__mask_trigger__" in value:
+            name = value["__mask_trigger__"]
+            return MaskTrigger(tensors[name + "/mask"], tensors[name + "/pattern"])
+        if "__float__" in value:
+            return float(value["__float__"])
+        return {k: _decode(v, tensors) for k, v in value.items()}
+    return value
+
+
+def _encode_result(result: DefenseResult) -> tuple[dict, dict]:
+    tensors: dict = {}
+    if result.model is not None:
+        tensors.update({f"model/{k}": v for k, v in result.model.state_dict().items()})
+    meta = {"has_model": result.model is not None, "seconds": result.seconds,
+            "flagged": _encode(result.flagged, "flagged", tensors),
+            "target": _encode(result.target, "target", tensors),
+            "info": _encode(result.info, "info", tensors)}
+    return tensors, meta
+
+
+def _decode_result(view: DefenderView, tensors: dict, meta: dict) -> DefenseResult:
+    model = None
+    if meta["has_model"]:
+        model = view.fresh_model()
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    info = {k: _move(v, view.device) for k, v in _decode(meta["info"], tensors).items()}
+    return DefenseResult(model, meta["seconds"], _decode(meta["flagged"], tensors),
+                         _decode(meta["target"], tensors), {**info, "from_cache": True})
+
+
+def _move(value, device):
+    """Tensors (also inside a reversed trigger) onto ``device``, as the defense made them."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, MaskTrigger):
+        return MaskTrigger(value.mask.to(device), value.pattern.to(device))
+    return value
+
+
+from bdunlearn.defenses import baeraser, fine_pruning, finetune, grad_prune, neural_cleanse  # noqa: E402
 
 __all__ = ["DEFENSES", "DefenderView", "DefenseResult", "register", "run_defense",
            "stratified_split", "baeraser", "fine_pruning", "finetune", "grad_prune",

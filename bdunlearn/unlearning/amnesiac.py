@@ -6,50 +6,88 @@ the watched samples it held, so memory grows with the watched samples, not the s
 On a request the recorded updates of the requested samples are subtracted, then the
 model is fine-tuned briefly on the retained data. When every watched sample of a batch
 is requested, that batch's update is removed exactly.
+
+Cached by content like SISA (with a ``cache_dir``): the trained weights and recorded
+updates under a key of the training configuration, data and watched ids; the weights
+after each request under that key and the ordered request history. A loaded result
+keeps the seconds measured when it was computed; ``RequestCost.cache_hits`` says it
+was loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .models import build_model
-from .sisa import RequestCost
-from .train import TrainConfig, derive_seed, fit, predict, predict_proba, resolve_device
+from .. import cache
+from ..models import build_model
+from ..train import TrainConfig, derive_seed, fit, predict_proba, resolve_device
+from .base import RequestCost, UnlearningService
 
 
-class AmnesiacService:
-    """A single-model unlearning service that never retrains from scratch."""
+class AmnesiacService(UnlearningService):
+    """A single-model unlearning service that never retrains from scratch.
+
+    ``watch``: the ids that may be unlearned (their updates are recorded).
+    ``finetune_epochs``: passes over the retained data fine-tuned after each request
+    (a fraction means a random subset). ``cache_dir``: ``None`` (no cache), ``"auto"``
+    (:func:`bdunlearn.cache.default_cache_dir`) or a folder. ``screen``: an optional
+    request filter, as for :class:`~bdunlearn.unlearning.SisaService`.
+    """
 
     shards = 1
+    not_requestable = "was not recorded as unlearnable, so Amnesiac unlearning cannot remove it"
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, arch: str, num_classes: int,
                  cfg: TrainConfig, watch, seed: int = 0, device="auto",
-                 finetune_epochs: float = 0.5, progress: bool = False):
-        if not 0 <= finetune_epochs <= cfg.epochs:
-            raise ValueError(f"finetune_epochs {finetune_epochs} must be between 0 and the "
-                             f"{cfg.epochs} training epochs")
-        self.x, self.y, self.cfg, self.seed = x, y, cfg, int(seed)
-        self.arch, self.num_classes = arch, int(num_classes)
+                 finetune_epochs: float = 0.5, cache_dir=None, screen=None,
+                 progress: bool = False):
+        if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, (int, float)) \
+                or not 0 <= finetune_epochs <= cfg.epochs:
+            raise ValueError(f"finetune_epochs {finetune_epochs!r} must be a number between 0 "
+                             f"and the {cfg.epochs} training epochs")
+        watch = np.atleast_1d(np.asarray(watch))
+        if watch.size == 0:
+            raise ValueError("watch must name at least one sample id that may be unlearned")
+        self._setup(x, y, num_classes, watch, screen)
+        self.watch = np.flatnonzero(self.requestable)
+        self.cfg, self.seed, self.arch = cfg, int(seed), arch
         self.device = resolve_device(device)
-        self.finetune_epochs = finetune_epochs
+        self.finetune_epochs = float(finetune_epochs)
         self.progress = progress
-        watch = np.unique(np.asarray(watch, dtype=np.int64))
-        if watch.size == 0 or watch.min() < 0 or watch.max() >= len(y):
-            raise ValueError("watch must name at least one sample id between 0 and "
-                             f"{len(y) - 1}")
-        self.watch = watch
-        self.removed = np.zeros(len(y), dtype=bool)
-        self.log: list[RequestCost] = []
+        self.cache_dir = cache.default_cache_dir() if cache_dir == "auto" else (
+            Path(cache_dir) if cache_dir is not None else None)
         self.model = None
         self._delta: dict[int, list[torch.Tensor]] = {}
+        self._history: list[np.ndarray] = []  # accepted ids of each applied request
+        self._fit_key = cache.content_key(
+            {"method": "amnesiac", "arch": arch, "shape": list(x.shape[1:]),
+             "classes": self.num_classes, "cfg": cfg.as_dict(), "seed": self.seed,
+             "data": cache.data_fingerprint(x, y), "device": self.device.type}, self.watch)
 
     @property
-    def models(self):
+    def models(self) -> list:
         return [self.model]
 
+    def model_of(self, ids) -> np.ndarray:
+        return np.zeros(len(np.atleast_1d(ids)), dtype=np.int64)
+
+    def training_ids(self, model_index: int) -> np.ndarray:
+        """The ids the model was trained on and has not unlearned."""
+        if model_index != 0:
+            raise ValueError(f"model index {model_index!r} does not exist: an Amnesiac "
+                             "service has one model, index 0")
+        return np.flatnonzero(~self.removed)
+
+    def _path(self, key: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / "amnesiac" / f"{key}.pt"
+
+    # ------------------------------------------------------------------ training
     def _record(self, idx: torch.Tensor, deltas: list[torch.Tensor]) -> None:
         ids = [int(i) for i in idx[self._watched_t[idx]]]
         for i in ids:
@@ -57,53 +95,87 @@ class AmnesiacService:
             for a, d in zip(acc, deltas):
                 a.add_(d, alpha=1.0 / len(ids))
 
-    def fit(self) -> "AmnesiacService":
+    def fit(self) -> AmnesiacService:
+        """Train the model recording the watched samples' updates (or load both)."""
         start = time.perf_counter()
-        self.model = build_model(self.arch, tuple(self.x.shape[1:]), self.num_classes,
-                                 seed=derive_seed(self.seed, "init", 0))
-        mask = torch.zeros(len(self.y), dtype=torch.bool)
-        mask[torch.from_numpy(self.watch)] = True
-        self._watched_t = mask.to(self.device)
-        fit(self.model, self.x, self.y, self.cfg, seed=derive_seed(self.seed, "train", 0, 0),
-            device=self.device, watch=mask, on_update=self._record, progress=self.progress,
-            desc="amnesiac training")
-        seconds = time.perf_counter() - start
-        self.fit_cost = RequestCost(0, 0, 1, 1, len(self.y) * self.cfg.epochs, seconds,
-                                    wall_seconds=seconds)
+        model = build_model(self.arch, tuple(self.x.shape[1:]), self.num_classes,
+                            seed=derive_seed(self.seed, "init", 0))
+        path = self._path(self._fit_key)
+        with cache.lock(path) if path is not None else contextlib.nullcontext():
+            entry = cache.load(path) if path is not None else None
+            if entry is not None and entry[1].get("key") == self._fit_key:
+                tensors, meta = entry
+                model.load_state_dict({k[6:]: v for k, v in tensors.items()
+                                       if k.startswith("model/")})
+                n_params = sum(1 for p in model.parameters() if p.requires_grad)
+                self._delta = {i: [tensors[f"delta/{i}/{j}"].to(self.device)
+                                   for j in range(n_params)] for i in meta["recorded"]}
+                seconds, hits = meta["seconds"], 1
+            else:
+                self._delta = {}
+                mask = torch.zeros(len(self.y), dtype=torch.bool)
+                mask[torch.from_numpy(self.watch)] = True
+                self._watched_t = mask.to(self.device)
+                fit(model, self.x, self.y, self.cfg, seed=derive_seed(self.seed, "train", 0, 0),
+                    device=self.device, watch=mask, on_update=self._record,
+                    progress=self.progress, desc="amnesiac training")
+                seconds, hits = time.perf_counter() - start, 0
+                if path is not None:
+                    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+                    for i, deltas in self._delta.items():
+                        tensors.update({f"delta/{i}/{j}": d for j, d in enumerate(deltas)})
+                    cache.save(path, tensors, {"key": self._fit_key, "seconds": seconds,
+                                               "recorded": sorted(self._delta)})
+        self.model = model.to(self.device).eval()
+        self.fit_cost = RequestCost(0, 0, 1 - hits, 1 - hits, (1 - hits) * len(self.y)
+                                    * self.cfg.epochs, seconds, cache_hits=hits,
+                                    wall_seconds=time.perf_counter() - start)
         return self
 
-    def unlearn(self, ids) -> RequestCost:
-        """Subtract the requested samples' recorded updates, then fine-tune briefly."""
-        arr = np.atleast_1d(np.asarray(ids, dtype=np.int64))
-        if self.model is None:
-            raise RuntimeError("call fit() before serving unlearning requests")
-        unknown = np.setdiff1d(arr, self.watch)
-        if unknown.size:
-            raise ValueError(f"sample id {int(unknown[0])} was not recorded as unlearnable, "
-                             "so Amnesiac unlearning cannot remove it")
-        if self.removed[arr].any():
-            raise ValueError(f"sample id {int(arr[self.removed[arr]][0])} was already unlearned")
-        start = time.perf_counter()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        with torch.no_grad():
-            for i in arr:
-                for p, d in zip(params, self._delta.pop(int(i), [])):
-                    p.sub_(d)
-        self.removed[arr] = True
-        keep = torch.from_numpy(np.flatnonzero(~self.removed))
+    # ------------------------------------------------------------------ unlearning
+    def _prepare(self, accepted: np.ndarray, cost: RequestCost):
+        """Subtract the requested samples' recorded updates from a copy of the model,
+        then fine-tune it briefly (or load the result of this request history)."""
+        history = [*self._history, accepted]
+        key = cache.content_key({"fit": self._fit_key, "finetune_epochs": self.finetune_epochs,
+                                 "batches": [len(h) for h in history]}, np.concatenate(history))
+        keep = np.flatnonzero(~self.removed)
+        keep = torch.from_numpy(keep[~np.isin(keep, accepted)])
         n_ft = int(round(self.finetune_epochs * len(keep)))
-        if n_ft:
-            gen = np.random.default_rng([self.seed, len(self.log), 13])
-            sub = keep[torch.from_numpy(np.sort(gen.choice(len(keep), n_ft, replace=False)))]
-            fit(self.model, self.x[sub], self.y[sub], self.cfg, epochs=1,
-                seed=derive_seed(self.seed, "finetune", len(self.log)), device=self.device)
-        seconds = time.perf_counter() - start
-        cost = RequestCost(len(arr), 0, 1, 0, n_ft, seconds, wall_seconds=seconds)
-        self.log.append(cost)
-        return cost
+        model = copy.deepcopy(self.model)
+        path = self._path(key)
+        entry = cache.load(path) if path is not None else None
+        if entry is not None and entry[1].get("key") == key:
+            model.load_state_dict(entry[0])
+            seconds, cost.cache_hits = entry[1]["seconds"], 1
+        else:
+            start = time.perf_counter()
+            params = [p for p in model.parameters() if p.requires_grad]
+            with torch.no_grad():
+                for i in accepted:
+                    for p, d in zip(params, self._delta.get(int(i), [])):
+                        p.sub_(d)
+            if n_ft:
+                gen = np.random.default_rng([self.seed, len(self._history), 13])
+                sub = keep[torch.from_numpy(np.sort(gen.choice(len(keep), n_ft, replace=False)))]
+                fit(model, self.x[sub], self.y[sub], self.cfg, epochs=1,
+                    seed=derive_seed(self.seed, "finetune", len(self._history)),
+                    device=self.device)
+            seconds = time.perf_counter() - start
+            if path is not None:
+                cache.save(path, model.state_dict(), {"key": key, "seconds": seconds})
+        model.eval()
+        cost.shards_retrained, cost.sample_epochs, cost.seconds = 1, n_ft, seconds
 
-    def member_proba(self, x):
+        def install():
+            self.model = model
+            self._history = history
+            for i in accepted:
+                self._delta.pop(int(i), None)
+        return install
+
+    # ------------------------------------------------------------------ inference
+    def member_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax of the model, ``(1, N, classes)``."""
         return predict_proba(self.model, x, device=self.device)[None]
 
-    def predict(self, x):
-        return predict(self.model, x, device=self.device)

@@ -3,20 +3,21 @@
 A seeded permutation of the sample ids is split into ``shards`` shards of (almost) equal
 size and each shard into ``slices`` slices. Slice ``l`` of a shard trains on slices
 ``0..l``, continuing from slice ``l - 1``'s checkpoint. Every slice checkpoint is keyed by
-:func:`checkpoint_key`: a hash of the training configuration and the exact ordered ids it
-saw, so an unlearning request retrains only the shards it touches, from the first slice
-that held a removed id, and finds everything else in the cache. Exact unlearning (full
-retraining) is ``shards=1, slices=1``.
+:func:`bdunlearn.cache.content_key`: a hash of the training configuration and the exact
+ordered ids it saw, so an unlearning request retrains only the shards it touches, from
+the first slice that held a removed id, and finds everything else in the cache. Exact
+unlearning (full retraining) is ``shards=1, slices=1``.
+
+Each checkpoint records its own slice's training seconds and sample-epochs and those of
+the slices before it, so a request's cost is the same whether its slices were trained
+now or found in the cache.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
+import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -24,11 +25,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .models import build_model
-from .stacked import fit_stacked, stackable
-from .train import TrainConfig, derive_seed, fit, predict_proba, resolve_device
-
-AGGREGATIONS = ("vote", "mean")
+from .. import cache
+from ..models import build_model
+from ..stacked import fit_stacked, stackable
+from ..train import TrainConfig, derive_seed, fit, predict_proba, resolve_device
+from .base import AGGREGATIONS, RequestCost, UnlearningService
 
 
 def slice_epochs(epochs: int, slices: int) -> list[int]:
@@ -42,95 +43,38 @@ def slice_epochs(epochs: int, slices: int) -> list[int]:
     return [max(1, int((s + 1) * avg) - int(s * avg)) for s in range(slices)]
 
 
-def checkpoint_key(config: dict, ids) -> str:
-    """Content key of a slice checkpoint: hash of the configuration and ordered ids.
-
-    Hex digits only, so it is a valid file name on every system.
-    """
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    h.update(np.ascontiguousarray(np.asarray(ids, dtype=np.int64)).tobytes())
-    return h.hexdigest()[:40]
-
-
-def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    h = hashlib.sha256(x.contiguous().cpu().numpy().tobytes())
-    h.update(y.cpu().numpy().astype(np.int64).tobytes())
-    return h.hexdigest()[:16]
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("BDUNLEARN_CACHE"):
-        return Path(os.environ["BDUNLEARN_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "bdunlearn" / "checkpoints"
-
-
-def save_atomic(obj, path: Path) -> None:
-    """Write ``obj`` with ``torch.save`` to a temporary file, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@dataclass
-class RequestCost:
-    """What serving one request cost.
-
-    ``slices_retrained``, ``sample_epochs`` and ``seconds`` count the training the request
-    needs, including slices an earlier run already trained and left in the cache (their
-    recorded training time is counted), so the figures do not depend on the cache.
-    ``cache_hits`` says how many of the needed checkpoints were found; ``wall_seconds`` is
-    what this call took.
-    """
-
-    requested: int
-    refused: int
-    shards_retrained: int
-    slices_retrained: int
-    sample_epochs: int
-    seconds: float
-    cache_hits: int = 0
-    wall_seconds: float = 0.0
-
-
 @dataclass
 class _Job:
-    """One shard being brought up to date: its model, slice keys, first slice to train."""
+    """One shard being brought up to date: its model, slice keys, first slice to train,
+    and the ``(seconds, sample_epochs)`` record of every slice known so far."""
 
     shard: int
     model: torch.nn.Module
     keys: list
     start: int
-    chain: float
+    records: list = field(default_factory=list)
 
 
-class SisaService:
-    """An unlearning service over ``x`` (uint8 images) and ``y`` with ids ``0..N-1``.
+class SisaService(UnlearningService):
+    """A SISA unlearning service over ``x`` (uint8 images) and ``y`` with ids ``0..N-1``.
 
     ``requestable`` limits which ids may be unlearned (the requesting contributor's own
     samples); ``screen`` is an optional request filter ``screen(service, ids) -> bool mask``
     of ids to refuse (see :mod:`bdunlearn.detect`). ``cache_dir=None`` keeps checkpoints in
-    memory only; ``"auto"`` uses :func:`default_cache_dir`. ``stacked="auto"`` trains the
-    shards a fit or request touches together on a CUDA device when the architecture allows
-    it (:func:`bdunlearn.stacked.fit_stacked`) and one after another otherwise; ``True`` or
-    ``False`` insist.
+    memory only; ``"auto"`` uses :func:`bdunlearn.cache.default_cache_dir`.
+    ``stacked="auto"`` trains the shards a fit or request touches together on a CUDA device
+    when the architecture allows it (:func:`bdunlearn.stacked.fit_stacked`) and one after
+    another otherwise; ``True`` or ``False`` insist.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, arch: str, num_classes: int,
                  cfg: TrainConfig, shards: int = 1, slices: int = 1, seed: int = 0,
                  cache_dir=None, device="auto", aggregation: str = "vote",
                  requestable=None, screen=None, stacked="auto", progress: bool = False):
+        self._setup(x, y, num_classes, requestable, screen)
         n = len(y)
-        if x.dtype != torch.uint8 or x.dim() != 4 or len(x) != n:
-            raise ValueError("x must be uint8 images (N, C, H, W) with one label per image in y")
         for name, v in (("shards", shards), ("slices", slices)):
-            if not isinstance(v, (int, np.integer)) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} {v!r} must be a positive integer")
         if shards * slices > n:
             raise ValueError(f"{shards} shards x {slices} slices is more than the {n} samples")
@@ -138,81 +82,60 @@ class SisaService:
             raise ValueError(f"unknown aggregation {aggregation!r}; use 'vote' or 'mean'")
         if stacked not in ("auto", True, False):
             raise ValueError(f"stacked={stacked!r} must be 'auto', True or False")
-        self.x, self.y = x, y
-        self.arch, self.num_classes, self.cfg = arch, int(num_classes), cfg
+        self.arch, self.cfg = arch, cfg
         self.shards, self.slices, self.seed = int(shards), int(slices), int(seed)
         self.device = resolve_device(device)
         self.aggregation = aggregation
         self.progress = progress
         self.stacked = stacked
-        self.screen = screen
-        self.cache_dir = default_cache_dir() if cache_dir == "auto" else (
+        self.cache_dir = cache.default_cache_dir() if cache_dir == "auto" else (
             Path(cache_dir) if cache_dir is not None else None)
-        self._memory: dict[str, dict] = {}
+        self._memory: dict[str, tuple[dict, dict]] = {}
         perm = np.random.default_rng([self.seed, 11]).permutation(n)
         self.layout = [np.array_split(part, self.slices)
                        for part in np.array_split(perm, self.shards)]
         self.shard_of = np.empty(n, dtype=np.int64)
         self.slice_of = np.empty(n, dtype=np.int64)
         for s, shard in enumerate(self.layout):
-            for l, ids in enumerate(shard):
-                self.shard_of[ids], self.slice_of[ids] = s, l
-        self.removed = np.zeros(n, dtype=bool)
-        self.requestable = None
-        if requestable is not None:
-            self.requestable = np.zeros(n, dtype=bool)
-            self.requestable[self._as_ids(requestable, check_state=False)] = True
+            for sl, ids in enumerate(shard):
+                self.shard_of[ids], self.slice_of[ids] = s, sl
         self.epochs = slice_epochs(cfg.epochs, self.slices)
-        self.models: list[torch.nn.Module | None] = [None] * self.shards
-        self.log: list[RequestCost] = []
-        self.refused: list[int] = []
+        self._models: list[torch.nn.Module | None] = [None] * self.shards
         if stacked is True and not self._stackable:
             raise ValueError(f"stacked=True, but {arch} cannot be trained stacked (it has "
                              "batch norm or dropout); use stacked='auto' or False")
         self._config = {"arch": arch, "shape": list(x.shape[1:]), "classes": self.num_classes,
                         "cfg": cfg.as_dict(), "seed": self.seed, "shards": self.shards,
-                        "slices": self.slices, "data": data_fingerprint(x, y),
+                        "slices": self.slices, "data": cache.data_fingerprint(x, y),
                         "device": self.device.type}
 
     # ------------------------------------------------------------------ bookkeeping
     @property
+    def models(self) -> list:
+        return self._models
+
+    @property
     def size(self) -> int:
         return int((~self.removed).sum())
 
-    def retained(self, shard: int, upto: int) -> np.ndarray:
-        """Retained ids of slices ``0..upto`` of ``shard``, in layout order."""
+    def model_of(self, ids) -> np.ndarray:
+        return self.shard_of[np.asarray(ids, dtype=np.int64)]
+
+    def retained(self, shard: int, upto: int, removed: np.ndarray | None = None) -> np.ndarray:
+        """Retained ids of slices ``0..upto`` of ``shard``, in layout order (``removed``:
+        the removed flags to apply, the service's own by default)."""
+        removed = self.removed if removed is None else removed
         ids = np.concatenate(self.layout[shard][: upto + 1])
-        return ids[~self.removed[ids]]
+        return ids[~removed[ids]]
 
-    def training_ids(self, shard: int) -> np.ndarray:
-        """The ids the current model of ``shard`` was trained on."""
-        return self.retained(shard, self.slices - 1)
+    def training_ids(self, model_index: int) -> np.ndarray:
+        """The ids the current model of shard ``model_index`` was trained on."""
+        return self.retained(model_index, self.slices - 1)
 
-    def _as_ids(self, ids, check_state: bool = True) -> np.ndarray:
-        arr = np.atleast_1d(np.asarray(ids))
-        if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"sample ids must be integers, got {arr.dtype}")
-        arr = arr.astype(np.int64)
-        bad = arr[(arr < 0) | (arr >= len(self.y))]
-        if bad.size:
-            raise ValueError(f"unknown sample id {int(bad[0])}: ids run from 0 to {len(self.y) - 1}")
-        if len(np.unique(arr)) != len(arr):
-            raise ValueError("a request names the same sample id twice")
-        if check_state:
-            gone = arr[self.removed[arr]]
-            if gone.size:
-                raise ValueError(f"sample id {int(gone[0])} was already unlearned")
-            if self.requestable is not None:
-                foreign = arr[~self.requestable[arr]]
-                if foreign.size:
-                    raise ValueError(f"sample id {int(foreign[0])} is not one of the "
-                                     "requester's own samples, so it cannot be unlearned")
-        return arr
-
-    # ------------------------------------------------------------------ training
-    def _key(self, shard: int, upto: int) -> str:
+    # ------------------------------------------------------------------ checkpoints
+    def _key(self, shard: int, upto: int, removed: np.ndarray) -> str:
         cfg = dict(self._config, shard=shard, slice=upto, epochs=self.epochs[: upto + 1])
-        return checkpoint_key(cfg, self.retained(shard, upto))
+        return cache.content_key(cfg, self.retained(shard, upto, removed))
 
     def _path(self, key: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{key}.pt"
@@ -221,101 +144,98 @@ class SisaService:
         return build_model(self.arch, tuple(self.x.shape[1:]), self.num_classes,
                            seed=derive_seed(self.seed, "init", shard))
 
-    def _load(self, key: str, model: torch.nn.Module) -> float | None:
-        """Load checkpoint ``key`` into ``model`` and return the recorded training seconds
-        of its slices ``0..l``;
-        ``None`` when it is missing, corrupt or mismatched (the caller retrains it)."""
-        if key in self._memory:
-            state, seconds = self._memory[key]
-            model.load_state_dict(state)
-            return seconds
-        path = self._path(key)
-        if path is None or not path.is_file():
-            return None
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            if blob.get("key") != key:
-                raise ValueError("checkpoint key mismatch")
-            model.load_state_dict(blob["state"])
-            seconds = float(blob.get("seconds", 0.0))
-        except Exception:
-            path.unlink(missing_ok=True)  # corrupt or foreign: retrain it
-            return None
-        self._memory[key] = (blob["state"], seconds)
-        return seconds
+    def _load(self, key: str, model: torch.nn.Module) -> list | None:
+        """Load checkpoint ``key`` into ``model``; return the ``[seconds, sample_epochs]``
+        records of its slices ``0..l``, or ``None`` when it is missing, damaged or
+        mismatched (the caller retrains it)."""
+        if key not in self._memory:
+            path = self._path(key)
+            entry = None if path is None else cache.load(path)
+            if entry is None:
+                return None
+            state, meta = entry
+            if meta.get("key") != key or set(state) != set(model.state_dict()):
+                path.unlink(missing_ok=True)  # a foreign file under this name: retrain
+                return None
+            self._memory[key] = (state, meta)
+        state, meta = self._memory[key]
+        model.load_state_dict(state)
+        return [list(r) for r in meta["history"]]
 
-    def _store(self, key: str, model: torch.nn.Module, seconds: float) -> None:
+    def _store(self, key: str, model: torch.nn.Module, history: list) -> None:
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        self._memory[key] = (state, seconds)
+        history = [list(r) for r in history]  # a snapshot: the caller's list grows
+        seconds, sample_epochs = history[-1]
+        meta = {"key": key, "seconds": seconds, "sample_epochs": sample_epochs,
+                "history": history}
         path = self._path(key)
         if path is not None:
-            save_atomic({"key": key, "state": state, "seconds": seconds}, path)
+            cache.save(path, state, meta)
+        self._memory[key] = (state, meta)
 
-    def _resume(self, shard: int, cost: RequestCost, dirty: int | None) -> "_Job":
-        """Load the newest cached slice of ``shard``; account for the slices it spares.
-
-        ``dirty`` is the first slice a request changed: from it on, slices count as
-        retrained in ``cost`` even when an earlier run left them in the cache.
-        """
+    def _resume(self, shard: int, removed: np.ndarray) -> _Job:
+        """The shard's model loaded from its newest cached slice (or fresh)."""
         model = self._new_model(shard)
-        keys = [self._key(shard, l) for l in range(self.slices)]
-        start, loaded = 0, None
-        for l in range(self.slices - 1, -1, -1):
-            loaded = self._load(keys[l], model)
-            if loaded is not None:
-                start = l + 1
-                break
-        cost.cache_hits += start
-        chain = loaded or 0.0  # checkpoints record the training seconds of slices 0..l
-        if dirty is not None and start > dirty:  # needed slices found in the cache
-            for l in range(dirty, start):
-                cost.slices_retrained += 1
-                cost.sample_epochs += len(self.retained(shard, l)) * self.epochs[l]
-            clean = self._memory.get(keys[dirty - 1], (None, 0.0))[1] if dirty else 0.0
-            cost.seconds += chain - clean
-        return _Job(shard, model, keys, start, chain)
+        keys = [self._key(shard, sl, removed) for sl in range(self.slices)]
+        for sl in range(self.slices - 1, -1, -1):
+            records = self._load(keys[sl], model)
+            if records is not None:
+                return _Job(shard, model, keys, sl + 1, records)
+        return _Job(shard, model, keys, 0, [])
 
-    def _train_shards(self, shards, cost: RequestCost, dirty: dict | None = None) -> int:
-        """Bring ``shards`` up to date: load cached slices, train the rest.
+    def _locked(self, keys: list[str]):
+        """Hold the cache locks of ``keys`` (sorted, so two processes never deadlock)."""
+        stack = contextlib.ExitStack()
+        if self.cache_dir is not None:
+            for key in sorted(set(keys)):
+                stack.enter_context(cache.lock(self._path(key)))
+        return stack
 
-        Shards train one after another, or slice by slice all together
-        (:func:`bdunlearn.stacked.fit_stacked`) when :attr:`stacked` says so; every slice
-        checkpoint is stored as soon as its model has trained it. Returns how many shards
-        trained anything.
+    # ------------------------------------------------------------------ training
+    def _train_shards(self, shards, removed: np.ndarray) -> list[_Job]:
+        """Bring ``shards`` up to date for the removed flags ``removed``: load cached
+        slices, train the rest, store every slice checkpoint as soon as it is trained.
+
+        Changes nothing in the service but its checkpoint cache: the returned jobs hold
+        the new models. Shards train one after another, or slice by slice all together
+        (:func:`bdunlearn.stacked.fit_stacked`) when :attr:`stacked` says so. Each group
+        of shards holds the locks of its final checkpoints while it trains, so a second
+        process needing them waits and then loads them.
         """
-        dirty = dirty or {}
-        jobs = [self._resume(s, cost, dirty.get(s)) for s in shards]
-        groups = [jobs] if self._stack(len(jobs)) else [[j] for j in jobs]
+        shards = list(shards)
+        groups = [shards] if self._stack(len(shards)) else [[s] for s in shards]
+        done = []
         for group in tqdm(groups, desc="SISA shards", disable=not self.progress or len(groups) < 2,
                           leave=False):
-            for l in range(self.slices):
-                todo = [j for j in group if j.start <= l]
-                if not todo:
-                    continue
-                ids = [torch.from_numpy(self.retained(j.shard, l)) for j in todo]
-                kw = dict(device=self.device, epochs=self.epochs[l],
-                          epoch_offset=sum(self.epochs[:l]))
-                t0 = time.perf_counter()
-                if len(todo) == 1:
-                    fit(todo[0].model, self.x[ids[0]], self.y[ids[0]], self.cfg,
-                        seed=derive_seed(self.seed, "train", todo[0].shard, l),
-                        desc=f"shard {todo[0].shard} slice {l}", **kw)
-                else:
-                    fit_stacked([j.model for j in todo], [self.x[i] for i in ids],
-                                [self.y[i] for i in ids], self.cfg,
-                                seeds=[derive_seed(self.seed, "train", j.shard, l)
-                                       for j in todo], desc=f"{len(todo)} shards slice {l}",
-                                **kw)
-                share = (time.perf_counter() - t0) / len(todo)
-                for j, i in zip(todo, ids):
-                    j.chain += share
-                    self._store(j.keys[l], j.model, j.chain)
-                    cost.seconds += share
-                    cost.slices_retrained += 1
-                    cost.sample_epochs += len(i) * self.epochs[l]
-        for j in jobs:
-            self.models[j.shard] = j.model.to(self.device).eval()
-        return sum(j.start < self.slices for j in jobs)
+            last = [self._key(s, self.slices - 1, removed) for s in group]
+            with self._locked(last):
+                jobs = [self._resume(s, removed) for s in group]
+                for sl in range(self.slices):
+                    todo = [j for j in jobs if j.start <= sl]
+                    if not todo:
+                        continue
+                    ids = [torch.from_numpy(self.retained(j.shard, sl, removed)) for j in todo]
+                    kw = dict(device=self.device, epochs=self.epochs[sl],
+                              epoch_offset=sum(self.epochs[:sl]))
+                    t0 = time.perf_counter()
+                    if len(todo) == 1:
+                        fit(todo[0].model, self.x[ids[0]], self.y[ids[0]], self.cfg,
+                            seed=derive_seed(self.seed, "train", todo[0].shard, sl),
+                            desc=f"shard {todo[0].shard} slice {sl}", **kw)
+                    else:
+                        fit_stacked([j.model for j in todo], [self.x[i] for i in ids],
+                                    [self.y[i] for i in ids], self.cfg,
+                                    seeds=[derive_seed(self.seed, "train", j.shard, sl)
+                                           for j in todo], desc=f"{len(todo)} shards slice {sl}",
+                                    **kw)
+                    share = (time.perf_counter() - t0) / len(todo)
+                    for j, i in zip(todo, ids):
+                        j.records.append([share, len(i) * self.epochs[sl]])
+                        self._store(j.keys[sl], j.model, j.records)
+            done += jobs
+        for j in done:
+            j.model.to(self.device).eval()
+        return done
 
     @cached_property
     def _stackable(self) -> bool:
@@ -328,65 +248,53 @@ class SisaService:
             return False
         return self.stacked is True or (self.device.type == "cuda" and self._stackable)
 
-    def fit(self) -> "SisaService":
-        """Train (or load from the cache) every shard's model."""
-        cost = RequestCost(0, 0, 0, 0, 0, 0.0)
+    def fit(self) -> SisaService:
+        """Train (or load from the cache) every shard's model.
+
+        ``fit_cost`` says what this call did: slices trained now (their seconds and
+        sample-epochs) and checkpoints found in the cache.
+        """
         start = time.perf_counter()
-        cost.shards_retrained = self._train_shards(range(self.shards), cost)
+        cost = RequestCost(0, 0, 0, 0, 0, 0.0)
+        jobs = self._train_shards(range(self.shards), self.removed)
+        for j in jobs:
+            cost.cache_hits += j.start
+            trained = j.records[j.start:]
+            cost.shards_retrained += bool(trained)
+            cost.slices_retrained += len(trained)
+            cost.seconds += sum(r[0] for r in trained)
+            cost.sample_epochs += sum(r[1] for r in trained)
+            self._models[j.shard] = j.model
         cost.wall_seconds = time.perf_counter() - start
         self.fit_cost = cost
         return self
 
     # ------------------------------------------------------------------ unlearning
-    def unlearn(self, ids) -> RequestCost:
-        """Remove ``ids`` and retrain what they touched; nothing changes if any id is invalid.
-
-        Ids the ``screen`` flags are refused: they stay in the training set and are
-        recorded in :attr:`refused`.
-        """
-        if any(m is None for m in self.models):
-            raise RuntimeError("call fit() before serving unlearning requests")
-        arr = self._as_ids(ids)
-        start = time.perf_counter()
-        refused = np.zeros(len(arr), dtype=bool)
-        if self.screen is not None and len(arr):
-            refused = np.asarray(self.screen(self, arr), dtype=bool)
-        self.refused.extend(int(i) for i in arr[refused])
-        accepted = arr[~refused]
-        cost = RequestCost(len(arr), int(refused.sum()), 0, 0, 0, 0.0)
-        self.removed[accepted] = True
+    def _prepare(self, accepted: np.ndarray, cost: RequestCost):
+        """Retrain the touched shards aside, from the first slice that held a removed id;
+        the cost counts every slice from there on, trained now or found in the cache."""
+        removed = self.removed.copy()
+        removed[accepted] = True
         dirty = {int(s): int(self.slice_of[accepted[self.shard_of[accepted] == s]].min())
                  for s in np.unique(self.shard_of[accepted])}
-        self._train_shards(sorted(dirty), cost, dirty)
+        jobs = self._train_shards(sorted(dirty), removed)
+        for j in jobs:
+            cost.cache_hits += j.start
+            needed = j.records[dirty[j.shard]:]
+            cost.slices_retrained += len(needed)
+            cost.seconds += sum(r[0] for r in needed)
+            cost.sample_epochs += sum(r[1] for r in needed)
         cost.shards_retrained = len(dirty)
-        cost.wall_seconds = time.perf_counter() - start
-        self.log.append(cost)
-        return cost
+
+        def install():
+            for j in jobs:
+                self._models[j.shard] = j.model
+        return install
 
     # ------------------------------------------------------------------ inference
     def member_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax of every constituent model, ``(shards, N, classes)``."""
         return torch.stack([predict_proba(m, x, device=self.device) for m in self.models])
-
-    def predict_proba(self, x: torch.Tensor, aggregation: str | None = None) -> torch.Tensor:
-        """Aggregated scores: vote shares (``"vote"``) or mean softmax (``"mean"``)."""
-        agg = aggregation or self.aggregation
-        if agg not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {agg!r}; use 'vote' or 'mean'")
-        probs = self.member_proba(x)
-        if agg == "mean":
-            return probs.mean(0)
-        votes = torch.nn.functional.one_hot(probs.argmax(2), self.num_classes).float().mean(0)
-        return votes
-
-    def predict(self, x: torch.Tensor, aggregation: str | None = None) -> torch.Tensor:
-        """Labels; votes are tied by mean softmax, then by the lower label."""
-        agg = aggregation or self.aggregation
-        if agg == "mean" or self.shards == 1:
-            return self.predict_proba(x, "mean").argmax(1)
-        probs = self.member_proba(x)
-        votes = torch.nn.functional.one_hot(probs.argmax(2), self.num_classes).float().sum(0)
-        return (votes + 0.5 * probs.mean(0)).argmax(1)
 
     # ------------------------------------------------------------------ planning (sweeps)
     def plan_slices(self, removed=()) -> list[tuple[str, int, int, str | None]]:
@@ -396,17 +304,17 @@ class SisaService:
         Trains nothing and leaves the service as it was; the keys are the ones
         :meth:`fit` and :meth:`unlearn` look up (see :mod:`bdunlearn.plan`).
         """
-        saved = self.removed
-        self.removed = np.zeros_like(saved)
-        self.removed[self._as_ids(removed, check_state=False)] = True
-        try:
-            out = []
-            for s in range(self.shards):
-                keys = [self._key(s, l) for l in range(self.slices)]
-                out += [(k, s, l, keys[l - 1] if l else None) for l, k in enumerate(keys)]
-            return out
-        finally:
-            self.removed = saved
+        gone = self._removed_flags(removed)
+        out = []
+        for s in range(self.shards):
+            keys = [self._key(s, sl, gone) for sl in range(self.slices)]
+            out += [(k, s, sl, keys[sl - 1] if sl else None) for sl, k in enumerate(keys)]
+        return out
+
+    def _removed_flags(self, removed) -> np.ndarray:
+        flags = np.zeros_like(self.removed)
+        flags[self._as_ids(removed, check_state=False)] = True
+        return flags
 
     def train_slice(self, shard: int, upto: int, removed=()) -> bool:
         """Train and store slice ``upto`` of ``shard`` as it is once ``removed`` ids are
@@ -417,12 +325,9 @@ class SisaService:
         if not 0 <= shard < self.shards or not 0 <= upto < self.slices:
             raise ValueError(f"shard {shard}, slice {upto} is outside the {self.shards} "
                              f"shards x {self.slices} slices")
-        saved = self.removed, self.slices, list(self.models)
-        self.removed = np.zeros_like(saved[0])
-        self.removed[self._as_ids(removed, check_state=False)] = True
+        gone, saved = self._removed_flags(removed), self.slices
         self.slices = upto + 1  # _train_shards stops at slice `upto`; keys use the layout
         try:
-            cost = RequestCost(0, 0, 0, 0, 0, 0.0)
-            return self._train_shards([shard], cost) > 0
+            return self._train_shards([shard], gone)[0].start < self.slices
         finally:
-            self.removed, self.slices, self.models = saved
+            self.slices = saved
