@@ -1,7 +1,7 @@
 """Every training job a profile's notebooks need, known before anything trains.
 
 A SISA slice checkpoint is a pure function of its configuration and its exact ordered ids
-(:meth:`bdunlearn.sisa.SisaService.plan_slices` computes the keys with the service's own
+(:meth:`bdunlearn.unlearning.SisaService.plan_slices` computes the keys with the service's own
 key code), and every request of a trajectory is fixed by the seed. :func:`plan` therefore
 builds, without training, the same services the notebooks build, walks them through the
 same request schedules, and lists each slice checkpoint once as a :class:`Job`: its

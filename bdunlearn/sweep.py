@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from .plan import Job, Recipe, plan
 from .profiles import PROFILES
 from .reproduce import _value
-from .sisa import default_cache_dir
+from .cache import default_cache_dir
 
 MAX_RETRIES = 3  # Ray re-runs a task whose worker died this many times
 
