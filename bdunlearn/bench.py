@@ -14,7 +14,7 @@ For the reference model of each dataset, at batch 100:
     augments), ``DataLoader(batch_size=100, shuffle=True, num_workers=0)``.
 ``sisa S=k``
     one unlearning request that touches 1 of ``k`` shards against a full retrain, in
-    seconds and in sample-epochs (:class:`bdunlearn.sisa.SisaService`).
+    seconds and in sample-epochs (:class:`bdunlearn.unlearning.SisaService`).
 ``stacked S=k`` (CUDA only unless ``--stacked``)
     ``k`` constituent models trained together by :func:`bdunlearn.stacked.fit_stacked`
     against one after another.
@@ -49,9 +49,9 @@ import torch.nn.functional as F
 
 from .defenses import DefenderView, run_defense
 from .models import DEFAULT_ARCH, build_model
-from .sisa import SisaService
 from .stacked import fit_many, stackable
 from .train import _channels_last, fit, reference_config, resolve_device
+from .unlearning import SisaService
 
 BENCH_DATASETS = ("fmnist", "mnist", "gtsrb", "cifar10")
 _SHAPES = {"fmnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),

@@ -6,8 +6,6 @@ they call.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -16,12 +14,11 @@ import pandas as pd
 import torch
 
 from . import attack as attacks
-from .amnesiac import AmnesiacService
 from .data import DATASETS, Dataset, load
 from .models import default_arch
 from .profiles import get_profile, profile_name
-from .sisa import SisaService, data_fingerprint, default_cache_dir, save_atomic
 from .train import reference_config, resolve_device
+from .unlearning import AmnesiacService, SisaService
 
 RESULT_COLUMNS = ["dataset", "variant", "seed", "shards", "slices", "requested",
                   "clean_acc", "asr", "retrain_seconds"]
@@ -186,48 +183,12 @@ def defend(model, name: str, x_clean, y_clean, num_classes: int, *, seed: int, d
            trigger=None, cache_dir="auto", **knobs):
     """Run defense ``name`` on a copy of ``model`` with only defender data.
 
-    With a ``cache_dir`` (``"auto"``: the checkpoint cache) the result is stored under a
-    hash of everything the defense sees (weights, clean set, trigger, knobs, seed, device
-    type), so a re-run of a notebook loads it instead of running the defense again. A
-    loaded result keeps the seconds measured when it was computed and says so in
-    ``info["from_cache"]``.
+    With a ``cache_dir`` (``"auto"``: the checkpoint cache) the result is stored by
+    content (see :func:`bdunlearn.defenses.run_defense`), so a re-run of a notebook loads
+    it instead of running the defense again; a loaded result keeps the seconds measured
+    when it was computed and says so in ``info["from_cache"]``.
     """
-    from .defenses import DefenderView, DefenseResult, run_defense
+    from .defenses import DefenderView, run_defense
 
     view = DefenderView(model, x_clean, y_clean, num_classes, trigger=trigger, device=device)
-    path = None
-    if cache_dir is not None:
-        root = default_cache_dir() if cache_dir == "auto" else Path(cache_dir)
-        path = root / "defenses" / f"{_defense_key(view, name, seed, knobs)}.pt"
-        try:
-            saved = torch.load(path, map_location=view.device, weights_only=False)
-        except Exception:  # missing, or unreadable: compute it again
-            saved = None
-        if saved is not None:
-            out = None
-            if saved["state"] is not None:
-                out = view.fresh_model()
-                out.load_state_dict(saved["state"])
-            return DefenseResult(out, saved["seconds"], saved["flagged"], saved["target"],
-                                 {**saved["info"], "from_cache": True})
-    result = run_defense(name, view, seed=seed, **knobs)
-    if path is not None:
-        state = None if result.model is None else result.model.state_dict()
-        save_atomic({"state": state, "seconds": result.seconds, "flagged": result.flagged,
-                     "target": result.target, "info": result.info}, path)
-    return result
-
-
-def _defense_key(view, name: str, seed: int, knobs: dict) -> str:
-    """Content hash of a defense call: what the defender holds and how the defense runs."""
-    h = hashlib.sha256(json.dumps([name, seed, view.num_classes, view.device.type, knobs],
-                                  sort_keys=True, default=repr).encode())
-    for k, v in view.model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    h.update(data_fingerprint(view.x_clean, view.y_clean).encode())
-    if view.trigger is not None:  # a trigger is known by what it does to images
-        stamped = view.trigger(view.x_clean[:8])
-        h.update(type(view.trigger).__name__.encode())
-        h.update(stamped.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:40]
+    return run_defense(name, view, seed=seed, cache_dir=cache_dir, **knobs)
