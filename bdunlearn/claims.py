@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 
 import pandas as pd
 
-from .config import PROFILES
+from .config import PROFILES, RunConfig
 
 ALL_PROFILES = tuple(PROFILES)
 
@@ -342,23 +342,33 @@ def thresholds(name: str, profile: str) -> dict:
     return dict(get(name).thresholds[profile])
 
 
-def check(name: str, table: pd.DataFrame, profile: str) -> dict:
+def check(name: str, table: pd.DataFrame, run: RunConfig | str) -> dict:
     """Measure claim ``name`` on ``table``, print it, and assert it where it is asserted.
 
-    Returns the measured numbers. Raises ``AssertionError`` naming the measured numbers
-    and the thresholds when the claim fails at a profile in ``asserted_at``, or when the
-    table holds no rows for it there.
+    ``run`` is the notebook's :class:`~bdunlearn.config.RunConfig` (or a profile name).
+    The claim is asserted at the profiles in its ``asserted_at``, for a run at its
+    profile's own scale; a run with overrides (``RunConfig.overrides``) reports it, since
+    the thresholds hold for the profile's settings. Returns the measured numbers. Raises
+    ``AssertionError`` naming the measured numbers and the thresholds when an asserted
+    claim fails, or when the table holds no rows for it.
     """
+    profile = run if isinstance(run, str) else run.profile
     claim, t = get(name), thresholds(name, profile)
-    asserted = profile in claim.asserted_at
+    overridden = () if isinstance(run, str) else run.overrides
+    asserted = profile in claim.asserted_at and not overridden
     numbers = claim.measure(table)
     if numbers is None:
         assert not asserted, f"claim {name}: the table has no rows to measure it"
         print(f"{name}: no rows to measure")
         return {}
     ok = claim.holds(numbers, t)
-    status = ("holds" if ok else "FAILS") if asserted else (
-        f"reported: {claim.judge(numbers, profile)}")
+    if asserted:
+        status = "holds" if ok else "FAILS"
+    elif overridden:
+        status = f"{claim.judge(numbers, profile)}; not asserted: the run overrides " + (
+            ", ".join(overridden))
+    else:
+        status = f"reported: {claim.judge(numbers, profile)}"
     print(f"{name} ({status}): {claim.describe(numbers)}; thresholds at {profile}: {t}")
     assert ok or not asserted, (f"claim {name} fails at profile {profile}: "
                                 f"{claim.describe(numbers)}; thresholds {t}")

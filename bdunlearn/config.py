@@ -24,6 +24,10 @@ After resolution every field holds a concrete value:
   ``"auto"``, ``"fp32"``, ``"bf16"`` (the training engine resolves ``auto`` per device);
 * ``data_root`` ``None`` means the data readers' search order.
 
+``RunConfig.overrides`` names the fields an override moved away from the profile's own
+values; the claims' thresholds hold for a profile's own settings, so a run with such
+overrides reports its claims instead of asserting them (:func:`bdunlearn.claims.check`).
+
 A scalar where a list is expected (``shards=5``) is read as a one-element list. A bad
 field fails with one ``ValueError`` sentence naming the field, the value and what is
 allowed, before anything trains.
@@ -76,7 +80,9 @@ class RunConfig:
 
     ``shards``, ``seeds`` and ``defense_samples`` are tuples; ``seeds[0]`` is the seed of
     the single-seed parts of a notebook. See the module docstring for how each field
-    is resolved.
+    is resolved. ``overrides`` names the fields whose value differs from the profile's
+    own (where and how the run computes, such as ``device`` or ``results_dir``, does not
+    count; a dataset the profile does not list does).
     """
 
     profile: str
@@ -106,13 +112,23 @@ class RunConfig:
     defender_size: int
     defense_samples: tuple[int, ...]
     nc_steps: int
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def at_profile_scale(self) -> bool:
+        """True when no override changes what the profile measures (see ``overrides``):
+        the profile's claim thresholds then apply, and notebooks assert them."""
+        return not self.overrides
 
     def train_config(self) -> TrainConfig:
         """The dataset's reference optimiser with this run's epochs and precision."""
         return reference_config(self.dataset, epochs=self.epochs, precision=self.precision)
 
 
-FIELDS = tuple(f.name for f in fields(RunConfig))
+FIELDS = tuple(f.name for f in fields(RunConfig) if f.name != "overrides")
+# Where and how a run computes, not what it measures: overriding these keeps the profile.
+PLACEMENT = ("profile", "dataset", "device", "precision", "data_root", "results_dir",
+             "figures_dir")
 
 
 def profile_name(name: str | None = None) -> str:
@@ -143,11 +159,23 @@ def resolve(profile: str | None = None, **overrides) -> RunConfig:
     field name or a bad value (see the module docstring).
     """
     name = profile_name(profile)
-    unknown = sorted(set(overrides) - set(FIELDS) - {"profile"})
+    unknown = sorted(set(overrides) - set(FIELDS))
     if unknown:
         raise ValueError(f"unknown parameter {unknown[0]!r}; choose from {', '.join(FIELDS)}")
+    given = {k: v for k, v in overrides.items() if v is not None and k != "profile"}
+    out = _resolve(name, given)
+    if set(given) - set(PLACEMENT):
+        own = _resolve(name, {"dataset": out["dataset"]})
+        out["overrides"] = tuple(k for k in FIELDS if k not in PLACEMENT and out[k] != own[k])
+    if out["dataset"] not in PROFILES[name]["datasets"]:
+        out["overrides"] = ("dataset", *out.get("overrides", ()))
+    return RunConfig(**out)
+
+
+def _resolve(name: str, given: dict) -> dict:
+    """The resolved, checked fields of profile ``name`` with the overrides ``given``."""
     raw = {k: v for k, v in PROFILES[name].items() if k != "datasets"}
-    raw.update({k: v for k, v in overrides.items() if v is not None and k != "profile"})
+    raw.update(given)
     dataset = raw.get("dataset", PROFILES[name]["datasets"][0])
     ds = registry.spec(dataset)
     c = checks
@@ -189,7 +217,7 @@ def resolve(profile: str | None = None, **overrides) -> RunConfig:
         else:
             folder = repository_root() / top / name
             out[key] = str(folder / dataset if several else folder)
-    return RunConfig(**out)
+    return out
 
 
 def _paper(value, reference):

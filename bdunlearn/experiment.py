@@ -1,12 +1,11 @@
-"""Glue the notebooks share: parameters, data, attack, services, trajectories, outputs.
+"""Notebook glue: a :class:`~bdunlearn.config.RunConfig` in, the objects a notebook needs out.
 
-Each function is one sentence of a notebook's story; the algorithms live in the modules
-they call.
+Each function is one sentence of a notebook's story (the dataset, the attack, the service,
+a trajectory of requests, a results table); the algorithms live in the modules they call.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,105 +13,73 @@ import pandas as pd
 import torch
 
 from . import attack as attacks
-from .data import DATASETS, Dataset, load
-from .models import default_arch
-from .profiles import get_profile, profile_name
-from .train import reference_config, resolve_device
+from .checks import choice, integer
+from .config import RunConfig
+from .data import Dataset, load
+from .registry import spec
 from .unlearning import AmnesiacService, SisaService
 
 RESULT_COLUMNS = ["dataset", "variant", "seed", "shards", "slices", "requested",
                   "clean_acc", "asr", "retrain_seconds"]
 
 
-def settings(profile: str | None = None, **params) -> dict:
-    """Notebook parameters with every ``None`` filled from the profile, checked."""
-    prof = get_profile(profile)
-    out = {k: (prof[k] if v is None and k in prof else v) for k, v in params.items()}
-    out["profile"] = profile_name(profile)
-    if out.get("dataset") is None:
-        out["dataset"] = prof["datasets"][0]
-    if out["dataset"] not in DATASETS:
-        raise ValueError(f"unknown dataset {out['dataset']!r}; choose one of {', '.join(DATASETS)}")
-    if "variant" in out and out["variant"] not in attacks.VARIANTS:
-        raise ValueError(f"unknown variant {out['variant']!r}; choose 'bn' or 'it'")
-    if out.get("device") is not None:
-        out["device"] = str(resolve_device(out["device"]))
-    for key in ("epochs", "request_steps"):
-        if key in out and (not isinstance(out[key], (int, np.integer)) or out[key] < 1):
-            raise ValueError(f"{key} {out[key]!r} must be a positive integer")
-    for s in np.atleast_1d(out.get("shards", 1)):
-        if not isinstance(s, (int, np.integer)) or s < 1:
-            raise ValueError(f"shard count {s!r} must be a positive integer")
-    out["seeds"] = tuple(int(s) for s in np.atleast_1d(out.get("seeds", (0,))))
-    return out
-
-
-def _root() -> Path:
-    here = Path.cwd().resolve()
-    for p in (here, *here.parents):
-        if (p / "pyproject.toml").is_file() and (p / "bdunlearn").is_dir():
-            return p
-    return here
-
-
-def output_dirs(results_dir=None, figures_dir=None) -> tuple[Path, Path]:
-    """``results/`` and ``figures/`` at the repository root unless given (or set in
-    ``BDUNLEARN_RESULTS`` / ``BDUNLEARN_FIGURES``)."""
-    res = Path(results_dir or os.environ.get("BDUNLEARN_RESULTS") or _root() / "results")
-    fig = Path(figures_dir or os.environ.get("BDUNLEARN_FIGURES") or _root() / "figures")
+def output_dirs(cfg: RunConfig) -> tuple[Path, Path]:
+    """The run's results and figures folders (see :mod:`bdunlearn.config`), created."""
+    res, fig = Path(cfg.results_dir), Path(cfg.figures_dir)
     res.mkdir(parents=True, exist_ok=True)
     fig.mkdir(parents=True, exist_ok=True)
     return res, fig
 
 
-def dataset(p: dict) -> Dataset:
-    """The profile's dataset, subset as asked (same subset for every notebook)."""
-    ds = load(p["dataset"], p.get("data_root"))
-    return ds.subset(p.get("train_subset"), p.get("test_subset"), seed=0)
+def dataset(cfg: RunConfig) -> Dataset:
+    """The run's dataset, subset as asked (the same subset in every notebook)."""
+    ds = load(cfg.dataset, cfg.data_root)
+    return ds.subset(cfg.train_subset, cfg.test_subset, seed=0)
 
 
-def build_attack(ds: Dataset, variant: str, seed: int, p: dict) -> attacks.AttackSet:
-    """The BN or IT attack with the notebook's counts (``None``: the paper's)."""
+def build_attack(ds: Dataset, variant: str, seed: int, cfg: RunConfig) -> attacks.AttackSet:
+    """The BN (``"bn"``) or IT (``"it"``) attack with the run's counts."""
+    choice("variant", variant, ("bn", "it"))
     if variant == "bn":
-        return attacks.build_badnets(ds, poison_num=p.get("poison_num"),
-                                     mitigation_num=p.get("mitigation_num"),
-                                     alpha=p.get("alpha"), seed=seed)
-    return attacks.build_input_targeted(ds, poison_num=p.get("it_poison_num"),
-                                        mitigation_num=p.get("it_mitigation_num"), seed=seed)
+        return attacks.build_badnets(ds, poison_num=cfg.poison_num,
+                                     mitigation_num=cfg.mitigation_num, alpha=cfg.alpha,
+                                     seed=seed)
+    return attacks.build_input_targeted(ds, poison_num=cfg.it_poison_num,
+                                        mitigation_num=cfg.it_mitigation_num, seed=seed)
 
 
-def service(x, y, ds: Dataset, p: dict, *, shards: int = 1, seed: int = 0,
+def service(x, y, ds: Dataset, cfg: RunConfig, *, shards: int = 1, seed: int = 0,
             requestable=None, screen=None, cache_dir="auto") -> SisaService:
     """A SISA service (exact unlearning when ``shards=1``) with the reference settings."""
-    cfg = reference_config(ds.name, epochs=p.get("epochs"))
-    return SisaService(x, y, arch=default_arch(ds.name), num_classes=ds.num_classes, cfg=cfg,
-                       shards=shards, slices=p.get("slices", 1), seed=seed,
-                       cache_dir=cache_dir, device=p.get("device", "auto"),
-                       requestable=requestable, screen=screen)
+    return SisaService(x, y, arch=spec(ds.name).arch, num_classes=ds.num_classes,
+                       cfg=cfg.train_config(), shards=shards, slices=cfg.slices, seed=seed,
+                       cache_dir=cache_dir, device=cfg.device, requestable=requestable,
+                       screen=screen)
 
 
-def attack_service(atk: attacks.AttackSet, ds: Dataset, p: dict, *, shards: int = 1,
+def attack_service(atk: attacks.AttackSet, ds: Dataset, cfg: RunConfig, *, shards: int = 1,
                    screen=None) -> SisaService:
     """The service the attacker contributes to; only mitigation ids may be requested."""
-    return service(atk.x, atk.y, ds, p, shards=shards, seed=atk.seed,
+    return service(atk.x, atk.y, ds, cfg, shards=shards, seed=atk.seed,
                    requestable=atk.ids("mitigation"), screen=screen)
 
 
-def amnesiac_service(atk: attacks.AttackSet, ds: Dataset, p: dict) -> AmnesiacService:
-    cfg = reference_config(ds.name, epochs=p.get("epochs"))
-    return AmnesiacService(atk.x, atk.y, arch=default_arch(ds.name), num_classes=ds.num_classes,
-                           cfg=cfg, watch=atk.ids("mitigation"), seed=atk.seed,
-                           device=p.get("device", "auto"))
+def amnesiac_service(atk: attacks.AttackSet, ds: Dataset, cfg: RunConfig) -> AmnesiacService:
+    """An Amnesiac (approximate) unlearning service watching the mitigation samples."""
+    return AmnesiacService(atk.x, atk.y, arch=spec(ds.name).arch, num_classes=ds.num_classes,
+                           cfg=cfg.train_config(), watch=atk.ids("mitigation"),
+                           seed=atk.seed, device=cfg.device)
 
 
-def clean_baseline(ds: Dataset, p: dict, seed: int) -> float:
+def clean_baseline(ds: Dataset, cfg: RunConfig, seed: int) -> float:
     """Test accuracy of the same model trained without any attack samples."""
-    svc = service(ds.x_train, ds.y_train, ds, p, seed=seed).fit()
+    svc = service(ds.x_train, ds.y_train, ds, cfg, seed=seed).fit()
     return float((svc.predict(ds.x_test) == ds.y_test).float().mean())
 
 
 def schedule(total: int, steps: int) -> list[int]:
     """Cumulative request counts ``0 .. total`` in ``steps`` equal batches."""
+    total, steps = integer("total", total, 0), integer("steps", steps, 1)
     return sorted({int(round(total * i / steps)) for i in range(steps + 1)})
 
 
@@ -144,7 +111,7 @@ def trajectory(atk: attacks.AttackSet, svc, counts, *, label: str | None = None,
 
 
 def save_table(df: pd.DataFrame, stem: str, results_dir: Path, columns=None) -> Path:
-    """Write ``results/<stem>.csv`` (the contract's columns first)."""
+    """Write ``<results_dir>/<stem>.csv`` (the contract's columns first)."""
     if columns is not None:
         missing = [c for c in columns if c not in df.columns]
         if missing:
@@ -155,17 +122,17 @@ def save_table(df: pd.DataFrame, stem: str, results_dir: Path, columns=None) -> 
     return path
 
 
-def defender_pool(p: dict, n: int, seed: int = 0):
+def defender_pool(cfg: RunConfig, n: int, seed: int = 0):
     """``n`` clean images a defender holds, disjoint from the training subset.
 
     They come from the training split's images outside ``train_subset`` (class-stratified
     and seeded). With the whole training split in use, they come from the test split and
     overlap the evaluation images (said in the notebooks that use them).
     """
-    full = load(p["dataset"], p.get("data_root"))
-    n_sub = p.get("train_subset")
-    if n_sub is not None and n_sub < len(full.y_train):
-        rest = np.random.default_rng(0).permutation(len(full.y_train))[n_sub:]
+    full = load(cfg.dataset, cfg.data_root)
+    n = integer("defender pool size", n, 1)
+    if cfg.train_subset < len(full.y_train):
+        rest = np.random.default_rng(0).permutation(len(full.y_train))[cfg.train_subset:]
         x, y = full.x_train[torch.from_numpy(rest)], full.y_train[torch.from_numpy(rest)]
     else:
         x, y = full.x_test, full.y_test

@@ -1,10 +1,22 @@
 """Run every numbered notebook through papermill: ``python -m bdunlearn.reproduce``.
 
-Executed notebooks are saved beside their results (``results/<stem>.ipynb``), never over
-the sources; the wall time of each goes to ``results/timings.csv``. The ``default``
-profile writes ``results/`` and ``figures/``; other profiles write ``results/<profile>/``
-and ``figures/<profile>/`` so they never overwrite the committed default run. Trained
-models come from the checkpoint cache, so a second run retrains nothing.
+Where the outputs go:
+
+* a complete ``default`` run with no ``-p`` overrides replaces the committed ``results/``
+  and ``figures/`` (only once every notebook has finished and passed its claim checks);
+* any other run writes ``results/<profile>/`` and ``figures/<profile>/``, or
+  ``results/<profile>-<hash>/`` when ``-p`` overrides are given (the hash is of the
+  overrides, printed at the start), plus ``<dataset>/`` for a profile of several
+  datasets (``paper`` runs each dataset found on disk and names those it cannot find).
+
+Parameters are checked before any notebook starts (names against the notebooks'
+``parameters`` cells, values through :func:`bdunlearn.config.resolve`). Each notebook runs
+into a temporary folder; its tables, figures and executed copy (``<stem>.ipynb``) move into
+place only when it finished, so a failed run keeps the last good outputs (the failed copy
+is kept as ``<stem>.failed.ipynb``). Wall times go to ``timings.csv`` beside the tables.
+Relative paths in ``BDUNLEARN_*`` environment variables resolve against the caller's
+working directory. Trained models come from the checkpoint cache, so a second run
+retrains nothing.
 """
 
 from __future__ import annotations
@@ -12,17 +24,23 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime as dt
+import hashlib
+import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from .profiles import PROFILES
+from . import config, data
 
 ROOT = Path(__file__).resolve().parent.parent
+ENV_PATHS = ("BDUNLEARN_CACHE", "BDUNLEARN_DATA", "BDUNLEARN_RESULTS", "BDUNLEARN_FIGURES")
+RUNNER_SET = ("profile", "results_dir", "figures_dir")
 
 
 def _value(text: str):
@@ -45,6 +63,61 @@ def notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
     return picked
 
 
+def notebook_parameters(nb: Path) -> set[str]:
+    """The names in ``nb``'s ``parameters`` cell."""
+    import papermill as pm
+
+    return set(pm.inspect_notebook(str(nb)))
+
+
+def check_parameters(profile: str, params: dict, todo: list[Path], datasets) -> None:
+    """Fail (``SystemExit``) before any notebook runs on an unknown name, or a bad value
+    for any of ``datasets``."""
+    valid = set().union(*(notebook_parameters(nb) for nb in todo)) - set(RUNNER_SET)
+    for name in params:
+        if name not in valid:
+            raise SystemExit(f"-p {name}: unknown parameter for "
+                             f"{', '.join(p.stem for p in todo)}; choose from "
+                             f"{', '.join(sorted(valid))}")
+    try:
+        for dataset in datasets:
+            config.resolve(profile, **{**params, "dataset": dataset})
+    except ValueError as exc:
+        raise SystemExit(f"-p: {exc}") from None
+
+
+def run_name(profile: str, params: dict) -> str:
+    """``profile``, or ``profile-<8 hex digits>`` naming the overrides ``params``."""
+    if not params:
+        return profile
+    text = json.dumps(params, sort_keys=True, default=repr)
+    return f"{profile}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def absolute_env_paths(cwd: Path | None = None) -> None:
+    """Make relative ``BDUNLEARN_*`` paths absolute against ``cwd`` (the caller's working
+    directory), before kernels start elsewhere."""
+    cwd = Path.cwd() if cwd is None else cwd
+    for name in ENV_PATHS:
+        value = os.environ.get(name)
+        if value:
+            os.environ[name] = str((cwd / Path(value).expanduser()).absolute())
+
+
+def available(datasets, data_root) -> tuple[list[str], list[str]]:
+    """``(found, missing)``: the datasets whose files are on disk, and one sentence for each
+    missing one saying how to get it."""
+    found, missing = [], []
+    for name in datasets:
+        try:
+            data.load(name, data_root)
+        except (FileNotFoundError, ValueError) as exc:
+            missing.append(str(exc))
+        else:
+            found.append(name)
+    return found, missing
+
+
 def machine() -> str:
     import torch
 
@@ -60,37 +133,111 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
+def _kernel_manager():
+    """A kernel manager on local sockets (POSIX), so kernels do not warn that they run
+    over unencrypted TCP; Windows keeps jupyter_client's TCP default."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    if os.name != "posix":
+        return AsyncKernelManager
+
+    class LocalSocketKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport(self):
+            return "ipc"
+
+        @default("ip")
+        def _ip(self):  # socket files <ip>-<port>, removed when the kernel stops
+            return str(Path(tempfile.gettempdir()) / f"bdunlearn-kernel-{os.getpid()}")
+
+    return LocalSocketKernelManager
+
+
+def _move_into(src: Path, dst: Path) -> list[Path]:
+    """Move every file of ``src`` into ``dst`` (replacing files of the same name)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for f in sorted(src.iterdir()):
+        if f.is_file():
+            target = dst / f.name
+            shutil.move(str(f), str(target))
+            moved.append(target)
+    return moved
+
+
 def run(profile: str, only=None, params=None, results=None, figures=None,
         folder: Path = ROOT / "notebooks") -> pd.DataFrame:
+    """Run the notebooks (see the module docstring); returns this run's timing rows."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    sub = "" if profile == "default" else profile
-    results = Path(results) if results else ROOT / "results" / sub
-    figures = Path(figures) if figures else ROOT / "figures" / sub
-    results.mkdir(parents=True, exist_ok=True)
-    figures.mkdir(parents=True, exist_ok=True)
-    rows, host = [], machine()
+    params = dict(params or {})
+    absolute_env_paths()
+    profile = config.profile_name(profile)
     todo = notebooks(folder, only)
-    for i, nb in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {nb.stem} (profile {profile})", flush=True)
-        out = results / f"{nb.stem}.ipynb"
-        start = time.perf_counter()
-        try:
-            pm.execute_notebook(
-                str(nb), str(out), cwd=str(folder), progress_bar=True, kernel_name="python3",
-                parameters={"profile": profile, "results_dir": str(results),
-                            "figures_dir": str(figures), **(params or {})})
-        except PapermillExecutionError as err:
-            raise SystemExit(f"{nb.stem} failed in cell {err.cell_index} "
-                             f"(execution count {err.exec_count}): {err.ename}: {err.evalue}\n"
-                             f"the executed notebook with the traceback is {out}") from None
-        seconds = time.perf_counter() - start
-        print(f"    done in {seconds:.0f} s -> {out}", flush=True)
-        rows.append({"notebook": nb.stem, "profile": profile, "seconds": round(seconds, 1),
-                     "date": dt.date.today().isoformat(), "machine": host})
-        timings = _record(results / "timings.csv", rows)  # kept if a later notebook fails
-    return timings
+    datasets = [params["dataset"]] if "dataset" in params else list(
+        config.profile_datasets(profile))
+    check_parameters(profile, params, todo, datasets)
+    name = run_name(profile, params)
+    committed = name == "default" and not only and results is None and figures is None
+    found, missing = available(datasets, params.get("data_root"))
+    for why in missing:
+        print(f"skipped: {why}", flush=True)
+    if not found:
+        raise SystemExit(f"none of the datasets {', '.join(datasets)} is on disk")
+    several = len(config.profile_datasets(profile)) > 1
+    res_top = Path(results) if results else ROOT / "results" / ("" if committed else name)
+    fig_top = Path(figures) if figures else ROOT / "figures" / ("" if committed else name)
+    print(f"run {name}" + (f" (overrides {params})" if params else "")
+          + f": tables to {res_top}, figures to {fig_top}", flush=True)
+    host, rows, staged = machine(), [], []
+    for dataset in found:
+        res_dir = res_top / dataset if several else res_top
+        fig_dir = fig_top / dataset if several else fig_top
+        res_dir.mkdir(parents=True, exist_ok=True)
+        for i, nb in enumerate(todo, 1):
+            label = f"[{i}/{len(todo)}] {nb.stem} ({profile}, {dataset})"
+            work = Path(tempfile.mkdtemp(prefix=f".{nb.stem}-", dir=res_dir))
+            out = work / f"{nb.stem}.ipynb"
+            start = time.perf_counter()
+            try:
+                pm.execute_notebook(
+                    str(nb), str(out), cwd=str(folder), kernel_name="python3",
+                    progress_bar=sys.stderr.isatty(), kernel_manager_class=_kernel_manager(),
+                    parameters={**params, "profile": profile, "dataset": dataset,
+                                "results_dir": str(work / "results"),
+                                "figures_dir": str(work / "figures")})
+            except PapermillExecutionError as err:
+                failed = res_dir / f"{nb.stem}.failed.ipynb"
+                shutil.move(str(out), str(failed))
+                shutil.rmtree(work, ignore_errors=True)
+                raise SystemExit(f"{label} failed in cell {err.cell_index}: {err.ename}: "
+                                 f"{err.evalue}\nthe executed notebook with the traceback is "
+                                 f"{failed}; the last good outputs are unchanged") from None
+            seconds = time.perf_counter() - start
+            print(f"{label} done in {seconds:.0f} s", flush=True)
+            rows.append({"notebook": nb.stem, "profile": profile, "dataset": dataset,
+                         "seconds": round(seconds, 1), "date": dt.date.today().isoformat(),
+                         "machine": host})
+            step = [(work / "results", res_dir), (work / "figures", fig_dir), (work, res_dir)]
+            if committed:
+                staged.append((work, step))
+            else:
+                _publish(work, step)
+                _record(res_dir / "timings.csv", [r for r in rows if r["dataset"] == dataset])
+    for work, step in staged:  # a complete default run: every notebook passed
+        _publish(work, step)
+    if committed:
+        _record(res_top / "timings.csv", rows)
+    return pd.DataFrame(rows)
+
+
+def _publish(work: Path, steps) -> None:
+    for src, dst in steps:
+        if src.is_dir():
+            _move_into(src, dst)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _record(path: Path, rows: list[dict]) -> pd.DataFrame:
@@ -106,18 +253,19 @@ def _record(path: Path, rows: list[dict]) -> pd.DataFrame:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default="default", choices=sorted(PROFILES))
+    ap.add_argument("--profile", default=None, choices=sorted(config.PROFILES),
+                    help="default: $BDUNLEARN_PROFILE, else 'default'")
     ap.add_argument("--only", help="comma-separated notebook numbers or stems, e.g. 01,04")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                     metavar=("NAME", "VALUE"),
                     help="override a notebook parameter (Python literal), e.g. -p dataset mnist")
-    ap.add_argument("--results", help="results folder (default: results/[profile])")
-    ap.add_argument("--figures", help="figures folder (default: figures/[profile])")
+    ap.add_argument("--results", help="results folder (default: see above)")
+    ap.add_argument("--figures", help="figures folder (default: see above)")
     args = ap.parse_args(argv)
     params = {k: _value(v) for k, v in args.parameter}
     only = args.only.split(",") if args.only else None
     timings = run(args.profile, only, params, args.results, args.figures)
-    print(timings[["notebook", "seconds"]].to_string(index=False))
+    print(timings[["notebook", "dataset", "seconds"]].to_string(index=False))
 
 
 if __name__ == "__main__":

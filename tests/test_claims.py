@@ -84,3 +84,11 @@ def test_the_prose_check_catches_a_stale_number(tmp_path):
     assert [t for t, _ in _markdown_numbers(nb)] == ["99%", "0.85"]
     held = claims.threshold_values()
     assert 0.99 in held and 0.85 not in held
+
+
+def test_a_run_with_overrides_reports_instead_of_asserting(capsys):
+    tiny = config.resolve("paper", train_subset=2000, epochs=1, seeds=[0])
+    claims.check("bn_switch_on", attack_table(0.10), tiny)
+    assert "not asserted: the run overrides seeds, train_subset, epochs" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="fails at profile paper"):
+        claims.check("bn_switch_on", attack_table(0.10), config.resolve("paper", device="cpu"))

@@ -1,9 +1,15 @@
-"""The runner's notebook selection and timings, and the README table built from results."""
+"""The runner (selection, parameter checks, output folders, publishing only finished
+notebooks, the paper profile on a tiny override) and the README table built from results."""
+
+import os
+import re
+import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from bdunlearn import reproduce, summary
+from bdunlearn import config, data, reproduce, summary
 
 
 def test_only_selects_by_number_or_stem_and_refuses_unknown(tmp_path):
@@ -43,3 +49,118 @@ def test_summary_table_reads_the_csvs(tmp_path):
     readme.write_text(f"a\n{summary.START}\nold\n{summary.END}\nb\n")
     summary.update_readme(readme, tmp_path)
     assert "old" not in readme.read_text() and "93.0%" in readme.read_text()
+
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+FMNIST = (data.DEBIAN_ROOT / "fashion-mnist").is_dir()
+
+
+def test_parameters_are_checked_before_any_notebook_runs():
+    one = reproduce.notebooks(NOTEBOOKS, ["01"])
+    every = reproduce.notebooks(NOTEBOOKS)
+    with pytest.raises(SystemExit, match="-p epoch: unknown parameter for 01_attack; "
+                                         "choose from .*epochs"):
+        reproduce.check_parameters("smoke", {"epoch": 1}, one, ["fmnist"])
+    with pytest.raises(SystemExit, match="-p amnesiac: unknown parameter for 01_attack"):
+        reproduce.check_parameters("smoke", {"amnesiac": False}, one, ["fmnist"])
+    with pytest.raises(SystemExit, match=r"shards \[0\] must hold integers >= 1"):
+        reproduce.check_parameters("smoke", {"shards": [0]}, every, ["fmnist"])
+    with pytest.raises(SystemExit, match=r"seeds \[\] is empty"):
+        reproduce.check_parameters("smoke", {"seeds": []}, one, ["fmnist"])
+    with pytest.raises(SystemExit, match="epochs 2.5 must be an integer"):
+        reproduce.check_parameters("smoke", {"epochs": 2.5}, one, ["fmnist"])
+    reproduce.check_parameters("paper", {"shards": 5, "seeds": 3}, every,
+                               ["fmnist", "cifar10"])
+
+
+def test_every_notebook_parameter_is_a_run_config_field():
+    for nb in reproduce.notebooks(NOTEBOOKS):
+        names = reproduce.notebook_parameters(nb)
+        assert {"profile", "dataset", "seeds", "device", "data_root", "results_dir",
+                "figures_dir"} <= names, nb.stem
+        assert names <= set(config.FIELDS) | {"profile"}, nb.stem
+
+
+def test_override_runs_get_their_own_folder():
+    assert reproduce.run_name("default", {}) == "default"
+    name = reproduce.run_name("default", {"epochs": 12, "mitigation_num": 300})
+    assert re.fullmatch(r"default-[0-9a-f]{8}", name)
+    assert name == reproduce.run_name("default", {"mitigation_num": 300, "epochs": 12})
+    assert name != reproduce.run_name("default", {"epochs": 11, "mitigation_num": 300})
+
+
+def test_relative_env_paths_resolve_against_the_callers_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("BDUNLEARN_CACHE", "cache/here")
+    monkeypatch.setenv("BDUNLEARN_DATA", "/abs/data")
+    reproduce.absolute_env_paths(tmp_path)
+    assert os.environ["BDUNLEARN_CACHE"] == str(tmp_path / "cache" / "here")
+    assert os.environ["BDUNLEARN_DATA"] == "/abs/data"
+
+
+def _tiny_notebook(folder: Path) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("profile = None\ndataset = None\nresults_dir = None\n"
+                                       "figures_dir = None\nepochs = None")
+    params.metadata["tags"] = ["parameters"]
+    body = nbformat.v4.new_code_cell(
+        "import pathlib\nout = pathlib.Path(results_dir)\nout.mkdir(parents=True)\n"
+        "(out / '01_tiny.csv').write_text(f'epochs\\n{epochs}\\n')\n"
+        "assert epochs != 99, 'the claim fails'")
+    nb.cells = [params, body]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, str(folder / "01_tiny.ipynb"))
+
+
+def test_runner_publishes_a_notebook_only_when_it_passed(tmp_path, capfd):
+    _tiny_notebook(tmp_path)
+    res, fig = tmp_path / "res", tmp_path / "fig"
+    t = reproduce.run("smoke", params={"epochs": 2}, results=res, figures=fig,
+                      folder=tmp_path)
+    assert t.notebook.tolist() == ["01_tiny"]
+    assert (res / "01_tiny.csv").read_text() == "epochs\n2\n"
+    assert (res / "01_tiny.ipynb").is_file() and (res / "timings.csv").is_file()
+    good = (res / "01_tiny.ipynb").read_bytes()
+    with pytest.raises(SystemExit, match="failed in cell .*the claim fails"):
+        reproduce.run("smoke", params={"epochs": 99}, results=res, figures=fig,
+                      folder=tmp_path)
+    assert (res / "01_tiny.csv").read_text() == "epochs\n2\n"
+    assert (res / "01_tiny.ipynb").read_bytes() == good
+    assert (res / "01_tiny.failed.ipynb").is_file()
+    assert sorted(p.name for p in res.iterdir()) == [
+        "01_tiny.csv", "01_tiny.failed.ipynb", "01_tiny.ipynb", "timings.csv"]
+    out, err = capfd.readouterr()
+    assert "[1/1] 01_tiny (smoke, fmnist) done in" in out
+    assert "without encryption" not in out + err
+
+
+@pytest.mark.skipif(not FMNIST, reason="dataset-fashion-mnist is not installed")
+def test_paper_profile_starts_on_a_tiny_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("BDUNLEARN_CACHE", str(tmp_path / "cache"))
+    res = tmp_path / "res"
+    reproduce.run("paper", only=["01"], results=res, figures=tmp_path / "fig",
+                  params={"train_subset": 2000, "epochs": 1, "seeds": 0, "dataset": "fmnist"})
+    table = pd.read_csv(res / "fmnist" / "01_attack.csv")  # one folder per paper dataset
+    assert set(table.variant) == {"bn", "it"} and set(table.seed) == {0}
+    assert table[table.variant == "bn"].requested.max() == 300  # the paper's count
+    assert (tmp_path / "fig" / "fmnist" / "01_attack-before-after.png").is_file()
+
+
+@pytest.mark.skipif(not FMNIST, reason="dataset-fashion-mnist is not installed")
+def test_a_notebook_run_outside_the_runner_leaves_committed_results_alone(
+        tmp_path, monkeypatch):
+    import papermill as pm
+
+    for name in ("BDUNLEARN_RESULTS", "BDUNLEARN_FIGURES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BDUNLEARN_CACHE", str(tmp_path / "cache"))
+    root = NOTEBOOKS.parent
+    pm.execute_notebook(str(NOTEBOOKS / "01_attack.ipynb"), str(tmp_path / "out.ipynb"),
+                        cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False,
+                        parameters={"profile": "smoke", "train_subset": 2000, "epochs": 1})
+    assert (root / "results" / "smoke" / "01_attack.csv").is_file()
+    status = subprocess.run(["git", "status", "--porcelain", "results", "figures"],
+                            cwd=root, capture_output=True, text=True, check=True).stdout
+    assert status == ""
