@@ -48,9 +48,10 @@ import torch
 import torch.nn.functional as F
 
 from .defenses import DefenderView, run_defense
-from .models import DEFAULT_ARCH, build_model
+from .models import build_model
+from .registry import reference_config, spec
 from .stacked import fit_many, stackable
-from .train import _channels_last, fit, reference_config, resolve_device
+from .train import _channels_last, fit, resolve_device
 from .unlearning import SisaService
 
 BENCH_DATASETS = ("fmnist", "mnist", "gtsrb", "cifar10")
@@ -223,7 +224,7 @@ def _size_for(rate: float, budget: float, cap: int, min_batches: int = 2) -> int
 
 
 def throughput_rows(name: str, dev, st: Settings, cap: int = 60000) -> tuple[list[Row], float]:
-    arch = DEFAULT_ARCH[name]
+    arch = spec(name).arch
     shape, k = _SHAPES[name]
     cfg = reference_config(name, epochs=1, batch_size=BATCH)
     channels_last = _channels_last(build_model(arch, shape, k), dev)  # the engine's choice
@@ -282,7 +283,7 @@ def sisa_rows(name: str, dev, st: Settings, rate: float) -> list[Row]:
     x, y, source = bench_data(name, n)
     rows, full = [], None
     for s in sorted(set(st.shards) | {1}):
-        svc = SisaService(x, y, arch=DEFAULT_ARCH[name], num_classes=_SHAPES[name][1],
+        svc = SisaService(x, y, arch=spec(name).arch, num_classes=_SHAPES[name][1],
                           cfg=cfg, shards=s, seed=0, cache_dir=None, device=dev).fit()
         # ``repeats`` requests of one id each; every one touches exactly one shard.
         costs = [svc.unlearn([i]) for i in range(st.repeats)]
@@ -294,7 +295,7 @@ def sisa_rows(name: str, dev, st: Settings, rate: float) -> list[Row]:
         if s not in st.shards:
             continue
         rows.append(Row(
-            name, DEFAULT_ARCH[name], f"sisa request, S={s}", cost.seconds / full.seconds, "x",
+            name, spec(name).arch, f"sisa request, S={s}", cost.seconds / full.seconds, "x",
             f"{cost.seconds:.2f} s vs {full.seconds:.2f} s full retrain; sample-epochs "
             f"{cost.sample_epochs}/{full.sample_epochs} = "
             f"{cost.sample_epochs / full.sample_epochs:.3f}; {n} {source} samples, 1 epoch",
@@ -305,7 +306,7 @@ def sisa_rows(name: str, dev, st: Settings, rate: float) -> list[Row]:
 
 
 def stacked_rows(name: str, dev, st: Settings, rate: float, force: bool) -> list[Row]:
-    arch = DEFAULT_ARCH[name]
+    arch = spec(name).arch
     shape, k = _SHAPES[name]
     if dev.type != "cuda" and not force:
         return [Row(name, arch, "stacked vs sequential", None, "",
@@ -340,7 +341,7 @@ def stacked_rows(name: str, dev, st: Settings, rate: float, force: bool) -> list
 
 
 def neural_cleanse_rows(name: str, dev, st: Settings) -> list[Row]:
-    arch = DEFAULT_ARCH[name]
+    arch = spec(name).arch
     shape, k = _SHAPES[name]
     x, y, source = bench_data(name, st.nc_samples)
     model = build_model(arch, shape, k, seed=0)
@@ -382,7 +383,7 @@ def run_benchmark(datasets=("fmnist",), device="auto", quick: bool = False,
             log(f"[bench] {name}: SISA requests ...", file=sys.stderr)
             rows += sisa_rows(name, dev, st, rate)
         else:
-            rows.append(Row(name, DEFAULT_ARCH[name], "sisa request", None, "",
+            rows.append(Row(name, spec(name).arch, "sisa request", None, "",
                             "skipped in --quick (first dataset only)"))
         log(f"[bench] {name}: stacked training ...", file=sys.stderr)
         rows += stacked_rows(name, dev, st, rate, stacked_on_cpu)
@@ -390,7 +391,7 @@ def run_benchmark(datasets=("fmnist",), device="auto", quick: bool = False,
             log(f"[bench] {name}: Neural Cleanse ...", file=sys.stderr)
             rows += neural_cleanse_rows(name, dev, st)
         else:
-            rows.append(Row(name, DEFAULT_ARCH[name], "neural cleanse batched", None, "",
+            rows.append(Row(name, spec(name).arch, "neural cleanse batched", None, "",
                             "skipped in --quick (first dataset only)"))
     info["load_after"] = machine_info(dev)["load"]
     return info, rows

@@ -8,6 +8,7 @@ the global RNG, so the same seed on the same device gives the same weights.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from dataclasses import asdict, dataclass, replace
 
@@ -15,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from . import checks
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -44,9 +47,57 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return gen
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+SHUFFLES = ("every_epoch", "once")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively: the ``avx512_bf16`` or ``amx_bf16`` flag in
+    ``/proc/cpuinfo``, or a torch CPU capability that names BF16 or AMX."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = {w for line in f if line.startswith("flags") for w in line.split()}
+    except OSError:
+        flags = set()
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        return True
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    return "BF16" in capability or "AMX" in capability
+
+
+def resolve_precision(precision: str, device="auto") -> str:
+    """The concrete training precision, ``"fp32"`` or ``"bf16"``, for ``device``.
+
+    ``"auto"`` is ``"bf16"`` where the device computes it natively and faster than fp32
+    (a CPU with AVX512-BF16 or AMX, a CUDA device with native bf16) and ``"fp32"``
+    elsewhere; ``"fp32"`` and ``"bf16"`` are returned as given (bf16 on a CPU without
+    native support is emulated and slower, but allowed).
+    """
+    checks.choice("precision", precision, PRECISIONS)
+    if precision != "auto":
+        return precision
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+    else:
+        native = dev.type == "cpu" and cpu_has_native_bf16()
+    return "bf16" if native else "fp32"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGD settings; ``lr_step`` halves the learning rate every that many epochs."""
+    """SGD settings of one training run; every field is checked on construction.
+
+    ``lr_step`` halves the learning rate every that many epochs (``None``: constant).
+    ``crop``/``flip`` augment each batch. ``precision`` is the training step's forward
+    pass: ``"fp32"``, ``"bf16"`` (autocast; weights, optimiser and evaluation stay fp32)
+    or ``"auto"`` (see :func:`resolve_precision`); :meth:`resolved` fixes it for a device,
+    and checkpoint keys must use the resolved copy. ``shuffle`` is the sample order:
+    ``"every_epoch"`` draws a new permutation each epoch, ``"once"`` draws one and keeps
+    it for every epoch (the BAU authors' shards).
+    """
 
     epochs: int = 20
     lr: float = 0.01
@@ -56,32 +107,31 @@ class TrainConfig:
     lr_step: int | None = None
     crop: bool = False
     flip: bool = False
+    precision: str = "auto"
+    shuffle: str = "every_epoch"
 
     def __post_init__(self):
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"invalid training settings {self}: epochs must be >= 0, "
-                             "batch_size >= 1 and lr > 0")
+        clean = dict(
+            epochs=checks.integer("epochs", self.epochs, low=1),
+            lr=checks.number("lr", self.lr, 0, low_open=True),
+            batch_size=checks.integer("batch_size", self.batch_size, low=1),
+            momentum=checks.number("momentum", self.momentum, 0, 1, high_open=True),
+            weight_decay=checks.number("weight_decay", self.weight_decay, 0),
+            lr_step=None if self.lr_step is None else checks.integer("lr_step", self.lr_step,
+                                                                       low=1),
+            crop=checks.flag("crop", self.crop),
+            flip=checks.flag("flip", self.flip),
+            precision=checks.choice("precision", self.precision, PRECISIONS),
+            shuffle=checks.choice("shuffle", self.shuffle, SHUFFLES))
+        for name, value in clean.items():  # plain Python types, so keys hash the same
+            object.__setattr__(self, name, value)
+
+    def resolved(self, device="auto") -> "TrainConfig":
+        """A copy whose ``precision`` is the concrete one for ``device`` (never "auto")."""
+        return replace(self, precision=resolve_precision(self.precision, device))
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-_REFERENCE = {
-    "mnist": TrainConfig(epochs=20),
-    "digits": TrainConfig(epochs=20, momentum=0.9, weight_decay=5e-4),
-    "fmnist": TrainConfig(epochs=20, momentum=0.9, weight_decay=5e-4),
-    "gtsrb": TrainConfig(epochs=20, crop=True),
-    "cifar10": TrainConfig(epochs=60, momentum=0.9, weight_decay=5e-4, lr_step=10,
-                           crop=True, flip=True),
-}
-
-
-def reference_config(dataset: str, **overrides) -> TrainConfig:
-    """The BAU paper's optimiser settings for ``dataset``, with optional overrides."""
-    if dataset not in _REFERENCE:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(_REFERENCE)}")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    return replace(_REFERENCE[dataset], **overrides)
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -108,11 +158,21 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, crop: bool, flip: bool,
     return x
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator, device):
-    """One epoch's batches, on the host and on ``device``: a ``randperm`` from ``gen``
-    (always drawn on the CPU) split into chunks, moved to the device once per epoch."""
+def epoch_orders(n: int, gen: torch.Generator, shuffle: str = "every_epoch"):
+    """The sample order of each epoch, endlessly: a ``randperm(n)`` from ``gen`` (always
+    drawn on the CPU), drawn anew every epoch (``"every_epoch"``) or drawn once and kept
+    (``"once"``). Every trainer draws its order here, so they all see the same batches."""
     perm = torch.randperm(n, generator=gen)
-    return perm.split(batch_size), perm.to(device, non_blocking=True).split(batch_size)
+    while True:
+        yield perm
+        if shuffle == "every_epoch":
+            perm = torch.randperm(n, generator=gen)
+
+
+def autocast(precision: str, dev: torch.device):
+    """The context for a training step's forward pass: bf16 autocast on ``dev`` for
+    ``precision="bf16"``, nothing for ``"fp32"`` (use :func:`resolve_precision` first)."""
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _channels_last(model: nn.Module, dev: torch.device) -> bool:
@@ -148,8 +208,13 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
     Randomness: the batch order comes from ``make_generator(seed)``, augmentation from
     ``derive_seed(seed, "augment")`` and dropout masks from ``derive_seed(seed,
     "dropout")`` (the global RNG is forked and restored around training), so the same
-    seed on the same device gives the same weights. On the CPU convolutional models are
-    trained in channels-last memory layout and handed back in the default layout.
+    seed on the same device, precision and torch thread count gives the same weights (the
+    CPU kernels sum in an order that depends on the thread count). The sample order
+    follows ``cfg.shuffle`` (:func:`epoch_orders`). The forward pass runs in
+    ``cfg.precision`` resolved for the device (bf16 autocast or fp32); the loss, the
+    gradients' accumulation into fp32 weights and the optimiser stay fp32. On the CPU
+    convolutional models are trained in channels-last memory layout and handed back in
+    the default layout.
     """
     dev = resolve_device(device)
     epochs = cfg.epochs if epochs is None else epochs
@@ -161,6 +226,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
     if watch is not None and (watch.dim() != 1 or len(watch) != len(y)):
         raise ValueError(f"watch must be a mask with one entry per sample ({len(y)}), "
                          f"got shape {tuple(watch.shape)}")
+    precision = resolve_precision(cfg.precision, dev)
     model.to(dev).train()
     channels_last = _channels_last(model, dev)
     if channels_last:
@@ -170,7 +236,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
-    order_gen = make_generator(seed)
+    orders = epoch_orders(len(yd), make_generator(seed), cfg.shuffle)
     aug_gen = make_generator(derive_seed(seed, "augment"), dev)
     augment = cfg.crop or cfg.flip
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -183,7 +249,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
                 lr = cfg.lr * (0.5 ** (epoch // cfg.lr_step) if cfg.lr_step else 1.0)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                host, batches = _batches(len(yd), cfg.batch_size, order_gen, dev)
+                host = next(orders)
+                batches = host.to(dev, non_blocking=True).split(cfg.batch_size)
+                host = host.split(cfg.batch_size)
                 for step, idx in enumerate(batches):
                     xb = to_unit(xd[idx])
                     if augment:
@@ -192,7 +260,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
                         xb = xb.contiguous(memory_format=fmt)
                     record = watched is not None and bool(watched[host[step]].any())
                     before = [p.detach().clone() for p in params] if record else None
-                    loss = F.cross_entropy(model(xb), yd[idx])
+                    with autocast(precision, dev):
+                        out = model(xb)
+                    loss = F.cross_entropy(out.float(), yd[idx])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

@@ -2,11 +2,13 @@
 import pytest
 import torch
 
-from bdunlearn import data, profiles
+from bdunlearn import data
 from bdunlearn.data import load
 from bdunlearn.models import build_model
-from bdunlearn.train import (TrainConfig, augment_batch, fit, make_generator, predict,
-                             predict_proba, reference_config, resolve_device)
+from bdunlearn.registry import reference_config
+from bdunlearn import train
+from bdunlearn.train import (TrainConfig, augment_batch, epoch_orders, fit, make_generator,
+                             predict, predict_proba, resolve_device, resolve_precision)
 
 @pytest.fixture(scope="module")
 def digits():
@@ -43,7 +45,7 @@ def test_reference_settings():
     assert cifar.epochs == 3 and cifar.lr_step == 10 and cifar.flip
     with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
         reference_config("svhn")
-    with pytest.raises(ValueError, match="epochs must be >= 0"):
+    with pytest.raises(ValueError, match="epochs -1 must be an integer >= 1"):
         TrainConfig(epochs=-1)
 
 def test_device_resolution():
@@ -55,15 +57,6 @@ def test_device_resolution():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
 
-def test_profiles(monkeypatch):
-    monkeypatch.setenv("BDUNLEARN_PROFILE", "smoke")
-    assert profiles.get_profile()["name"] == "smoke"
-    assert profiles.get_profile("paper")["shards"] == (1, 5, 10, 20)
-    monkeypatch.delenv("BDUNLEARN_PROFILE")
-    assert profiles.get_profile()["name"] == "default"
-    with pytest.raises(ValueError, match="unknown profile 'huge'"):
-        profiles.get_profile("huge")
-
 
 @pytest.mark.skipif(not (data.DEBIAN_ROOT / "fashion-mnist").is_dir(),
                     reason="dataset-fashion-mnist is not installed")
@@ -74,3 +67,91 @@ def test_fmnist_cnn_two_epochs_on_the_full_training_set_reaches_85_percent():
         device="cpu", progress=False)
     acc = (predict(model, ds.x_test, device="cpu") == ds.y_test).float().mean().item()
     assert acc >= 0.85, acc
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("epochs", 0, "epochs 0"), ("epochs", 2.5, "epochs 2.5"), ("epochs", True, "epochs True"),
+    ("lr", float("nan"), "lr nan"), ("lr", float("inf"), "lr inf"), ("lr", 0, "lr 0"),
+    ("batch_size", 0, "batch_size 0"), ("batch_size", 1.5, "batch_size 1.5"),
+    ("momentum", 1.0, "momentum 1.0"), ("momentum", -0.1, "momentum -0.1"),
+    ("weight_decay", -1e-4, "weight_decay -0.0001"), ("weight_decay", float("inf"),
+                                                      "weight_decay inf"),
+    ("lr_step", 0, "lr_step 0"), ("lr_step", 2.0, "lr_step 2.0"),
+    ("crop", 1, "crop 1"), ("precision", "fp16", "precision 'fp16'"),
+    ("shuffle", "never", "shuffle 'never'"),
+])
+def test_train_config_refuses_bad_fields_naming_the_value(field, value, named):
+    with pytest.raises(ValueError, match=named.replace("(", r"\(")) as err:
+        TrainConfig(**{field: value})
+    assert "\n" not in str(err.value)
+
+
+def test_train_config_keeps_plain_types():
+    import numpy as np
+
+    cfg = TrainConfig(epochs=np.int64(3), lr=np.float32(0.5), lr_step=np.int32(2))
+    assert type(cfg.epochs) is int and type(cfg.lr) is float and type(cfg.lr_step) is int
+    assert cfg.as_dict()["precision"] == "auto" and cfg.as_dict()["shuffle"] == "every_epoch"
+
+
+def test_precision_resolves_to_a_concrete_choice(monkeypatch):
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    assert TrainConfig().resolved("cpu").precision == "bf16"
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert TrainConfig(precision="bf16").resolved("cpu").precision == "bf16"
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        resolve_precision("half", "cpu")
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        flags = {w for line in f if line.startswith("flags") for w in line.split()}
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        assert train.cpu_has_native_bf16()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_each_precision_learns_and_is_deterministic(digits, precision):
+    cfg = reference_config("digits", epochs=3, batch_size=20, precision=precision)
+    models = [fit(build_model("fmnist_cnn", digits.image_shape, 10, seed=0),
+                  digits.x_train[:600], digits.y_train[:600], cfg, seed=3, device="cpu")
+              for _ in range(2)]
+    for p, q in zip(models[0].state_dict().values(), models[1].state_dict().values()):
+        assert p.dtype == q.dtype and torch.equal(p, q)
+    assert all(p.dtype == torch.float32 for p in models[0].parameters())
+    acc = (predict(models[0], digits.x_test, device="cpu") == digits.y_test).float().mean()
+    assert acc > 0.3  # three times chance after 3 short epochs
+
+
+def test_bf16_and_fp32_train_different_weights(digits):
+    out = {}
+    for precision in ("fp32", "bf16"):
+        cfg = reference_config("digits", epochs=1, precision=precision)
+        out[precision] = fit(build_model("fmnist_cnn", digits.image_shape, 10, seed=0),
+                             digits.x_train[:300], digits.y_train[:300], cfg, seed=0,
+                             device="cpu")
+    assert any(not torch.equal(p, q) for p, q in zip(out["fp32"].parameters(),
+                                                     out["bf16"].parameters()))
+
+
+def test_sample_order_once_or_every_epoch():
+    once = epoch_orders(50, make_generator(7), "once")
+    every = epoch_orders(50, make_generator(7), "every_epoch")
+    o1, o2, e1, e2 = next(once), next(once), next(every), next(every)
+    assert torch.equal(o1, o2) and torch.equal(o1, e1) and not torch.equal(e1, e2)
+    assert sorted(o1.tolist()) == list(range(50))
+
+
+def test_shuffle_once_keeps_the_first_epoch_and_changes_the_second(digits):
+    def run(shuffle, epochs):
+        cfg = TrainConfig(epochs=epochs, precision="fp32", shuffle=shuffle)
+        return fit(build_model("fmnist_cnn", digits.image_shape, 10, seed=0),
+                   digits.x_train[:300], digits.y_train[:300], cfg, seed=1, device="cpu")
+    same = zip(run("once", 1).parameters(), run("every_epoch", 1).parameters())
+    assert all(torch.equal(p, q) for p, q in same)
+    differ = zip(run("once", 2).parameters(), run("every_epoch", 2).parameters())
+    assert any(not torch.equal(p, q) for p, q in differ)
