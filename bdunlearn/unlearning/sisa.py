@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import cache
+from ..checks import integer
 from ..models import build_model
 from ..stacked import fit_stacked, stackable
 from ..train import TrainConfig, derive_seed, fit, predict_proba, resolve_device
@@ -130,7 +131,8 @@ class SisaService(UnlearningService):
 
     def training_ids(self, model_index: int) -> np.ndarray:
         """The ids the current model of shard ``model_index`` was trained on."""
-        return self.retained(model_index, self.slices - 1)
+        return self.retained(integer("model index", model_index, 0, self.shards - 1),
+                             self.slices - 1)
 
     # ------------------------------------------------------------------ checkpoints
     def _key(self, shard: int, upto: int, removed: np.ndarray) -> str:
