@@ -1,0 +1,85 @@
+"""Worker-process training: bitwise equal to one-thread sequential training, clear errors."""
+
+import copy
+
+import pytest
+import torch
+
+from bdunlearn import parallel
+from bdunlearn.data import load
+from bdunlearn.models import build_model
+from bdunlearn.parallel import Job, Stage, choose_workers, train_jobs
+from bdunlearn.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def jobs():
+    ds = load("digits")
+    cfg = TrainConfig(epochs=2, batch_size=50, momentum=0.9, precision="auto",
+                      shuffle="once")
+    out = []
+    for j in range(2):
+        part = slice(200 * j, 200 * j + 200)
+        out.append(Job(build_model("fmnist_cnn", ds.image_shape, 10, seed=j),
+                       ds.x_train[part], ds.y_train[part], cfg,
+                       [Stage(100, seed=10 + j, epochs=1), Stage(200, seed=20 + j, epochs=1,
+                                                                 epoch_offset=1)]))
+    return out
+
+
+def test_workers_give_the_weights_of_one_thread_sequential_training(jobs):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sequential = train_jobs(copy.deepcopy(jobs), device="cpu", workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    in_workers = train_jobs(jobs, device="cpu", workers=2)
+    assert len(in_workers) == 2 and all(len(r) == 2 for r in in_workers)
+    for seq_job, par_job in zip(sequential, in_workers):
+        for (seq_state, _), (par_state, seconds) in zip(seq_job, par_job):
+            assert seconds > 0
+            assert seq_state.keys() == par_state.keys()
+            assert all(torch.equal(seq_state[k], par_state[k]) for k in seq_state)
+    # the stages continue one another: the second stage's weights moved on from the first
+    first, second = in_workers[0][0][0], in_workers[0][1][0]
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_failing_job_raises_one_error_naming_it(jobs):
+    bad = copy.deepcopy(jobs)
+    bad[1].x = bad[1].x[:, :, :5]  # images too small for the model
+    with pytest.raises(RuntimeError, match="training job 1 failed in a worker process"):
+        train_jobs(bad, device="cpu", workers=2)
+
+
+def test_worker_count_rule(jobs, monkeypatch):
+    monkeypatch.delenv(parallel.WORKERS_ENV, raising=False)
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    assert choose_workers(jobs, "cpu") == 1  # 800 sample-epochs: starting processes costs more
+    big = [copy.copy(j) for j in jobs]
+    for j in big:
+        j.stages = [Stage(200, seed=0, epochs=200)]
+    assert choose_workers(big, "cpu") == 2
+    assert choose_workers(big[:1], "cpu") == 1
+    monkeypatch.setattr(parallel, "cores", lambda: 1)
+    assert choose_workers(big, "cpu") == 1
+    monkeypatch.setenv(parallel.WORKERS_ENV, "2")
+    assert choose_workers(jobs, "cpu") == 2
+    assert choose_workers(jobs, "cpu", workers=1) == 1
+    assert choose_workers(jobs, "cpu", workers=8) == 2  # never more than the jobs
+
+
+@pytest.mark.parametrize("workers, message", [
+    (0, "workers 0 must be an integer >= 1"), (1.5, "workers 1.5 must be an integer"),
+    (True, "workers True must be an integer"), ("many", "workers 'many' must be an integer"),
+])
+def test_bad_worker_counts_are_refused(jobs, workers, message):
+    with pytest.raises(ValueError, match=message):
+        choose_workers(jobs, "cpu", workers)
+
+
+def test_bad_environment_value_is_refused(jobs, monkeypatch):
+    monkeypatch.setenv(parallel.WORKERS_ENV, "two")
+    with pytest.raises(ValueError, match="BDUNLEARN_WORKERS='two' must be a positive integer"):
+        choose_workers(jobs, "cpu")
