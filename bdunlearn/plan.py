@@ -16,14 +16,19 @@ unlearning (notebook 02) and the defenses keep no SISA checkpoints and are not j
 
 from __future__ import annotations
 
+import ast
+import json
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 from . import attack as attacks
 from . import experiment as ex
+from .config import FIELDS, RunConfig, profile_datasets, resolve
 from .models import build_model
 
 KINDS = ("clean", "attack", "classic")
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 @dataclass(frozen=True)
@@ -32,23 +37,19 @@ class Recipe:
 
     ``kind`` is ``"clean"`` (the clean training set, :func:`experiment.clean_baseline`),
     ``"attack"`` (:func:`experiment.attack_service` on the ``variant`` attack) or
-    ``"classic"`` (classical BadNets with ``poison_fraction``); ``params`` are the
-    notebook's resolved settings as sorted ``(name, value)`` pairs.
+    ``"classic"`` (classical BadNets with ``cfg.poison_fraction``); ``cfg`` is the
+    notebook's resolved :class:`~bdunlearn.config.RunConfig`.
     """
 
     kind: str
-    params: tuple
+    cfg: RunConfig
     seed: int
     shards: int = 1
     variant: str | None = None
-    poison_fraction: float | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown recipe kind {self.kind!r}; use one of {', '.join(KINDS)}")
-
-    def settings(self) -> dict:
-        return dict(self.params)
 
     def attack(self):
         """The attack set this service trains on (``None`` for a clean service)."""
@@ -56,34 +57,34 @@ class Recipe:
 
     def build(self):
         """The service, untrained, exactly as the notebook builds it."""
-        p, ds = self.settings(), _dataset(self.params)
+        ds = _dataset(self.cfg)
         if self.kind == "clean":
-            return ex.service(ds.x_train, ds.y_train, ds, p, seed=self.seed)
+            return ex.service(ds.x_train, ds.y_train, ds, self.cfg, seed=self.seed)
         atk = self.attack()
         if self.kind == "classic":
-            return ex.service(atk.x, atk.y, ds, p, seed=self.seed)
-        return ex.attack_service(atk, ds, p, shards=self.shards)
+            return ex.service(atk.x, atk.y, ds, self.cfg, seed=self.seed)
+        return ex.attack_service(atk, ds, self.cfg, shards=self.shards)
 
 
-def _dataset(params: tuple):
-    p = dict(params)
-    return _subset(p["dataset"], p.get("data_root"), p.get("train_subset"), p.get("test_subset"))
+_DATASETS: dict[tuple, object] = {}
 
 
-@lru_cache(maxsize=4)
-def _subset(name, data_root, train_subset, test_subset):
-    return ex.dataset(dict(dataset=name, data_root=data_root, train_subset=train_subset,
-                           test_subset=test_subset))
+def _dataset(cfg: RunConfig):
+    """``ex.dataset(cfg)``, loaded once per process for each dataset and subset."""
+    key = (cfg.dataset, cfg.data_root, cfg.train_subset, cfg.test_subset)
+    if key not in _DATASETS:
+        _DATASETS[key] = ex.dataset(cfg)
+    return _DATASETS[key]
 
 
 @lru_cache(maxsize=16)
 def _attack(recipe: Recipe):
-    ds = _dataset(recipe.params)
+    ds = _dataset(recipe.cfg)
     if recipe.kind == "classic":
-        return attacks.build_classic_badnets(ds, poison_fraction=recipe.poison_fraction,
+        return attacks.build_classic_badnets(ds, poison_fraction=recipe.cfg.poison_fraction,
                                              seed=recipe.seed)
     if recipe.kind == "attack":
-        return ex.build_attack(ds, recipe.variant, recipe.seed, recipe.settings())
+        return ex.build_attack(ds, recipe.variant, recipe.seed, recipe.cfg)
     return None
 
 
@@ -106,76 +107,59 @@ class Job:
     model_params: int = 0
 
 
-# The parameters each notebook passes to ``ex.settings``: ``NOTEBOOK_PARAMS`` are its
-# parameters cell's (the user may override them), ``_FIXED`` the literals its code passes.
-_SHARED = dict(dataset=None, seeds=None, device="auto", data_root=None, poison_num=None,
-               mitigation_num=None, alpha=None, epochs=None, train_subset=None)
-NOTEBOOK_PARAMS = {
-    "01": _SHARED,
-    "02": dict(_SHARED, variant="bn", shards=None, request_steps=None),
-    "03": dict(_SHARED, nc_steps=None, defense_steps=3),
-    "04": dict(_SHARED, shards=None, request_steps=None),
-    "05": dict(_SHARED, defense_samples=None, nc_steps=None, poison_fraction=0.05),
-}
-_FIXED = dict(test_subset=None, it_poison_num=None, it_mitigation_num=None)
-# Notebook parameters that change no training job (accepted, ignored by the plan).
-_NOT_TRAINING = ("target_fpr", "amnesiac", "defender_size")
+@lru_cache(maxsize=None)
+def notebook_parameters(stem: str) -> frozenset:
+    """The names in notebook ``stem``'s ``parameters`` cell (what ``-p`` can set there)."""
+    cells = json.loads((NOTEBOOKS / f"{stem}.ipynb").read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    return frozenset(t.id for node in tree.body if isinstance(node, ast.Assign)
+                     for t in node.targets if isinstance(t, ast.Name))
 
 
-def _settings(nb: str, profile, overrides: dict) -> dict:
-    """Notebook ``nb``'s parameters (its defaults, then the user's overrides) and its
-    resolved ``ex.settings``."""
-    params = {**NOTEBOOK_PARAMS[nb], **{k: v for k, v in overrides.items()
-                                        if k in NOTEBOOK_PARAMS[nb]}}
-    own = {k: params.pop(k) for k in ("defense_steps", "poison_fraction") if k in params}
-    if "defense_steps" in own:
-        params["request_steps"] = own["defense_steps"]
-    return params | own, ex.settings(profile, **params, **_FIXED)
-
-
-def _frozen(p: dict) -> tuple:
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in p.items()))
+def _config(stem: str, profile, overrides: dict) -> RunConfig:
+    """The ``RunConfig`` notebook ``stem`` resolves: the user's overrides it accepts."""
+    own = notebook_parameters(stem)
+    return resolve(profile, **{k: v for k, v in overrides.items() if k in own})
 
 
 def _states(profile, overrides: dict):
     """``(label, recipe, [removed ids after each request batch])`` for every service the
-    notebooks fit or serve requests on, in notebook order."""
-    _, p = _settings("01", profile, overrides)
-    for seed in p["seeds"]:
-        yield "01 clean baseline", Recipe("clean", _frozen(p), seed), [()]
+    notebooks fit or serve requests on, in notebook order (their code cells' calls)."""
+    cfg = _config("01_attack", profile, overrides)
+    for seed in cfg.seeds:
+        yield "01 clean baseline", Recipe("clean", cfg, seed), [()]
         for variant in ("bn", "it"):
-            r = Recipe("attack", _frozen(p), seed, 1, variant)
+            r = Recipe("attack", cfg, seed, 1, variant)
             yield f"01 {variant} S=1", r, [(), tuple(r.attack().request_order())]
 
-    _, p = _settings("02", profile, overrides)
-    for seed in p["seeds"]:
-        for s in p["shards"]:
-            r = Recipe("attack", _frozen(p), seed, int(s), p["variant"])
-            yield f"02 {p['variant']} S={s}", r, _trajectory(r, p["request_steps"])
+    cfg = _config("02_unlearning_trajectory", profile, overrides)
+    for seed in cfg.seeds:
+        for s in cfg.shards:
+            r = Recipe("attack", cfg, seed, s, cfg.variant)
+            yield f"02 {cfg.variant} S={s}", r, _trajectory(r, cfg.request_steps)
 
-    _, p = _settings("03", profile, overrides)
-    seed = p["seeds"][0]
-    yield "03 classic BadNets", Recipe("classic", _frozen(p), seed, poison_fraction=0.05), [()]
-    r = Recipe("attack", _frozen(p), seed, 1, "bn")
-    yield "03 bn S=1", r, _trajectory(r, p["request_steps"])
+    cfg = _config("03_defense_overhead", profile, overrides)
+    seed = cfg.seeds[0]
+    yield "03 classic BadNets", Recipe("classic", cfg, seed), [()]
+    r = Recipe("attack", cfg, seed, 1, "bn")
+    yield "03 bn S=1", r, _trajectory(r, cfg.defense_steps)
 
-    _, p = _settings("04", profile, overrides)
-    for seed in p["seeds"]:
+    cfg = _config("04_detection", profile, overrides)
+    for seed in cfg.seeds:
         for variant in ("bn", "it"):
-            for s in p["shards"]:
-                yield f"04 {variant} S={s}", Recipe("attack", _frozen(p), seed, int(s),
-                                                    variant), [()]
-    r = Recipe("attack", _frozen(p), p["seeds"][0], 1, "bn")
-    yield "04 bn S=1 trajectory", r, _trajectory(r, p["request_steps"])
+            for s in cfg.shards:
+                yield f"04 {variant} S={s}", Recipe("attack", cfg, seed, s, variant), [()]
+    r = Recipe("attack", cfg, cfg.seeds[0], 1, "bn")
+    yield "04 bn S=1 trajectory", r, _trajectory(r, cfg.request_steps)
 
-    own, p = _settings("05", profile, overrides)
-    seed = p["seeds"][0]
-    yield "05 classic BadNets", Recipe("classic", _frozen(p), seed,
-                                       poison_fraction=own["poison_fraction"]), [()]
-    r = Recipe("attack", _frozen(p), seed, 1, "bn")
+    cfg = _config("05_backdoor_erasure", profile, overrides)
+    seed = cfg.seeds[0]
+    yield "05 classic BadNets", Recipe("classic", cfg, seed), [()]
+    r = Recipe("attack", cfg, seed, 1, "bn")
     yield "05 bn S=1", r, [(), tuple(r.attack().request_order())]
-    for s in p["seeds"]:
-        yield "05 clean", Recipe("clean", _frozen(p), s), [()]
+    for s in cfg.seeds:
+        yield "05 clean", Recipe("clean", cfg, s), [()]
 
 
 def _trajectory(recipe: Recipe, steps: int) -> list[tuple]:
@@ -190,24 +174,28 @@ def plan(profile: str | None = None, **overrides) -> list[Job]:
     content key, each listed after the slice it continues from.
 
     Builds the notebooks' services and attacks (cheap: no training) and asks each service
-    for the keys of its slices after every request batch of the notebook's schedule. The
-    request filter's trajectory in notebook 04 is not planned (its refusals depend on the
-    trained models); run it after this round.
+    for the keys of its slices after every request batch of the notebook's schedule
+    (:meth:`bdunlearn.unlearning.SisaService.plan_slices`). Without a ``dataset``
+    override, every dataset of the profile is planned. The request filter's trajectory
+    in notebook 04 is not planned (its refusals depend on the trained models): the
+    notebook trains those few slices itself, or a second :func:`plan` round could list
+    them once this round is trained.
     """
-    jobs: dict[str, Job] = {}
-    services: dict[Recipe, object] = {}
-    known = set(_NOT_TRAINING).union(*NOTEBOOK_PARAMS.values())
-    unknown = sorted(set(overrides) - known)
+    unknown = sorted(set(overrides) - set(FIELDS))
     if unknown:
         raise ValueError(f"{unknown[0]!r} is not a notebook parameter; use one of "
-                         f"{', '.join(sorted(known))}")
-    for label, recipe, states in _states(profile, overrides):
-        svc = services.get(recipe) or services.setdefault(recipe, recipe.build())
-        size = sum(t.numel() for t in build_model(svc.arch, tuple(svc.x.shape[1:]),
-                                                  svc.num_classes).parameters())
-        for removed in states:
-            for key, shard, sl, after in svc.plan_slices(removed):
-                if key not in jobs:
-                    jobs[key] = Job(key, recipe, shard, sl, removed, after, label,
-                                    svc.device.type, size)
+                         f"{', '.join(FIELDS)}")
+    datasets = [overrides["dataset"]] if overrides.get("dataset") else profile_datasets(profile)
+    jobs: dict[str, Job] = {}
+    services: dict[Recipe, object] = {}
+    for name in datasets:
+        for label, recipe, states in _states(profile, {**overrides, "dataset": name}):
+            svc = services.get(recipe) or services.setdefault(recipe, recipe.build())
+            size = sum(t.numel() for t in build_model(svc.arch, tuple(svc.x.shape[1:]),
+                                                      svc.num_classes).parameters())
+            for removed in states:
+                for key, shard, sl, after in svc.plan_slices(removed):
+                    if key not in jobs:
+                        jobs[key] = Job(key, recipe, shard, sl, removed, after,
+                                        f"{name} {label}", svc.device.type, size)
     return list(jobs.values())

@@ -7,8 +7,8 @@ The jobs come from :func:`bdunlearn.plan.plan`; each trains one SISA slice check
 the checkpoint cache (``BDUNLEARN_CACHE``; on a cluster, a folder every node sees). A
 slice is submitted only after the slice it continues from has finished. Every task runs
 on one thread (``num_cpus=1``) or, for a CUDA job, on a share of a GPU sized to its model.
-Inside the task the job's key is locked and the cache checked again, so two sweeps on the
-same cache never train the same job twice; checkpoints are written atomically, so a
+Inside the task the service locks the job's key and checks the cache again
+(:mod:`bdunlearn.cache`), so two sweeps on the same cache never train the same job twice; checkpoints are written atomically, so a
 worker killed mid-task leaves nothing partial, and Ray retries the task
 (``max_retries``). A second sweep trains only what is missing. Then (unless
 ``--no-notebooks``) the notebooks run through :mod:`bdunlearn.reproduce` and find every
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import contextlib
 import math
 import multiprocessing
 import os
@@ -38,7 +37,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .plan import Job, Recipe, plan
-from .profiles import PROFILES
+from .config import PROFILES
 from .reproduce import _value
 from .cache import default_cache_dir
 
@@ -51,34 +50,20 @@ def _service(recipe: Recipe):
     return recipe.build()
 
 
-@contextlib.contextmanager
-def _locked(cache_dir: Path, key: str):
-    """Hold an exclusive lock on ``key`` in ``cache_dir`` (released if the process dies)."""
-    import fcntl
-
-    folder = cache_dir / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{key}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def run_job(job: Job, cache_dir: str) -> dict:
     """Train ``job`` into ``cache_dir`` on one thread unless it is cached already.
 
-    Returns ``{"key", "trained", "seconds", "pid"}``; ``trained`` is ``False`` when another
-    sweep (or an earlier one) had stored the checkpoint.
+    The service holds the checkpoint's cache lock while it trains and looks in the cache
+    again once it holds it, so a job another sweep is training (or has trained) is loaded,
+    not trained twice. Returns ``{"key", "trained", "seconds", "pid"}``; ``trained`` is
+    ``False`` when the checkpoint was already cached.
     """
     import torch
 
     torch.set_num_threads(1)
     os.environ["BDUNLEARN_CACHE"] = cache_dir  # the services' cache_dir="auto"
     start = time.perf_counter()
-    with _locked(Path(cache_dir), job.key):
-        trained = _service(job.recipe).train_slice(job.shard, job.slice, job.removed)
+    trained = _service(job.recipe).train_slice(job.shard, job.slice, job.removed)
     return {"key": job.key, "trained": trained, "seconds": time.perf_counter() - start,
             "pid": os.getpid()}
 

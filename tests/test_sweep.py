@@ -1,0 +1,234 @@
+"""The sweep: its plan is complete, and it trains each job once, locally or on Ray.
+
+A tiny smoke plan (digits, one epoch, few requests) keeps every test within seconds of
+training; the Ray tests start a private two-CPU cluster and stop it in a ``finally``.
+"""
+
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bdunlearn import attack
+from bdunlearn import experiment as ex
+from bdunlearn.cache import load as load_entry
+from bdunlearn.config import resolve
+from bdunlearn.plan import notebook_parameters, plan
+from bdunlearn.sweep import LocalBackend, RayBackend, backend_for, execute
+from bdunlearn.unlearning import sisa
+
+TINY = dict(dataset="digits", epochs=1, poison_num=20, mitigation_num=40, shards=(1, 2),
+            request_steps=2, defense_steps=2)
+
+
+@pytest.fixture
+def deadline():
+    """Fail a test that runs past two minutes instead of letting CI hang."""
+    def stop(signum, frame):
+        raise TimeoutError("test ran past its 120 s deadline")
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BDUNLEARN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def jobs():
+    return plan("smoke", **TINY)
+
+
+def checkpoints(cache: Path) -> dict[str, float]:
+    return {p.stem: p.stat().st_mtime_ns for p in cache.glob("*.pt")}
+
+
+def assert_valid(folder: Path, keys) -> None:
+    """Every planned checkpoint is there, loads, and carries its own key; no temp files."""
+    assert not list(folder.glob(".tmp-*"))
+    for key in keys:
+        entry = load_entry(folder / f"{key}.pt")
+        assert entry is not None and entry[1]["key"] == key
+
+
+def notebook_service_calls(profile: str, overrides: dict) -> list:
+    """The fits and requests of notebooks 01-05 (the request filter's aside), as their
+    code cells make them; returns every service used."""
+    used = []
+
+    def config(stem):
+        own = notebook_parameters(stem)
+        return resolve(profile, **{k: v for k, v in overrides.items() if k in own})
+
+    cfg = config("01_attack")
+    ds = ex.dataset(cfg)
+    for seed in cfg.seeds:
+        used.append(ex.service(ds.x_train, ds.y_train, ds, cfg, seed=seed).fit())
+        for variant in ("bn", "it"):
+            atk = ex.build_attack(ds, variant, seed, cfg)
+            svc = ex.attack_service(atk, ds, cfg)
+            ex.trajectory(atk, svc, [0, len(atk.ids("mitigation"))])
+            used.append(svc)
+    cfg = config("02_unlearning_trajectory")
+    for seed in cfg.seeds:
+        atk = ex.build_attack(ds, cfg.variant, seed, cfg)
+        counts = ex.schedule(len(atk.ids("mitigation")), cfg.request_steps)
+        for s in cfg.shards:
+            svc = ex.attack_service(atk, ds, cfg, shards=s)
+            ex.trajectory(atk, svc, counts)
+            used.append(svc)
+    cfg = config("03_defense_overhead")
+    seed = cfg.seeds[0]
+    classic = attack.build_classic_badnets(ds, poison_fraction=cfg.poison_fraction, seed=seed)
+    used.append(ex.service(classic.x, classic.y, ds, cfg, seed=seed).fit())
+    bau = ex.build_attack(ds, "bn", seed, cfg)
+    svc = ex.attack_service(bau, ds, cfg)
+    ex.trajectory(bau, svc, ex.schedule(len(bau.ids("mitigation")), cfg.defense_steps))
+    used.append(svc)
+    cfg = config("04_detection")
+    for seed in cfg.seeds:
+        for variant in ("bn", "it"):
+            atk = ex.build_attack(ds, variant, seed, cfg)
+            used += [ex.attack_service(atk, ds, cfg, shards=s).fit() for s in cfg.shards]
+    atk = ex.build_attack(ds, "bn", cfg.seeds[0], cfg)
+    svc = ex.attack_service(atk, ds, cfg)
+    ex.trajectory(atk, svc, ex.schedule(len(atk.ids("mitigation")), cfg.request_steps))
+    used.append(svc)
+    cfg = config("05_backdoor_erasure")
+    seed = cfg.seeds[0]
+    classic = attack.build_classic_badnets(ds, poison_fraction=cfg.poison_fraction, seed=seed)
+    used.append(ex.service(classic.x, classic.y, ds, cfg, seed=seed).fit())
+    bau = ex.build_attack(ds, "bn", seed, cfg)
+    svc = ex.attack_service(bau, ds, cfg).fit()
+    svc.unlearn(bau.ids("mitigation"))
+    used.append(svc)
+    used += [ex.service(ds.x_train, ds.y_train, ds, cfg, seed=s).fit() for s in cfg.seeds]
+    return used
+
+
+def test_plan_lists_each_checkpoint_once_after_its_predecessor(jobs):
+    keys = [j.key for j in jobs]
+    assert len(keys) == len(set(keys))
+    # 01: clean + bn/it before and after; 02 adds S=2's fit and 2 batches on 2 shards
+    assert len(jobs) >= 1 + 2 * 2 + 2
+    assert {j.label.split()[1] for j in jobs} >= {"01", "02", "03"}
+    assert all(j.after is None for j in jobs if j.slice == 0)
+    assert plan("smoke", **TINY) == jobs  # same parameters, same plan
+
+
+def test_plan_rejects_a_name_no_notebook_has():
+    with pytest.raises(ValueError, match="'sahrds' is not a notebook parameter"):
+        plan("smoke", sahrds=3)
+
+
+def test_plan_is_complete_notebooks_retrain_nothing(jobs, cache, monkeypatch, deadline):
+    result = execute(jobs, LocalBackend(2), progress=False)
+    assert (result.trained, result.cached) == (len(jobs), 0)
+    before = checkpoints(cache)
+    assert set(before) == {j.key for j in jobs}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a notebook call trained a slice the plan did not list")
+
+    monkeypatch.setattr(sisa, "fit", no_training)
+    monkeypatch.setattr(sisa, "fit_stacked", no_training)
+    used = notebook_service_calls("smoke", TINY)
+    assert checkpoints(cache) == before  # nothing written, nothing rewritten
+    for svc in used:  # every slice a fit or request needed came from the cache
+        assert svc.fit_cost.cache_hits == svc.shards * svc.slices
+        assert all(c.cache_hits == c.shards_retrained * svc.slices for c in svc.log)
+    # the cost logs still report what each request needed, independent of the cache
+    assert any(c.slices_retrained > 0 for svc in used for c in svc.log)
+
+
+def test_second_sweep_and_concurrent_sweeps_train_each_job_once(jobs, cache, deadline):
+    first = jobs[: len(jobs) // 2]
+    assert execute(first, LocalBackend(1), progress=False).trained == len(first)
+    results = []
+    runs = [threading.Thread(target=lambda: results.append(
+        execute(jobs, LocalBackend(1), progress=False))) for _ in range(2)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    assert sum(r.trained for r in results) == len(jobs) - len(first)
+    assert all(r.planned == r.trained + r.cached for r in results)
+    assert_valid(cache, [j.key for j in jobs])
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ValueError, match="workers 0 must be a positive integer"):
+        backend_for("none", 0)
+
+
+def test_gpu_share_is_sized_to_the_model(jobs):
+    small = jobs[0]
+    assert RayBackend.gpu_share(small) == 0.05  # 20 small models per GPU
+    assert RayBackend.gpu_share(replace(small, model_params=9_231_114)) == 0.5  # VGG11
+    assert RayBackend.gpu_share(replace(small, model_params=11_172_170)) == 1.0  # ResNet-18
+
+
+def _ray():
+    return pytest.importorskip("ray", reason='Ray is not installed (pip install "bdunlearn[cluster]")')
+
+
+def test_sweep_on_local_ray_cluster(jobs, cache, deadline):
+    _ray()
+    backend = RayBackend("local", 2)
+    try:
+        assert not (Path.home() / ".ray" / "auth_token").exists()
+        with pytest.raises(SystemExit, match="the Ray cluster has no GPU"):
+            backend.check([replace(jobs[0], device="cuda")])  # fails at once instead of queueing forever
+        result = execute(jobs, backend, progress=False)
+        assert (result.trained, result.cached) == (len(jobs), 0)
+        again = execute(jobs, backend, progress=False)
+        assert (again.trained, again.cached) == (0, len(jobs))
+    finally:
+        backend.close()
+    assert_valid(cache, [j.key for j in jobs])
+
+
+def _ray_task_pids() -> list[int]:
+    """Worker processes of this machine's Ray cluster running a sweep job right now."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::run_job"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_killed_ray_worker_leaves_a_valid_cache_and_the_sweep_completes(cache, deadline):
+    _ray()
+    jobs = plan("smoke", **{**TINY, "epochs": 4})
+    backend = RayBackend("local", 2)
+    results, killed = [], []
+    try:
+        sweep = threading.Thread(target=lambda: results.append(
+            execute(jobs, backend, progress=False)))
+        sweep.start()
+        while sweep.is_alive() and not killed:
+            pids = _ray_task_pids()
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+        sweep.join()
+    finally:
+        backend.close()
+    assert killed, "no Ray worker was caught running a job"
+    assert results and results[0].trained + results[0].cached == len(jobs)
+    assert_valid(cache, [j.key for j in jobs])
