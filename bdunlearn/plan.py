@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from . import attack as attacks
@@ -107,7 +107,7 @@ class Job:
     model_params: int = 0
 
 
-@lru_cache(maxsize=None)
+@cache
 def notebook_parameters(stem: str) -> frozenset:
     """The names in notebook ``stem``'s ``parameters`` cell (what ``-p`` can set there)."""
     cells = json.loads((NOTEBOOKS / f"{stem}.ipynb").read_text())["cells"]

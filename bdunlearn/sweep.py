@@ -8,11 +8,11 @@ the checkpoint cache (``BDUNLEARN_CACHE``; on a cluster, a folder every node see
 slice is submitted only after the slice it continues from has finished. Every task runs
 on one thread (``num_cpus=1``) or, for a CUDA job, on a share of a GPU sized to its model.
 Inside the task the service locks the job's key and checks the cache again
-(:mod:`bdunlearn.cache`), so two sweeps on the same cache never train the same job twice; checkpoints are written atomically, so a
-worker killed mid-task leaves nothing partial, and Ray retries the task
-(``max_retries``). A second sweep trains only what is missing. Then (unless
-``--no-notebooks``) the notebooks run through :mod:`bdunlearn.reproduce` and find every
-planned model in the cache.
+(:mod:`bdunlearn.cache`), so two sweeps on the same cache never train the same job twice;
+checkpoints are written atomically, so a worker killed mid-task leaves nothing partial,
+and Ray retries the task (``max_retries``). A second sweep trains only what is missing.
+Then (unless ``--no-notebooks``) the notebooks run through :mod:`bdunlearn.reproduce` and
+find every planned model in the cache.
 
 ``--ray none`` (the default) runs the jobs in local spawned worker processes and needs
 no Ray; ``local`` starts a private Ray cluster on this machine (``--workers`` CPUs);
@@ -36,10 +36,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .plan import Job, Recipe, plan
-from .config import PROFILES
-from .reproduce import _value
 from .cache import default_cache_dir
+from .config import PROFILES
+from .plan import Job, Recipe, plan
+from .reproduce import _value
 
 MAX_RETRIES = 3  # Ray re-runs a task whose worker died this many times
 
@@ -127,7 +127,11 @@ class RayBackend:
         if address == "local":
             ray.init(num_cpus=workers or os.cpu_count(), **kw)
         else:
-            ray.init(address=address, **kw)
+            try:
+                ray.init(address=address, **kw)
+            except ConnectionError as err:
+                raise SystemExit(f"no Ray cluster at --ray {address} ({err}); start one with "
+                                 "`ray start --head` or use --ray local") from None
         self.resources = ray.cluster_resources()
         self.slots = workers or max(1, int(self.resources.get("CPU", 0)))
         self._task = ray.remote(max_retries=MAX_RETRIES)(run_job)

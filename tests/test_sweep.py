@@ -179,7 +179,8 @@ def test_gpu_share_is_sized_to_the_model(jobs):
 
 
 def _ray():
-    return pytest.importorskip("ray", reason='Ray is not installed (pip install "bdunlearn[cluster]")')
+    return pytest.importorskip(
+        "ray", reason='Ray is not installed (pip install "bdunlearn[cluster]")')
 
 
 def test_sweep_on_local_ray_cluster(jobs, cache, deadline):
@@ -188,7 +189,7 @@ def test_sweep_on_local_ray_cluster(jobs, cache, deadline):
     try:
         assert not (Path.home() / ".ray" / "auth_token").exists()
         with pytest.raises(SystemExit, match="the Ray cluster has no GPU"):
-            backend.check([replace(jobs[0], device="cuda")])  # fails at once instead of queueing forever
+            backend.check([replace(jobs[0], device="cuda")])  # at once, never queued forever
         result = execute(jobs, backend, progress=False)
         assert (result.trained, result.cached) == (len(jobs), 0)
         again = execute(jobs, backend, progress=False)
