@@ -9,8 +9,8 @@ results table (:mod:`bdunlearn.summary`) is built from the same claims over the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import pandas as pd
 

@@ -174,6 +174,8 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
 
     params = dict(params or {})
     absolute_env_paths()
+    if isinstance(params.get("data_root"), str):  # kernels run in notebooks/, not here
+        params["data_root"] = str(Path(params["data_root"]).expanduser().absolute())
     profile = config.profile_name(profile)
     todo = notebooks(folder, only)
     datasets = [params["dataset"]] if "dataset" in params else list(
@@ -191,6 +193,7 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
     fig_top = Path(figures) if figures else ROOT / "figures" / ("" if committed else name)
     print(f"run {name}" + (f" (overrides {params})" if params else "")
           + f": tables to {res_top}, figures to {fig_top}", flush=True)
+    own = {nb: notebook_parameters(nb) for nb in todo}  # papermill warns about others
     host, rows, staged = machine(), [], []
     for dataset in found:
         res_dir = res_top / dataset if several else res_top
@@ -205,7 +208,8 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
                 pm.execute_notebook(
                     str(nb), str(out), cwd=str(folder), kernel_name="python3",
                     progress_bar=sys.stderr.isatty(), kernel_manager_class=_kernel_manager(),
-                    parameters={**params, "profile": profile, "dataset": dataset,
+                    parameters={**{k: v for k, v in params.items() if k in own[nb]},
+                                "profile": profile, "dataset": dataset,
                                 "results_dir": str(work / "results"),
                                 "figures_dir": str(work / "figures")})
             except PapermillExecutionError as err:
@@ -215,6 +219,9 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
                 raise SystemExit(f"{label} failed in cell {err.cell_index}: {err.ename}: "
                                  f"{err.evalue}\nthe executed notebook with the traceback is "
                                  f"{failed}; the last good outputs are unchanged") from None
+            except BaseException:  # interrupted, or the kernel died: nothing is published
+                shutil.rmtree(work, ignore_errors=True)
+                raise
             seconds = time.perf_counter() - start
             print(f"{label} done in {seconds:.0f} s", flush=True)
             rows.append({"notebook": nb.stem, "profile": profile, "dataset": dataset,
