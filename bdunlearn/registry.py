@@ -40,8 +40,6 @@ class DatasetSpec:
     how_to_get: str
 
 
-_DATA_ROOT_HINT = "or pass the folder that holds it as data_root (`-p data_root PATH`)"
-
 SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
     DatasetSpec(
         name="fmnist", title="Fashion-MNIST", image_shape=(1, 28, 28), num_classes=10,
@@ -54,8 +52,7 @@ SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
         train_size=60000, test_size=10000, arch="lenet5", train=TrainConfig(epochs=20),
         poison_num=200, mitigation_num=600, it_poison_num=5, it_mitigation_num=15, alpha=0.5,
         how_to_get="put the four MNIST idx files in <root>/MNIST/raw, or call "
-                   "bdunlearn.data.load('mnist', root, fetch=True) where torchvision imports, "
-                   + _DATA_ROOT_HINT),
+                   "bdunlearn.data.load('mnist', root, fetch=True) where torchvision imports"),
     DatasetSpec(
         name="cifar10", title="CIFAR-10", image_shape=(3, 32, 32), num_classes=10,
         train_size=50000, test_size=10000, arch="vgg11_bn",
@@ -63,8 +60,7 @@ SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
                           flip=True),
         poison_num=300, mitigation_num=100, it_poison_num=5, it_mitigation_num=15, alpha=0.7,
         how_to_get="extract cifar-10-python.tar.gz so that <root>/cifar-10-batches-py exists, "
-                   "or call load('cifar10', root, fetch=True) where torchvision imports, "
-                   + _DATA_ROOT_HINT),
+                   "or call load('cifar10', root, fetch=True) where torchvision imports"),
     DatasetSpec(
         name="gtsrb", title="GTSRB", image_shape=(3, 32, 32), num_classes=43,
         train_size=39209, test_size=12630, arch="gtsrb_cnn",
@@ -73,7 +69,7 @@ SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
         alpha=0.7,
         how_to_get="extract the GTSRB training and test archives into <root>/gtsrb "
                    "(torchvision's layout), or call load('gtsrb', root, fetch=True) where "
-                   "torchvision imports, " + _DATA_ROOT_HINT),
+                   "torchvision imports"),
     DatasetSpec(
         name="digits", title="scikit-learn digits (tests)", image_shape=(1, 28, 28),
         num_classes=10, train_size=1500, test_size=297, arch="fmnist_cnn",
