@@ -51,7 +51,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 SHUFFLES = ("every_epoch", "once")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively: the ``avx512_bf16`` or ``amx_bf16`` flag in
     ``/proc/cpuinfo``, or a torch CPU capability that names BF16 or AMX."""
@@ -126,7 +126,7 @@ class TrainConfig:
         for name, value in clean.items():  # plain Python types, so keys hash the same
             object.__setattr__(self, name, value)
 
-    def resolved(self, device="auto") -> "TrainConfig":
+    def resolved(self, device="auto") -> TrainConfig:
         """A copy whose ``precision`` is the concrete one for ``device`` (never "auto")."""
         return replace(self, precision=resolve_precision(self.precision, device))
 

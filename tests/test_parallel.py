@@ -83,3 +83,38 @@ def test_bad_environment_value_is_refused(jobs, monkeypatch):
     monkeypatch.setenv(parallel.WORKERS_ENV, "two")
     with pytest.raises(ValueError, match="BDUNLEARN_WORKERS='two' must be a positive integer"):
         choose_workers(jobs, "cpu")
+
+
+def test_sisa_shards_in_workers_match_one_thread_sequential_training(monkeypatch, tmp_path):
+    """A 3-shard, 2-slice fit and a request, in worker processes and in this process."""
+    from bdunlearn.registry import reference_config
+    from bdunlearn.unlearning.sisa import SisaService
+
+    ds = load("digits").subset(600, 100, seed=0)
+
+    def service(workers, cache_dir):
+        monkeypatch.setenv(parallel.WORKERS_ENV, str(workers))
+        svc = SisaService(ds.x_train, ds.y_train, arch="fmnist_cnn", num_classes=10,
+                          cfg=reference_config("digits", epochs=2), shards=3, slices=2,
+                          seed=4, device="cpu", cache_dir=cache_dir).fit()
+        victims = [int(svc.training_ids(s)[0]) for s in (0, 2)]  # touches two shards
+        return svc, svc.unlearn(victims)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sequential, seq_cost = service(1, tmp_path / "sequential")
+    finally:
+        torch.set_num_threads(threads)
+    pools = []
+    real = parallel._in_workers
+    monkeypatch.setattr(parallel, "_in_workers",
+                        lambda jobs, n, dev: pools.append(n) or real(jobs, n, dev))
+    in_workers, par_cost = service(3, tmp_path / "workers")
+    assert pools == [3, 2]  # the fit's three shards, then the request's two
+    for a, b in zip(sequential.models, in_workers.models):
+        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                     b.state_dict().values()))
+    assert par_cost.shards_retrained == seq_cost.shards_retrained == 2
+    assert par_cost.sample_epochs == seq_cost.sample_epochs > 0
+    assert in_workers.fit_cost.seconds > 0

@@ -2,13 +2,22 @@
 import pytest
 import torch
 
-from bdunlearn import data
+from bdunlearn import data, train
 from bdunlearn.data import load
 from bdunlearn.models import build_model
 from bdunlearn.registry import reference_config
-from bdunlearn import train
-from bdunlearn.train import (TrainConfig, augment_batch, epoch_orders, fit, make_generator,
-                             predict, predict_proba, resolve_device, resolve_precision)
+from bdunlearn.train import (
+    TrainConfig,
+    augment_batch,
+    epoch_orders,
+    fit,
+    make_generator,
+    predict,
+    predict_proba,
+    resolve_device,
+    resolve_precision,
+)
+
 
 @pytest.fixture(scope="module")
 def digits():

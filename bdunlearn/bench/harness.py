@@ -1,5 +1,7 @@
 """Performance figures of SPEC section 8, printed as a table: ``python -m bdunlearn.bench``.
 
+The training loops compared with the engine live in :mod:`bdunlearn.bench.baselines`.
+
 For the reference model of each dataset, at batch 100:
 
 ``engine``
@@ -7,11 +9,25 @@ For the reference model of each dataset, at batch 100:
     and augmentation) beside a bare forward/backward/step loop of the same model, same
     optimiser and same memory layout on a float tensor already in memory; the difference
     is the engine's data and bookkeeping overhead in %.
+``bf16 vs fp32`` and ``1 thread``
+    the engine with bf16 autocast against fp32 (the precision ``"auto"`` picks is the one
+    the engine rows use), and the engine at one torch thread.
 ``dataloader``
     the engine against the conventional pipeline of most backdoor codebases: a
     ``torch.utils.data.Dataset`` that turns each uint8 image into a PIL image, then a
     normalised float tensor (with per-sample crop/flip where the reference training
     augments), ``DataLoader(batch_size=100, shuffle=True, num_workers=0)``.
+``processes vs threads``
+    as many independent trainings as cores in one-thread worker processes
+    (:func:`bdunlearn.parallel.train_jobs`, process start included) against one after
+    another in this process with all threads.
+``authors' pipeline`` (Fashion-MNIST)
+    the engine against the BAU authors' way of feeding their model (per-sample PIL and
+    ``ToTensor``, DataLoader at batch 100, order shuffled once, fp32) on identical work.
+``whole run`` (Fashion-MNIST)
+    seconds to train the paper's model once: all 60,000 images plus the attack's 300, 20
+    epochs; measured in the full run, extrapolated from measured throughput in
+    ``--quick`` (the row says which).
 ``sisa S=k``
     one unlearning request that touches 1 of ``k`` shards against a full retrain, in
     seconds and in sample-epochs (:class:`bdunlearn.unlearning.SisaService`).
@@ -45,20 +61,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .defenses import DefenderView, run_defense
-from .models import build_model
-from .registry import reference_config, spec
-from .stacked import fit_many, stackable
-from .train import _channels_last, fit, resolve_device
-from .unlearning import SisaService
+from ..defenses import DefenderView, run_defense
+from ..models import build_model
+from ..parallel import Job, Stage, cores, train_jobs
+from ..registry import reference_config, spec
+from ..stacked import fit_many, stackable
+from ..train import _channels_last, cpu_has_native_bf16, fit, resolve_device, resolve_precision
+from ..unlearning import SisaService
+from .baselines import BATCH, authors_loop, bare_loop, dataloader_loop
 
 BENCH_DATASETS = ("fmnist", "mnist", "gtsrb", "cifar10")
 _SHAPES = {"fmnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
            "gtsrb": ((3, 32, 32), 43), "cifar10": ((3, 32, 32), 10),
            "digits": ((1, 28, 28), 10)}
-BATCH = 100
+WHOLE_RUN_SAMPLES = 60300  # Fashion-MNIST's 60,000 images plus 300 mitigation samples
+WHOLE_RUN_EPOCHS = 20
 
 
 @dataclass
@@ -74,11 +92,14 @@ class Settings:
     nc_steps: int = 100
     nc_samples: int = 200
     nc_datasets: int | None = None  # None: every dataset; k: the first k
+    parallel_budget: float = 8.0
+    whole_run: bool = True  # train the paper's model once (else extrapolate)
 
     @classmethod
-    def quick(cls) -> "Settings":
+    def quick(cls) -> Settings:
         return cls(budget=0.8, repeats=2, sisa_budget=1.2, sisa_datasets=1,
-                   stacked_shards=(5,), nc_steps=10, nc_samples=100, nc_datasets=1)
+                   stacked_shards=(5,), nc_steps=10, nc_samples=100, nc_datasets=1,
+                   parallel_budget=2.0, whole_run=False)
 
 
 @dataclass
@@ -120,7 +141,7 @@ def machine_info(device: torch.device) -> dict:
 def bench_data(name: str, n: int, seed: int = 0):
     """``(x, y, source)``: the real training set when on disk, else random uint8 images."""
     try:
-        from .data import load
+        from ..data import load
 
         ds = load(name)
         x, y = ds.x_train, ds.y_train
@@ -149,73 +170,6 @@ def _timed(fn, dev) -> float:
     return time.perf_counter() - t
 
 
-# ------------------------------------------------------------------ the three training loops
-
-def bare_loop(model, xf, y, cfg, dev, channels_last: bool):
-    """Forward/backward/step of ``model`` over float batches already in memory."""
-    model.to(dev).train()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    for xb, yb in zip(xf.split(BATCH), y.split(BATCH)):
-        loss = F.cross_entropy(model(xb), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    if channels_last:
-        model.to(memory_format=torch.contiguous_format)
-
-
-class PerSampleDataset(torch.utils.data.Dataset):
-    """The conventional pipeline: uint8 image -> PIL -> (crop, flip) -> float -> normalise."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean, std, crop: bool, flip: bool,
-                 seed: int = 0):
-        self.x = x.permute(0, 2, 3, 1).numpy()  # HWC, as images on disk decode
-        self.y = y.numpy()
-        self.mean = np.asarray(mean, np.float32)[:, None, None]
-        self.std = np.asarray(std, np.float32)[:, None, None]
-        self.crop, self.flip = crop, flip
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        from PIL import Image, ImageOps
-
-        arr = self.x[i]
-        img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-        if self.crop:
-            w, h = img.size
-            img = ImageOps.expand(img, border=4, fill=0)
-            dx, dy = self.rng.integers(0, 9, size=2)
-            img = img.crop((int(dx), int(dy), int(dx) + w, int(dy) + h))
-        if self.flip and self.rng.random() < 0.5:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        a = np.asarray(img, dtype=np.float32) / 255.0
-        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-        return torch.from_numpy((a - self.mean) / self.std), int(self.y[i])
-
-
-def dataloader_loop(model, x, y, cfg, dev, seed: int = 0):
-    """One epoch the conventional way: per-sample PIL conversion, ``num_workers=0``."""
-    net = model.net.to(dev).train()  # the pipeline normalises, so skip the wrapper's step
-    ds = PerSampleDataset(x, y, model.mean.flatten().tolist(), model.std.flatten().tolist(),
-                          cfg.crop, cfg.flip, seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=0,
-                                         generator=torch.Generator().manual_seed(seed))
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    for xb, yb in loader:
-        xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
-        loss = F.cross_entropy(net(xb), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-
 # ------------------------------------------------------------------ figures
 
 def _size_for(rate: float, budget: float, cap: int, min_batches: int = 2) -> int:
@@ -226,44 +180,70 @@ def _size_for(rate: float, budget: float, cap: int, min_batches: int = 2) -> int
 def throughput_rows(name: str, dev, st: Settings, cap: int = 60000) -> tuple[list[Row], float]:
     arch = spec(name).arch
     shape, k = _SHAPES[name]
-    cfg = reference_config(name, epochs=1, batch_size=BATCH)
+    precision = resolve_precision("auto", dev)  # the engine's default
+    other = "fp32" if precision == "bf16" else "bf16"
+    cfg = reference_config(name, epochs=1, batch_size=BATCH, precision=precision)
+    cfg_other = dataclasses.replace(cfg, precision=other)
     channels_last = _channels_last(build_model(arch, shape, k), dev)  # the engine's choice
     # Warm-up (kernel selection, allocator) and calibration of the sample count.
     xw, yw, _ = bench_data(name, 3 * BATCH)
-    fit(build_model(arch, shape, k, seed=0), xw, yw, cfg, seed=0, device=dev)
+    for c in (cfg, cfg_other):
+        fit(build_model(arch, shape, k, seed=0), xw, yw, c, seed=0, device=dev)
     m = build_model(arch, shape, k, seed=0)
     xf = (xw.float() / 255).to(dev)
     if channels_last:
         xf = xf.contiguous(memory_format=torch.channels_last)
-    bare_loop(m, xf[:BATCH], yw[:BATCH].to(dev), cfg, dev, channels_last)
+    bare_loop(m, xf[:BATCH], yw[:BATCH].to(dev), cfg, dev, channels_last, precision)
     rate = 2 * BATCH / _timed(lambda: bare_loop(m, xf[BATCH:], yw[BATCH:].to(dev), cfg, dev,
-                                                channels_last), dev)
+                                                channels_last, precision), dev)
     n = _size_for(rate, st.budget, cap)
     x, y, source = bench_data(name, n)
     xf = (x.float() / 255).to(dev)
     xf_cl = xf.contiguous(memory_format=torch.channels_last) if channels_last else xf
     yd = y.to(dev)
     dataloader_loop(build_model(arch, shape, k, seed=0), x[:BATCH], y[:BATCH], cfg, dev)
-    t_eng, t_bare, t_plain, t_dl = [], [], [], []
+    threads = torch.get_num_threads()
+    t_eng, t_other, t_one, t_bare, t_plain, t_dl = [], [], [], [], [], []
     for r in range(st.repeats):  # interleaved, best of each
         t_eng.append(_timed(lambda: fit(build_model(arch, shape, k, seed=r), x, y, cfg,
                                         seed=r, device=dev), dev))
+        t_other.append(_timed(lambda: fit(build_model(arch, shape, k, seed=r), x, y,
+                                          cfg_other, seed=r, device=dev), dev))
+        if dev.type == "cpu" and threads > 1:
+            torch.set_num_threads(1)
+            try:
+                t_one.append(_timed(lambda: fit(build_model(arch, shape, k, seed=r), x, y,
+                                                cfg, seed=r, device=dev), dev))
+            finally:
+                torch.set_num_threads(threads)
         t_bare.append(_timed(lambda: bare_loop(build_model(arch, shape, k, seed=r), xf_cl, yd,
-                                               cfg, dev, channels_last), dev))
+                                               cfg, dev, channels_last, precision), dev))
         if channels_last:
             t_plain.append(_timed(lambda: bare_loop(build_model(arch, shape, k, seed=r), xf,
-                                                    yd, cfg, dev, False), dev))
+                                                    yd, cfg, dev, False, precision), dev))
         t_dl.append(_timed(lambda: dataloader_loop(build_model(arch, shape, k, seed=r), x, y,
                                                    cfg, dev, seed=r), dev))
     eng, bare, dl = n / min(t_eng), n / min(t_bare), n / min(t_dl)
     aug = "+".join(a for a, on in (("crop", cfg.crop), ("flip", cfg.flip)) if on) or "none"
     layout = "channels-last" if channels_last else "default layout"
+    speed = {precision: eng, other: n / min(t_other)}
+    native = ("native bf16" if (cpu_has_native_bf16() if dev.type == "cpu" else
+                                resolve_precision("auto", dev) == "bf16") else "no native bf16")
     rows = [
         Row(name, arch, "engine throughput", eng, "samples/s",
-            f"train.fit, {n} {source} samples, augmentation {aug}"),
-        Row(name, arch, "bare loop throughput", bare, "samples/s",
-            f"float tensor in memory, {layout}"),
+            f"train.fit, {precision}, {threads} threads, {n} {source} samples, "
+            f"augmentation {aug}"),
+        Row(name, arch, f"engine throughput, {other}", speed[other], "samples/s",
+            f"train.fit with precision={other!r}"),
+        Row(name, arch, "bf16 vs fp32", speed["bf16"] / speed["fp32"], "x",
+            f"engine samples/s, bf16 autocast over fp32 ({native}; auto picks {precision})"),
     ]
+    if t_one:
+        rows.append(Row(name, arch, "engine throughput, 1 thread", n / min(t_one), "samples/s",
+                        f"{precision}; {eng / (n / min(t_one)):.2f}x faster with {threads} "
+                        "threads"))
+    rows.append(Row(name, arch, "bare loop throughput", bare, "samples/s",
+                    f"float tensor in memory, {layout}, {precision}"))
     if channels_last:
         rows.append(Row(name, arch, "bare loop, default layout", n / min(t_plain),
                         "samples/s", "the same loop without channels-last"))
@@ -340,6 +320,79 @@ def stacked_rows(name: str, dev, st: Settings, rate: float, force: bool) -> list
     return rows
 
 
+def parallel_rows(name: str, dev, st: Settings, rate: float) -> list[Row]:
+    """As many trainings as cores in one-thread processes against one after another."""
+    arch = spec(name).arch
+    shape, k = _SHAPES[name]
+    workers = cores()
+    if dev.type != "cpu" or workers < 2:
+        return [Row(name, arch, "processes vs threads", None, "",
+                    "needs a CPU with at least two cores")]
+    cfg = reference_config(name, epochs=1, batch_size=BATCH)
+    n = _size_for(rate / workers, st.parallel_budget, 60000)
+    x, y, source = bench_data(name, n * workers)
+
+    def jobs():
+        return [Job(build_model(arch, shape, k, seed=i), x[i * n:(i + 1) * n],
+                    y[i * n:(i + 1) * n], cfg, [Stage(n, seed=i, epochs=1)])
+                for i in range(workers)]
+
+    t_seq, t_proc = [], []
+    for _ in range(st.repeats):
+        t_seq.append(_timed(lambda: train_jobs(jobs(), device=dev, workers=1), dev))
+        t_proc.append(_timed(lambda: train_jobs(jobs(), device=dev, workers=workers), dev))
+    return [Row(name, arch, "processes vs threads", min(t_seq) / min(t_proc), "x",
+                f"{workers} jobs of {n} {source} samples: {min(t_proc):.2f} s in {workers} "
+                f"one-thread processes (start included) vs {min(t_seq):.2f} s one after "
+                f"another with {torch.get_num_threads()} threads")]
+
+
+def authors_rows(name: str, dev, st: Settings, rate: float) -> list[Row]:
+    """The engine against the BAU authors' Fashion-MNIST pipeline on identical work."""
+    arch = spec(name).arch
+    shape, k = _SHAPES[name]
+    cfg = reference_config(name, epochs=1, batch_size=BATCH, shuffle="once")
+    fp32 = dataclasses.replace(cfg, precision="fp32")
+    n = _size_for(rate, st.budget / 3, 60000)
+    x, y, source = bench_data(name, n)
+    authors_loop(build_model(arch, shape, k, seed=0), x[:BATCH], y[:BATCH], fp32, dev)
+    t_eng, t_fp32, t_auth = [], [], []
+    for r in range(st.repeats):
+        t_eng.append(_timed(lambda: fit(build_model(arch, shape, k, seed=r), x, y, cfg,
+                                        seed=r, device=dev), dev))
+        t_fp32.append(_timed(lambda: fit(build_model(arch, shape, k, seed=r), x, y, fp32,
+                                         seed=r, device=dev), dev))
+        t_auth.append(_timed(lambda: authors_loop(build_model(arch, shape, k, seed=r), x, y,
+                                                  fp32, dev, seed=r), dev))
+    auth = n / min(t_auth)
+    precision = resolve_precision(cfg.precision, dev)
+    return [Row(name, arch, "engine vs authors' pipeline", min(t_auth) / min(t_eng), "x",
+                f"engine {precision} at {n / min(t_eng):,.0f} samples/s vs the BAU authors' "
+                f"per-sample ToTensor DataLoader (batch 100, order shuffled once, fp32) at "
+                f"{auth:,.0f} samples/s; engine fp32 alone "
+                f"{min(t_auth) / min(t_fp32):.2f}x; {n} {source} samples, 1 epoch",
+                {"authors_samples_per_s": auth, "engine_fp32_ratio": min(t_auth) / min(t_fp32)})]
+
+
+def whole_run_rows(name: str, dev, st: Settings, rate: float) -> list[Row]:
+    """Seconds to train the paper's Fashion-MNIST model once (60,300 samples, 20 epochs)."""
+    arch = spec(name).arch
+    shape, k = _SHAPES[name]
+    cfg = reference_config(name, epochs=WHOLE_RUN_EPOCHS, batch_size=BATCH)
+    what = (f"{WHOLE_RUN_SAMPLES:,} samples x {WHOLE_RUN_EPOCHS} epochs, "
+            f"{resolve_precision(cfg.precision, dev)}, {torch.get_num_threads()} threads")
+    if not st.whole_run:
+        seconds = WHOLE_RUN_SAMPLES * WHOLE_RUN_EPOCHS / rate
+        return [Row(name, arch, "whole run (extrapolated)", seconds, "s",
+                    f"{what}; extrapolated from the measured engine throughput "
+                    f"({rate:,.0f} samples/s), not trained")]
+    x, y, source = bench_data(name, WHOLE_RUN_SAMPLES)
+    seconds = _timed(lambda: fit(build_model(arch, shape, k, seed=0), x, y, cfg, seed=0,
+                                 device=dev), dev)
+    return [Row(name, arch, "whole run", seconds, "s", f"{what}; trained once on {source} "
+                "samples")]
+
+
 def neural_cleanse_rows(name: str, dev, st: Settings) -> list[Row]:
     arch = spec(name).arch
     shape, k = _SHAPES[name]
@@ -385,6 +438,14 @@ def run_benchmark(datasets=("fmnist",), device="auto", quick: bool = False,
         else:
             rows.append(Row(name, spec(name).arch, "sisa request", None, "",
                             "skipped in --quick (first dataset only)"))
+        if st.sisa_datasets is None or i < st.sisa_datasets:
+            log(f"[bench] {name}: processes vs threads ...", file=sys.stderr)
+            rows += parallel_rows(name, dev, st, rate)
+        if name == "fmnist":  # the paper's model and the authors' pipeline
+            log(f"[bench] {name}: the authors' pipeline and the whole run ...",
+                file=sys.stderr)
+            rows += authors_rows(name, dev, st, rate)
+            rows += whole_run_rows(name, dev, st, rate)
         log(f"[bench] {name}: stacked training ...", file=sys.stderr)
         rows += stacked_rows(name, dev, st, rate, stacked_on_cpu)
         if st.nc_datasets is None or i < st.nc_datasets:
@@ -425,6 +486,8 @@ def format_table(info: dict, rows: list[Row]) -> str:
             val = f"{r.value:.2f}x"
         elif r.unit == "%":
             val = f"{r.value:+.1f}%"
+        elif r.unit == "s":
+            val = f"{r.value:,.1f} s"
         else:
             val = f"{r.value:,.0f} {r.unit}"
         body.append((r.dataset, r.arch, r.figure, val, r.detail))
@@ -470,7 +533,7 @@ def main(argv=None) -> int:
     p.add_argument("--datasets", default=",".join(BENCH_DATASETS),
                    help="comma-separated, from " + ", ".join(BENCH_DATASETS))
     p.add_argument("--quick", action="store_true",
-                   help="short runs (about two minutes on two CPU cores)")
+                   help="every figure at reduced repeats (within 5 minutes on two CPU cores)")
     p.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--repeats", type=int, help="timed repeats per figure (best is kept)")

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .. import cache
 from ..checks import integer
 from ..models import build_model
+from ..parallel import Job, Stage, choose_workers, train_jobs
 from ..stacked import fit_stacked, stackable
 from ..train import TrainConfig, derive_seed, fit, predict_proba, resolve_device
 from .base import AGGREGATIONS, RequestCost, UnlearningService
@@ -106,9 +107,9 @@ class SisaService(UnlearningService):
             raise ValueError(f"stacked=True, but {arch} cannot be trained stacked (it has "
                              "batch norm or dropout); use stacked='auto' or False")
         self._config = {"arch": arch, "shape": list(x.shape[1:]), "classes": self.num_classes,
-                        "cfg": cfg.as_dict(), "seed": self.seed, "shards": self.shards,
-                        "slices": self.slices, "data": cache.data_fingerprint(x, y),
-                        "device": self.device.type}
+                        "cfg": cfg.resolved(self.device).as_dict(), "seed": self.seed,
+                        "shards": self.shards, "slices": self.slices,
+                        "data": cache.data_fingerprint(x, y), "device": self.device.type}
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -200,12 +201,44 @@ class SisaService(UnlearningService):
 
         Changes nothing in the service but its checkpoint cache: the returned jobs hold
         the new models. Shards train one after another, or slice by slice all together
-        (:func:`bdunlearn.stacked.fit_stacked`) when :attr:`stacked` says so. Each group
-        of shards holds the locks of its final checkpoints while it trains, so a second
-        process needing them waits and then loads them.
+        (:func:`bdunlearn.stacked.fit_stacked`) when :attr:`stacked` says so, or in
+        one-thread worker processes when :func:`bdunlearn.parallel.choose_workers` finds
+        that faster (a CPU with several cores, a small model, enough work; the variable
+        ``BDUNLEARN_WORKERS`` forces a count); worker results are bitwise those of
+        one-thread sequential training. Each group of shards holds the locks of its final
+        checkpoints while it trains, so a second process needing them waits and then
+        loads them.
         """
         shards = list(shards)
-        groups = [shards] if self._stack(len(shards)) else [[s] for s in shards]
+        stacked = self._stack(len(shards))
+        probe = None if stacked else self._new_model(shards[0])
+        workers = 1 if stacked else choose_workers(
+            [Job(probe, self.x[:0], self.y[:0], self.cfg,
+                 [Stage(len(self.retained(s, sl, removed)), 0, self.epochs[sl])
+                  for sl in range(self.slices)]) for s in shards], self.device)
+        if workers > 1:
+            last = [self._key(s, self.slices - 1, removed) for s in shards]
+            with self._locked(last):
+                jobs = [self._resume(s, removed) for s in shards]
+                todo = [j for j in jobs if j.start < self.slices]
+                work = []
+                for j in todo:
+                    ids = torch.from_numpy(self.retained(j.shard, self.slices - 1, removed))
+                    work.append(Job(j.model, self.x[ids], self.y[ids], self.cfg, [
+                        Stage(len(self.retained(j.shard, sl, removed)),
+                              derive_seed(self.seed, "train", j.shard, sl), self.epochs[sl],
+                              sum(self.epochs[:sl])) for sl in range(j.start, self.slices)]))
+                results = train_jobs(work, device=self.device, workers=workers)
+                for j, job, stages in zip(todo, work, results):
+                    for sl, stage, (state, seconds) in zip(range(j.start, self.slices),
+                                                           job.stages, stages):
+                        j.model.load_state_dict(state)
+                        j.records.append([seconds, stage.count * stage.epochs])
+                        self._store(j.keys[sl], j.model, j.records)
+            for j in jobs:
+                j.model.to(self.device).eval()
+            return jobs
+        groups = [shards] if stacked else [[s] for s in shards]
         done = []
         for group in tqdm(groups, desc="SISA shards", disable=not self.progress or len(groups) < 2,
                           leave=False):
