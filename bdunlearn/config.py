@@ -178,7 +178,7 @@ def _resolve(name: str, given: dict) -> dict:
     raw.update(given)
     dataset = raw.get("dataset", PROFILES[name]["datasets"][0])
     ds = registry.spec(dataset)
-    c = checks
+    c = checks  # short name for the many checks below
     out = dict(profile=name, dataset=dataset)
     out["train_subset"] = _size("train_subset", raw["train_subset"], ds.train_size)
     out["test_subset"] = _size("test_subset", raw["test_subset"], ds.test_size)
@@ -211,9 +211,9 @@ def _resolve(name: str, given: dict) -> dict:
     several = len(PROFILES[name]["datasets"]) > 1
     for key, env, top in (("results_dir", "BDUNLEARN_RESULTS", "results"),
                           ("figures_dir", "BDUNLEARN_FIGURES", "figures")):
-        given = _path(key, raw[key]) or os.environ.get(env)
-        if given:
-            out[key] = str(Path(given).expanduser().absolute())
+        folder = _path(key, raw[key]) or os.environ.get(env)
+        if folder:
+            out[key] = str(Path(folder).expanduser().absolute())
         else:
             folder = repository_root() / top / name
             out[key] = str(folder / dataset if several else folder)
