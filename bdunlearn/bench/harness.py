@@ -538,8 +538,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bdunlearn.bench",
                                 description="Print the performance figures of SPEC section 8.")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--datasets", default=",".join(BENCH_DATASETS),
-                   help="comma-separated, from " + ", ".join(BENCH_DATASETS))
+    p.add_argument("--datasets",
+                   help="comma-separated, from " + ", ".join(BENCH_DATASETS)
+                   + " (default: all; fmnist with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="every figure at reduced repeats (within 5 minutes on two CPU cores)")
     p.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
@@ -549,6 +550,8 @@ def main(argv=None) -> int:
     p.add_argument("--stacked", action="store_true",
                    help="measure stacked training on the CPU too")
     args = p.parse_args(argv)
+    if args.datasets is None:
+        args.datasets = "fmnist" if args.quick else ",".join(BENCH_DATASETS)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     bad = [d for d in datasets if d not in _SHAPES]
     if bad or not datasets:
