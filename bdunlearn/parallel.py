@@ -21,6 +21,7 @@ threads the sequential results differ in the last bits.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import queue
@@ -84,6 +85,8 @@ def choose_workers(jobs: list[Job], device="cpu", workers="auto") -> int:
     is small (at most 3 million parameters, where one-thread processes beat intra-op
     threads) and the jobs hold at least 50,000 sample-epochs (so that starting the
     processes, a few seconds, pays), and 1 elsewhere (CUDA, one job, large models).
+    Inside a daemonic process (a worker of a process pool), which may not start
+    processes, the answer is always 1.
     """
     if workers == "auto":
         forced = os.environ.get(WORKERS_ENV, "").strip()
@@ -96,9 +99,11 @@ def choose_workers(jobs: list[Job], device="cpu", workers="auto") -> int:
             if workers < 1:
                 raise ValueError(f"{WORKERS_ENV}={forced!r} must be a positive integer")
         else:
-            return _auto_workers(jobs, resolve_device(device))
+            workers = _auto_workers(jobs, resolve_device(device))
     else:
         workers = checks.integer("workers", workers, low=1)
+    if multiprocessing.current_process().daemon:
+        return 1
     return max(1, min(workers, len(jobs)))
 
 

@@ -118,3 +118,11 @@ def test_sisa_shards_in_workers_match_one_thread_sequential_training(monkeypatch
     assert par_cost.shards_retrained == seq_cost.shards_retrained == 2
     assert par_cost.sample_epochs == seq_cost.sample_epochs > 0
     assert in_workers.fit_cost.seconds > 0
+
+
+def test_a_daemonic_process_trains_in_itself(jobs, monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(parallel.multiprocessing, "current_process",
+                        lambda: SimpleNamespace(daemon=True))
+    assert choose_workers(jobs, "cpu", workers=2) == 1
