@@ -97,7 +97,9 @@ def test_relative_env_paths_resolve_against_the_callers_directory(monkeypatch, t
     assert os.environ["BDUNLEARN_DATA"] == "/abs/data"
 
 
-def _tiny_notebook(folder: Path) -> None:
+def _tiny_notebook(folder: Path, stem: str = "01_tiny", fail_flag: Path | None = None) -> None:
+    """A notebook that writes ``<stem>.csv`` and fails its "claim" when ``epochs`` is 99 or
+    ``fail_flag`` exists."""
     import nbformat
 
     nb = nbformat.v4.new_notebook()
@@ -106,12 +108,14 @@ def _tiny_notebook(folder: Path) -> None:
     params.metadata["tags"] = ["parameters"]
     body = nbformat.v4.new_code_cell(
         "import pathlib\nout = pathlib.Path(results_dir)\nout.mkdir(parents=True)\n"
-        "(out / '01_tiny.csv').write_text(f'epochs\\n{epochs}\\n')\n"
-        "assert epochs != 99, 'the claim fails'")
+        f"(out / '{stem}.csv').write_text(f'epochs\\n{{epochs}}\\n')\n"
+        "assert epochs != 99"
+        + (f" and not pathlib.Path({str(fail_flag)!r}).exists()" if fail_flag else "")
+        + ", 'the claim fails'")
     nb.cells = [params, body]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
-    nbformat.write(nb, str(folder / "01_tiny.ipynb"))
+    nbformat.write(nb, str(folder / f"{stem}.ipynb"))
 
 
 def test_runner_publishes_a_notebook_only_when_it_passed(tmp_path, capfd):
@@ -134,6 +138,25 @@ def test_runner_publishes_a_notebook_only_when_it_passed(tmp_path, capfd):
     out, err = capfd.readouterr()
     assert "[1/1] 01_tiny (smoke, fmnist) done in" in out
     assert "without encryption" not in out + err
+
+
+@pytest.mark.skipif(not FMNIST, reason="dataset-fashion-mnist is not installed")
+def test_only_a_complete_default_run_replaces_the_committed_results(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+    flag = tmp_path / "fail"
+    _tiny_notebook(tmp_path, "01_tiny")
+    _tiny_notebook(tmp_path, "02_tiny", fail_flag=flag)
+    flag.touch()
+    with pytest.raises(SystemExit, match="02_tiny .* failed"):
+        reproduce.run("default", folder=tmp_path)
+    assert not list((tmp_path / "results").glob("*.csv"))  # 01 passed, but the run did not
+    reproduce.run("default", only=["01"], folder=tmp_path)  # a partial run: its own folder
+    assert (tmp_path / "results" / "default" / "01_tiny.csv").is_file()
+    assert not list((tmp_path / "results").glob("*.csv"))
+    flag.unlink()
+    reproduce.run("default", folder=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "results").glob("*.csv")) == [
+        "01_tiny.csv", "02_tiny.csv", "timings.csv"]
 
 
 @pytest.mark.skipif(not FMNIST, reason="dataset-fashion-mnist is not installed")
