@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from bdunlearn import attack, data, metrics, triggers
+from bdunlearn import attack, config, data, detect, metrics, reproduce, triggers
 from bdunlearn.defenses import DefenderView, run_defense
 from bdunlearn.models import build_model
+from bdunlearn.registry import reference_config
+from bdunlearn.unlearning import SisaService
 
 NAN, INF = float("nan"), float("inf")
 
@@ -30,6 +32,9 @@ class Ctx:
     atk: attack.AttackSet
     view: DefenderView
     tmp: Path
+    sharded: SisaService  # 2 shards, fitted; one mitigation id (``removed``) unlearned
+    single: SisaService  # 1 shard, fitted
+    removed: int
 
 
 def _fake_dataset() -> data.Dataset:
@@ -47,7 +52,15 @@ def module_ctx(tmp_path_factory):
     atk = attack.build_badnets(ds, poison_num=5, mitigation_num=5, alpha=0.5, seed=0)
     model = build_model("fmnist_cnn", ds.image_shape, 4, seed=0)
     view = DefenderView(model, ds.x_train, ds.y_train, 4)
-    return Ctx(ds, atk, view, tmp_path_factory.mktemp("bad_input"))
+    # services over 40 images of 8x8 pixels, one epoch: fitted in a fraction of a second
+    cfg = reference_config("digits", epochs=1)
+    sharded = SisaService(atk.x, atk.y, arch="fmnist_cnn", num_classes=4, cfg=cfg, shards=2,
+                          device="cpu", requestable=atk.ids("mitigation")).fit()
+    removed = int(atk.ids("mitigation")[0])
+    sharded.unlearn([removed])
+    single = SisaService(atk.x, atk.y, arch="fmnist_cnn", num_classes=4, cfg=cfg,
+                         device="cpu").fit()
+    return Ctx(ds, atk, view, tmp_path_factory.mktemp("bad_input"), sharded, single, removed)
 
 
 # ------------------------------------------------------------------ data files
@@ -294,9 +307,101 @@ DEFENSES = [
      ValueError, "4.0"),
 ]
 
+# ------------------------------------------------------------------ services and requests
+
+def _service(c, **kw):
+    args = dict(arch="fmnist_cnn", num_classes=4, cfg=reference_config("digits", epochs=1),
+                device="cpu")
+    args.update(kw)
+    return SisaService(c.atk.x, c.atk.y, **args)
+
+
+def _already_removed(c):
+    _already_removed.fragment = str(c.removed)
+    c.sharded.unlearn([c.removed])
+
+
+def _non_member(c):
+    clean = int(c.atk.ids("clean")[0])
+    _non_member.fragment = f"sample id {clean}"
+    c.sharded.unlearn([clean])
+
+
+SERVICES = [
+    ("unknown id", lambda c: c.sharded.unlearn([10**6]), ValueError, "1000000"),
+    ("already removed", _already_removed, ValueError, None),
+    ("not the requester's sample", _non_member, ValueError, None),
+    ("negative id", lambda c: c.sharded.unlearn([-1]), ValueError, "-1"),
+    ("float id", lambda c: c.sharded.unlearn([1.5]), ValueError, "1.5"),
+    ("bool id", lambda c: c.sharded.unlearn([True]), ValueError, "True"),
+    ("empty request", lambda c: c.sharded.unlearn([]), ValueError, "at least one sample id"),
+    ("aggregation median", lambda c: c.sharded.predict(c.ds.x_test, aggregation="median"),
+     ValueError, "'median'"),
+    ("num_classes below the labels", lambda c: _service(c, num_classes=2), ValueError,
+     "num_classes 2"),
+    ("shards 0", lambda c: _service(c, shards=0), ValueError, "shards 0"),
+    ("shards beyond the data", lambda c: _service(c, shards=1000), ValueError, "1000"),
+    ("shards float", lambda c: _service(c, shards=2.0), ValueError, "2.0"),
+    ("unknown model", lambda c: _service(c, arch="resnet50"), ValueError, "'resnet50'",
+     pytest.mark.xfail(strict=True, reason="SisaService checks arch only when it fits")),
+    ("unknown device", lambda c: _service(c, device="tpu"), ValueError, "'tpu'"),
+]
+
+# ------------------------------------------------------------------ detectors
+
+DETECTORS = [
+    ("unknown detector", lambda c: detect.scores(c.sharded, [0], "entropy"), ValueError,
+     "'entropy'"),
+    ("SMS on one model", lambda c: detect.scores(c.single, [0], "sms"), ValueError,
+     "single model"),
+    ("negative id scored", lambda c: detect.scores(c.sharded, [-1], "mu"), ValueError, "-1"),
+    ("float id scored", lambda c: detect.scores(c.sharded, [0.5], "mu"), ValueError, "0.5"),
+    ("filter with NaN threshold", lambda c: detect.RequestFilter("mu", NAN), ValueError, "nan"),
+    ("filter with unknown detector", lambda c: detect.RequestFilter("xx", 0.5), ValueError,
+     "'xx'"),
+]
+
+# ------------------------------------------------------------------ configuration and runner
+
+def _runner(*argv):
+    """``reproduce.main(argv)`` with notebook execution replaced by a failure, so a check
+    that regressed fails here at once instead of running notebooks."""
+    def call(ctx):
+        import papermill
+
+        def started(*args, **kwargs):
+            raise AssertionError(f"reproduce.main{argv} started a notebook")
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(papermill, "execute_notebook", started)
+            reproduce.main(list(argv))
+    return call
+
+
+CONFIG = [
+    ("unknown parameter", lambda c: config.resolve("smoke", epoch=1), ValueError, "'epoch'"),
+    ("float epochs", lambda c: config.resolve("smoke", epochs=2.5), ValueError, "2.5"),
+    ("epochs 0", lambda c: config.resolve("smoke", epochs=0), ValueError, "epochs 0"),
+    ("shards [0]", lambda c: config.resolve("smoke", shards=[0]), ValueError, "[0]"),
+    ("shards not a list of ints", lambda c: config.resolve("smoke", shards="3"), ValueError,
+     "'3'"),
+    ("seeds []", lambda c: config.resolve("smoke", seeds=[]), ValueError, "seeds []"),
+    ("unknown dataset", lambda c: config.resolve("smoke", dataset="svhn"), ValueError,
+     "'svhn'"),
+    ("unknown profile", lambda c: config.resolve("huge"), ValueError, "'huge'"),
+    ("alpha nan", lambda c: config.resolve("smoke", alpha=NAN), ValueError, "nan"),
+    ("runner: unknown parameter", _runner("--only", "01", "-p", "epoch", "1"), SystemExit,
+     "-p epoch"),
+    ("runner: shards [0]", _runner("--only", "02", "-p", "shards", "[0]"), SystemExit, "[0]"),
+    ("runner: seeds []", _runner("--only", "01", "-p", "seeds", "[]"), SystemExit, "[]"),
+    ("runner: epochs 2.5", _runner("--only", "01", "-p", "epochs", "2.5"), SystemExit, "2.5"),
+]
+
 CASES = ([("data", *c) for c in DATA] + [("attack", *c) for c in ATTACK]
          + [("triggers", *c) for c in TRIGGERS] + [("metrics", *c) for c in METRICS]
-         + [("models", *c) for c in MODELS] + [("defenses", *c) for c in DEFENSES])
+         + [("models", *c) for c in MODELS] + [("defenses", *c) for c in DEFENSES]
+         + [("services", *c) for c in SERVICES] + [("detectors", *c) for c in DETECTORS]
+         + [("config", *c) for c in CONFIG])
 
 
 def _params(cases):
