@@ -8,10 +8,13 @@ same request schedules, and lists each slice checkpoint once as a :class:`Job`: 
 content key plus what a worker needs to train it (a :class:`Recipe` for the service, the
 ids unlearned before it, its shard and slice) and the key of the slice it continues from.
 
-Not planned: the request filter's trajectory in notebook 04, whose refused ids depend on
-the trained models' scores; it is a second round (call :func:`plan` again after the
-first round trained, or let the notebook train the few slices it needs). Amnesiac
-unlearning (notebook 02) and the defenses keep no SISA checkpoints and are not jobs.
+Not planned, so the notebooks still train them (into the same cache):
+
+* the request filter's trajectory in notebook 04: its refused ids depend on the trained
+  models' scores, so its slices are known only after this round (a second round);
+* Amnesiac unlearning in notebook 02: one sequential chain per seed (the fit, then each
+  request from the previous model), cached by the service itself;
+* the defenses of notebooks 03 and 05, which run on the planned models.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from . import attack as attacks
 from . import experiment as ex
 from .config import FIELDS, RunConfig, profile_datasets, resolve
 from .models import build_model
+from .reproduce import available
 
 KINDS = ("clean", "attack", "classic")
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -176,7 +180,8 @@ def plan(profile: str | None = None, **overrides) -> list[Job]:
     Builds the notebooks' services and attacks (cheap: no training) and asks each service
     for the keys of its slices after every request batch of the notebook's schedule
     (:meth:`bdunlearn.unlearning.SisaService.plan_slices`). Without a ``dataset``
-    override, every dataset of the profile is planned. The request filter's trajectory
+    override, every dataset of the profile that is on disk is planned, as
+    :func:`bdunlearn.reproduce.run` runs them. The request filter's trajectory
     in notebook 04 is not planned (its refusals depend on the trained models): the
     notebook trains those few slices itself, or a second :func:`plan` round could list
     them once this round is trained.
@@ -185,7 +190,10 @@ def plan(profile: str | None = None, **overrides) -> list[Job]:
     if unknown:
         raise ValueError(f"{unknown[0]!r} is not a notebook parameter; use one of "
                          f"{', '.join(FIELDS)}")
-    datasets = [overrides["dataset"]] if overrides.get("dataset") else profile_datasets(profile)
+    if overrides.get("dataset"):
+        datasets = [overrides["dataset"]]
+    else:  # as the runner does: the profile's datasets that are on disk
+        datasets = available(profile_datasets(profile), overrides.get("data_root"))[0]
     jobs: dict[str, Job] = {}
     services: dict[Recipe, object] = {}
     for name in datasets:

@@ -37,9 +37,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .cache import default_cache_dir
-from .config import PROFILES
+from .config import PROFILES, profile_datasets, profile_name
 from .plan import Job, Recipe, plan
-from .reproduce import _value
+from .reproduce import _value, available
 
 MAX_RETRIES = 3  # Ray re-runs a task whose worker died this many times
 
@@ -238,7 +238,8 @@ def backend_for(ray: str, workers: int | None):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default="default", choices=sorted(PROFILES))
+    ap.add_argument("--profile", default=None, choices=sorted(PROFILES),
+                    help="default: $BDUNLEARN_PROFILE, else 'default'")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                     metavar=("NAME", "VALUE"),
                     help="override a notebook parameter (Python literal), e.g. -p seeds 0,1")
@@ -250,12 +251,16 @@ def main(argv=None) -> None:
                     help="only train the plan; do not run the notebooks afterwards")
     args = ap.parse_args(argv)
     params = {k: _value(v) for k, v in args.parameter}
+    profile = profile_name(args.profile)
+    if not params.get("dataset"):
+        for why in available(profile_datasets(profile), params.get("data_root"))[1]:
+            print(f"not planned: {why}", flush=True)
     try:
-        jobs = plan(args.profile, **params)
+        jobs = plan(profile, **params)
         backend = backend_for(args.ray, args.workers)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    print(f"sweep: {len(jobs)} slice checkpoints planned for profile {args.profile}, "
+    print(f"sweep: {len(jobs)} slice checkpoints planned for profile {profile}, "
           f"cache {default_cache_dir()}", flush=True)
     try:
         result = execute(jobs, backend)
@@ -266,8 +271,11 @@ def main(argv=None) -> None:
     if not args.no_notebooks:
         from .reproduce import run
 
-        run(args.profile, params=params)
+        run(profile, params=params)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, so workers find run_job by its module name.
+    from bdunlearn.sweep import main as _main
+
+    sys.exit(_main())

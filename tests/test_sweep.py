@@ -6,6 +6,8 @@ training; the Ray tests start a private two-CPU cluster and stop it in a ``final
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -183,20 +185,24 @@ def _ray():
         "ray", reason='Ray is not installed (pip install "bdunlearn[cluster]")')
 
 
-def test_sweep_on_local_ray_cluster(jobs, cache, deadline):
+def test_sweep_command_on_local_ray_cluster(jobs, cache, deadline):
     _ray()
+    args = [a for k, v in TINY.items() for a in ("-p", k, repr(v))]
+    cli = subprocess.run([sys.executable, "-m", "bdunlearn.sweep", "--profile", "smoke", *args,
+                          "--ray", "local", "--workers", "2", "--no-notebooks"],
+                         capture_output=True, text=True, timeout=110)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert f"sweep: {len(jobs)} trained, 0 already cached" in cli.stdout
+    assert not (Path.home() / ".ray" / "auth_token").exists()
+    assert_valid(cache, [j.key for j in jobs])
     backend = RayBackend("local", 2)
     try:
-        assert not (Path.home() / ".ray" / "auth_token").exists()
         with pytest.raises(SystemExit, match="the Ray cluster has no GPU"):
             backend.check([replace(jobs[0], device="cuda")])  # at once, never queued forever
-        result = execute(jobs, backend, progress=False)
-        assert (result.trained, result.cached) == (len(jobs), 0)
         again = execute(jobs, backend, progress=False)
         assert (again.trained, again.cached) == (0, len(jobs))
     finally:
         backend.close()
-    assert_valid(cache, [j.key for j in jobs])
 
 
 def _ray_task_pids() -> list[int]:
