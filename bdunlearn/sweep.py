@@ -46,7 +46,9 @@ MAX_RETRIES = 3  # Ray re-runs a task whose worker died this many times
 
 # ----------------------------------------------------------------------------- worker side
 @lru_cache(maxsize=2)
-def _service(recipe: Recipe):
+def _service(recipe: Recipe, cache_dir: str):
+    """The recipe's service in this worker, built once (its cache is ``cache_dir``)."""
+    os.environ["BDUNLEARN_CACHE"] = cache_dir  # read by the services' cache_dir="auto"
     return recipe.build()
 
 
@@ -61,9 +63,8 @@ def run_job(job: Job, cache_dir: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    os.environ["BDUNLEARN_CACHE"] = cache_dir  # the services' cache_dir="auto"
     start = time.perf_counter()
-    trained = _service(job.recipe).train_slice(job.shard, job.slice, job.removed)
+    trained = _service(job.recipe, cache_dir).train_slice(job.shard, job.slice, job.removed)
     return {"key": job.key, "trained": trained, "seconds": time.perf_counter() - start,
             "pid": os.getpid()}
 
