@@ -27,12 +27,14 @@ from pathlib import Path
 
 from . import attack as attacks
 from . import experiment as ex
-from .config import FIELDS, RunConfig, profile_datasets, resolve
+from .config import RunConfig, profile_datasets, resolve
 from .models import build_model
 from .reproduce import available
 
 KINDS = ("clean", "attack", "classic")
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+STEMS = ("01_attack", "02_unlearning_trajectory", "03_defense_overhead", "04_detection",
+         "05_backdoor_erasure")
 
 
 @dataclass(frozen=True)
@@ -186,10 +188,11 @@ def plan(profile: str | None = None, **overrides) -> list[Job]:
     notebook trains those few slices itself, or a second :func:`plan` round could list
     them once this round is trained.
     """
-    unknown = sorted(set(overrides) - set(FIELDS))
+    known = set().union(*(notebook_parameters(stem) for stem in STEMS)) - {"profile"}
+    unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"{unknown[0]!r} is not a notebook parameter; use one of "
-                         f"{', '.join(FIELDS)}")
+                         f"{', '.join(sorted(known))}")
     if overrides.get("dataset"):
         datasets = [overrides["dataset"]]
     else:  # as the runner does: the profile's datasets that are on disk
