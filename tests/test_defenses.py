@@ -208,7 +208,7 @@ def test_cached_defense_is_loaded_not_rerun(setup, tmp_path, monkeypatch, name):
     first = call(0)
     assert len(list((tmp_path / "defenses").glob("*.pt"))) == 1
     assert not list((tmp_path / "defenses").glob(".tmp-*"))
-    monkeypatch.setattr(defenses, "run_defense", None)  # a second run must not compute
+    monkeypatch.setattr(defenses, "_timed", None)  # a second run must not compute
     again = call(0)
     assert again.info["from_cache"] and again.seconds == first.seconds
     assert (again.flagged, again.target) == (first.flagged, first.target)

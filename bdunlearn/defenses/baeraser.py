@@ -203,7 +203,8 @@ def baeraser(view: DefenderView, *, seed: int = 0, target: int | None = None,
 
     ``info``: ``scan_flagged``, ``success_before``/``success_after`` (recovered-trigger
     success on the held-out split), ``val_acc_before``/``val_acc_after``, ``epochs``, the
-    fitted ``generator`` and ``history`` per epoch.
+    fitted generator's weights as a state dict (``generator``, tensors only, so the result
+    can be cached) and ``history`` per epoch.
     """
     integer("seed", seed, low=0)
     side = min(view.x_clean.shape[-2:])
@@ -281,5 +282,6 @@ def baeraser(view: DefenderView, *, seed: int = 0, target: int | None = None,
         success, acc = new_success, new_acc
     model.eval()
     info.update(success_before=success0, success_after=success, val_acc_before=acc0,
-                val_acc_after=acc, epochs=epochs, history=history, generator=g_net)
+                val_acc_after=acc, epochs=epochs, history=history,
+                generator={k: v.detach().cpu() for k, v in g_net.state_dict().items()})
     return DefenseResult(model=model, flagged=flagged, target=target, info=info)
