@@ -21,11 +21,14 @@ threads the sequential results differ in the last bits.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
 import queue
 import signal
+import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -156,8 +159,9 @@ def _in_workers(jobs: list[Job], n: int, device: str):
     procs = [ctx.Process(target=_worker, args=(tasks, results, device), daemon=True)
              for _ in range(n)]
     try:
-        for p in procs:
-            p.start()
+        with _main_module_hidden():
+            for p in procs:
+                p.start()
         for i, job in enumerate(jobs):  # pickled by value: no shared memory to keep alive
             tasks.put((i, pickle.dumps(job)))
         for _ in procs:
@@ -182,6 +186,22 @@ def _in_workers(jobs: list[Job], n: int, device: str):
                 p.join()
 
 
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start workers without re-running the caller's script: a spawned process runs the
+    parent's ``__main__`` file again unless it sits behind ``if __name__ == "__main__"``,
+    and the workers need nothing from it (their code and the models live in bdunlearn)."""
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
 def _next_result(results, procs):
     while True:
         try:
@@ -194,8 +214,13 @@ def _next_result(results, procs):
 
 
 def _worker(tasks, results, device: str) -> None:
-    """Worker loop: one torch thread; Ctrl-C is the parent's to handle."""
+    """Worker loop: one torch thread; Ctrl-C is the parent's to handle; ends when the
+    parent sends ``None``, and at once when the parent dies (killed before it could
+    terminate its workers), whatever the worker is doing."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
     torch.set_num_threads(1)
     while (item := tasks.get()) is not None:
         i, blob = item

@@ -126,3 +126,50 @@ def test_a_daemonic_process_trains_in_itself(jobs, monkeypatch):
     monkeypatch.setattr(parallel.multiprocessing, "current_process",
                         lambda: SimpleNamespace(daemon=True))
     assert choose_workers(jobs, "cpu", workers=2) == 1
+
+
+_DYING_PARENT = """
+import multiprocessing, os, threading, time, torch
+from bdunlearn import parallel
+from bdunlearn.models import build_model
+from bdunlearn.train import TrainConfig
+x = torch.zeros((2000, 1, 28, 28), dtype=torch.uint8)
+y = torch.zeros(2000, dtype=torch.long)
+jobs = [parallel.Job(build_model("fmnist_cnn", (1, 28, 28), 10), x, y,
+                     TrainConfig(epochs=50), [parallel.Stage(2000, 0, 50)]) for _ in range(2)]
+threading.Thread(target=parallel.train_jobs, args=(jobs,), kwargs={"workers": 2},
+                 daemon=True).start()
+while len(multiprocessing.active_children()) < 2:
+    time.sleep(0.1)
+time.sleep(3)
+print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+os._exit(9)
+"""
+
+
+def test_workers_end_when_their_parent_is_killed(tmp_path):
+    """A script without a main guard starts workers; killed, it leaves none behind."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "dying.py"
+    script.write_text(_DYING_PARENT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 9, out.stderr
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return not open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+    deadline = time.monotonic() + 60
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(alive(p) for p in pids)
