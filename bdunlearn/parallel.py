@@ -2,9 +2,10 @@
 
 The shards of one SISA fit or request train independently. On a small CPU, ``k``
 single-thread processes beat one process with ``k`` intra-op threads for the package's
-small models (measured on a 2-core AMD EPYC, torch 2.13, fmnist_cnn at batch 100: one
-thread trains at about 0.55-0.65 of two threads' speed, so two processes do about 1.1-1.3x
-the work of one two-thread process; ``python -m bdunlearn.bench`` prints the ratio).
+small models: on a 2-core AMD EPYC with native bf16, torch 2.13, fmnist_cnn at batch 100,
+one thread trains at 0.55-0.65 of two threads' speed, and two one-thread processes
+trained two 20,300-sample jobs 1.15x faster than one two-thread process, process start
+included (``python -m bdunlearn.bench`` prints this ratio as "processes vs threads").
 
 :func:`train_jobs` runs a list of :class:`Job` either in this process, one after another,
 or in ``workers`` spawned processes. A job is a model, its own data and a list of
