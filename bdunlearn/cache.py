@@ -67,6 +67,22 @@ def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Short hash of what a model is, apart from its trained weights: every entry's name,
+    shape and dtype, and the values of its buffers (the input scaling lives there).
+
+    Part of every checkpoint key, so a change of architecture or input scaling never
+    serves weights trained under another.
+    """
+    h = hashlib.sha256()
+    params = {name for name, _ in model.named_parameters()}
+    for name, value in model.state_dict().items():
+        h.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+        if name not in params:
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
     h = hashlib.sha256(meta_json.encode())
     for name in sorted(tensors):

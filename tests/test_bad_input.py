@@ -344,8 +344,7 @@ SERVICES = [
     ("shards 0", lambda c: _service(c, shards=0), ValueError, "shards 0"),
     ("shards beyond the data", lambda c: _service(c, shards=1000), ValueError, "1000"),
     ("shards float", lambda c: _service(c, shards=2.0), ValueError, "2.0"),
-    ("unknown model", lambda c: _service(c, arch="resnet50"), ValueError, "'resnet50'",
-     pytest.mark.xfail(strict=True, reason="SisaService checks arch only when it fits")),
+    ("unknown model", lambda c: _service(c, arch="resnet50"), ValueError, "'resnet50'"),
     ("unknown device", lambda c: _service(c, device="tpu"), ValueError, "'tpu'"),
 ]
 

@@ -67,8 +67,12 @@ class AmnesiacService(UnlearningService):
         self._history: list[np.ndarray] = []  # accepted ids of each applied request
         self._fit_key = cache.content_key(
             {"method": "amnesiac", "arch": arch, "shape": list(x.shape[1:]),
-             "classes": self.num_classes, "cfg": cfg.as_dict(), "seed": self.seed,
-             "data": cache.data_fingerprint(x, y), "device": self.device.type}, self.watch)
+             "classes": self.num_classes, "cfg": cfg.resolved(self.device).as_dict(),
+             "seed": self.seed, "data": cache.data_fingerprint(x, y),
+             "device": self.device.type,
+             "model": cache.model_fingerprint(build_model(arch, tuple(x.shape[1:]),
+                                                          self.num_classes, seed=0))},
+            self.watch)
 
     @property
     def models(self) -> list:

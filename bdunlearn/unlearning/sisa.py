@@ -109,7 +109,8 @@ class SisaService(UnlearningService):
         self._config = {"arch": arch, "shape": list(x.shape[1:]), "classes": self.num_classes,
                         "cfg": cfg.resolved(self.device).as_dict(), "seed": self.seed,
                         "shards": self.shards, "slices": self.slices,
-                        "data": cache.data_fingerprint(x, y), "device": self.device.type}
+                        "data": cache.data_fingerprint(x, y), "device": self.device.type,
+                        "model": cache.model_fingerprint(self._new_model(0))}
 
     # ------------------------------------------------------------------ bookkeeping
     @property
