@@ -54,7 +54,7 @@ def service(x, y, ds: Dataset, cfg: RunConfig, *, shards: int = 1, seed: int = 0
     return SisaService(x, y, arch=spec(ds.name).arch, num_classes=ds.num_classes,
                        cfg=cfg.train_config(), shards=shards, slices=cfg.slices, seed=seed,
                        cache_dir=cache_dir, device=cfg.device, requestable=requestable,
-                       screen=screen)
+                       screen=screen, input_scaling=cfg.input_scaling)
 
 
 def attack_service(atk: attacks.AttackSet, ds: Dataset, cfg: RunConfig, *, shards: int = 1,
@@ -68,7 +68,8 @@ def amnesiac_service(atk: attacks.AttackSet, ds: Dataset, cfg: RunConfig) -> Amn
     """An Amnesiac (approximate) unlearning service watching the mitigation samples."""
     return AmnesiacService(atk.x, atk.y, arch=spec(ds.name).arch, num_classes=ds.num_classes,
                            cfg=cfg.train_config(), watch=atk.ids("mitigation"),
-                           seed=atk.seed, device=cfg.device)
+                           seed=atk.seed, device=cfg.device, cache_dir="auto",
+                           input_scaling=cfg.input_scaling)
 
 
 def clean_baseline(ds: Dataset, cfg: RunConfig, seed: int) -> float:

@@ -44,12 +44,13 @@ SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
     DatasetSpec(
         name="fmnist", title="Fashion-MNIST", image_shape=(1, 28, 28), num_classes=10,
         train_size=60000, test_size=10000, arch="fmnist_cnn",
-        train=TrainConfig(epochs=20, momentum=0.9, weight_decay=5e-4),
+        train=TrainConfig(epochs=20, momentum=0.9, weight_decay=5e-4, shuffle="once"),
         poison_num=200, mitigation_num=300, it_poison_num=5, it_mitigation_num=15, alpha=0.5,
         how_to_get="install it with `apt-get install dataset-fashion-mnist` (or `make setup`)"),
     DatasetSpec(
         name="mnist", title="MNIST", image_shape=(1, 28, 28), num_classes=10,
-        train_size=60000, test_size=10000, arch="lenet5", train=TrainConfig(epochs=20),
+        train_size=60000, test_size=10000, arch="lenet5",
+        train=TrainConfig(epochs=20, shuffle="once"),
         poison_num=200, mitigation_num=600, it_poison_num=5, it_mitigation_num=15, alpha=0.5,
         how_to_get="put the four MNIST idx files in <root>/MNIST/raw, or call "
                    "bdunlearn.data.load('mnist', root, fetch=True) where torchvision imports"),

@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .train import (TrainConfig, augment_batch, derive_seed, fit, make_generator,
-                    resolve_device, to_unit)
+from .train import (TrainConfig, augment_batch, autocast, derive_seed, epoch_orders, fit,
+                    make_generator, resolve_device, resolve_precision, to_unit)
 
 __all__ = ["fit_stacked", "fit_many", "stackable", "why_not_stackable"]
 
@@ -148,7 +148,8 @@ def fit_stacked(models: Sequence[nn.Module], xs: Sequence[torch.Tensor],
     pad_row = len(ycat) - 1
     offsets = torch.tensor([0] + sizes).cumsum(0)[:-1].tolist()
 
-    order_gens = [make_generator(seeds[i]) for i in live]
+    precision = resolve_precision(cfg.precision, dev)
+    orders = [epoch_orders(len(ys[i]), make_generator(seeds[i]), cfg.shuffle) for i in live]
     aug_gens = ([make_generator(derive_seed(seeds[i], "augment"), dev) for i in live]
                 if cfg.crop or cfg.flip else None)
 
@@ -165,8 +166,9 @@ def fit_stacked(models: Sequence[nn.Module], xs: Sequence[torch.Tensor],
     base = copy.deepcopy(group[0]).to("meta").train()
 
     def loss_one(p, b, xb, yb, wb, denom):
-        out = torch.func.functional_call(base, (p, b), (xb,))
-        return (F.cross_entropy(out, yb, reduction="none") * wb).sum() / denom
+        with autocast(precision, dev):
+            out = torch.func.functional_call(base, (p, b), (xb,))
+        return (F.cross_entropy(out.float(), yb, reduction="none") * wb).sum() / denom
 
     # vmapped forward, ordinary autograd backward (measured faster than vmap(grad(...))).
     losses_of = torch.vmap(loss_one)
@@ -179,8 +181,8 @@ def fit_stacked(models: Sequence[nn.Module], xs: Sequence[torch.Tensor],
         # Index plan of the epoch on the host: (T, S, B) rows into xcat, weights, counts.
         idx = torch.full((T, S, B), pad_row, dtype=torch.long)
         counts = torch.zeros((T, S), dtype=torch.long)
-        for s, (gen, n, off) in enumerate(zip(order_gens, sizes, offsets)):
-            for t, chunk in enumerate(torch.randperm(n, generator=gen).split(B)):
+        for s, (order, off) in enumerate(zip(orders, offsets)):
+            for t, chunk in enumerate(next(order).split(B)):
                 idx[t, s, : len(chunk)] = chunk + off
                 counts[t, s] = len(chunk)
         width = counts.max(1).values.tolist()

@@ -46,7 +46,7 @@ class AmnesiacService(UnlearningService):
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, arch: str, num_classes: int,
                  cfg: TrainConfig, watch, seed: int = 0, device="auto",
                  finetune_epochs: float = 0.5, cache_dir=None, screen=None,
-                 progress: bool = False):
+                 progress: bool = False, input_scaling: str | None = None):
         if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, (int, float)) \
                 or not 0 <= finetune_epochs <= cfg.epochs:
             raise ValueError(f"finetune_epochs {finetune_epochs!r} must be a number between 0 "
@@ -57,6 +57,7 @@ class AmnesiacService(UnlearningService):
         self._setup(x, y, num_classes, watch, screen)
         self.watch = np.flatnonzero(self.requestable)
         self.cfg, self.seed, self.arch = cfg, int(seed), arch
+        self.input_scaling = input_scaling
         self.device = resolve_device(device)
         self.finetune_epochs = float(finetune_epochs)
         self.progress = progress
@@ -70,8 +71,7 @@ class AmnesiacService(UnlearningService):
              "classes": self.num_classes, "cfg": cfg.resolved(self.device).as_dict(),
              "seed": self.seed, "data": cache.data_fingerprint(x, y),
              "device": self.device.type,
-             "model": cache.model_fingerprint(build_model(arch, tuple(x.shape[1:]),
-                                                          self.num_classes, seed=0))},
+             "model": cache.model_fingerprint(self._new_model())},
             self.watch)
 
     @property
@@ -99,11 +99,15 @@ class AmnesiacService(UnlearningService):
             for a, d in zip(acc, deltas):
                 a.add_(d, alpha=1.0 / len(ids))
 
+    def _new_model(self) -> torch.nn.Module:
+        return build_model(self.arch, tuple(self.x.shape[1:]), self.num_classes,
+                           seed=derive_seed(self.seed, "init", 0),
+                           input_scaling=self.input_scaling)
+
     def fit(self) -> AmnesiacService:
         """Train the model recording the watched samples' updates (or load both)."""
         start = time.perf_counter()
-        model = build_model(self.arch, tuple(self.x.shape[1:]), self.num_classes,
-                            seed=derive_seed(self.seed, "init", 0))
+        model = self._new_model()
         path = self._path(self._fit_key)
         with cache.lock(path) if path is not None else contextlib.nullcontext():
             entry = cache.load(path) if path is not None else None

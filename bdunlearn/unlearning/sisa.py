@@ -66,13 +66,15 @@ class SisaService(UnlearningService):
     memory only; ``"auto"`` uses :func:`bdunlearn.cache.default_cache_dir`.
     ``stacked="auto"`` trains the shards a fit or request touches together on a CUDA device
     when the architecture allows it (:func:`bdunlearn.stacked.fit_stacked`) and one after
-    another otherwise; ``True`` or ``False`` insist.
+    another otherwise; ``True`` or ``False`` insist. ``input_scaling`` is the models' input
+    scaling (:func:`bdunlearn.models.build_model`; ``None``: the architecture's reference).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, arch: str, num_classes: int,
                  cfg: TrainConfig, shards: int = 1, slices: int = 1, seed: int = 0,
                  cache_dir=None, device="auto", aggregation: str = "vote",
-                 requestable=None, screen=None, stacked="auto", progress: bool = False):
+                 requestable=None, screen=None, stacked="auto", progress: bool = False,
+                 input_scaling: str | None = None):
         self._setup(x, y, num_classes, requestable, screen)
         n = len(y)
         for name, v in (("shards", shards), ("slices", slices)):
@@ -84,7 +86,7 @@ class SisaService(UnlearningService):
             raise ValueError(f"unknown aggregation {aggregation!r}; use 'vote' or 'mean'")
         if stacked not in ("auto", True, False):
             raise ValueError(f"stacked={stacked!r} must be 'auto', True or False")
-        self.arch, self.cfg = arch, cfg
+        self.arch, self.cfg, self.input_scaling = arch, cfg, input_scaling
         self.shards, self.slices, self.seed = int(shards), int(slices), int(seed)
         self.device = resolve_device(device)
         self.aggregation = aggregation
@@ -146,7 +148,8 @@ class SisaService(UnlearningService):
 
     def _new_model(self, shard: int) -> torch.nn.Module:
         return build_model(self.arch, tuple(self.x.shape[1:]), self.num_classes,
-                           seed=derive_seed(self.seed, "init", shard))
+                           seed=derive_seed(self.seed, "init", shard),
+                           input_scaling=self.input_scaling)
 
     def _load(self, key: str, model: torch.nn.Module) -> list | None:
         """Load checkpoint ``key`` into ``model``; return the ``[seconds, sample_epochs]``
