@@ -70,12 +70,13 @@ _COMMON = dict(variant="bn", device="auto", precision="auto", input_scaling=REFE
 PROFILES = {
     "smoke": dict(
         _COMMON, datasets=("fmnist",), train_subset=4000, test_subset=1000, epochs=8,
-        input_scaling="signed", alpha=0.7, poison_num=150, mitigation_num=300, shards=(1, 3), seeds=(0,),
-        request_steps=3, defense_samples=(10,), nc_steps=60, defender_size=1000),
+        input_scaling="signed", alpha=0.7, poison_num=150, mitigation_num=300, shards=(1, 3),
+        seeds=(0,), request_steps=3, defense_samples=(10,), nc_steps=60, defender_size=1000),
     "default": dict(
         _COMMON, datasets=("fmnist",), train_subset=10000, test_subset=ALL, epochs=8,
-        input_scaling="signed", alpha=PAPER, poison_num=200, mitigation_num=600, shards=(1, 5, 10), seeds=(0, 1),
-        request_steps=6, defense_samples=(10, 50, 100), nc_steps=300, defender_size=3000),
+        input_scaling="signed", alpha=PAPER, poison_num=200, mitigation_num=600,
+        shards=(1, 5, 10), seeds=(0, 1), request_steps=6, defense_samples=(10, 50, 100),
+        nc_steps=300, defender_size=3000),
     "paper": dict(
         _COMMON, datasets=("fmnist", "mnist", "gtsrb", "cifar10"), train_subset=ALL,
         test_subset=ALL, epochs=PAPER, alpha=PAPER, poison_num=PAPER, mitigation_num=PAPER,

@@ -4,10 +4,10 @@
 (:func:`torch.func.stack_module_state` style), runs all ``S`` forward passes in one
 ``torch.vmap``-ed :func:`torch.func.functional_call` (convolutions become grouped ones),
 takes all gradients with one ordinary ``torch.autograd.grad`` (measured faster than
-``vmap(grad(...))``), and applies a functional SGD whose arithmetic is that of :class:`torch.optim.SGD` (weight
-decay added to the gradient, momentum buffer started at the first gradient, no
-dampening, no Nesterov). Each model sees exactly what :func:`bdunlearn.train.fit` would
-give it alone with its own seed:
+``vmap(grad(...))``), and applies a functional SGD whose arithmetic is that of
+:class:`torch.optim.SGD` (weight decay added to the gradient, momentum buffer started
+at the first gradient, no dampening, no Nesterov). Each model sees exactly what
+:func:`bdunlearn.train.fit` would give it alone with its own seed:
 
 - the same batches: ``torch.randperm`` from ``make_generator(seed)`` every epoch, split
   into ``cfg.batch_size`` chunks;
@@ -47,8 +47,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .train import (TrainConfig, augment_batch, autocast, derive_seed, epoch_orders, fit,
-                    make_generator, resolve_device, resolve_precision, to_unit)
+from .train import (
+    TrainConfig,
+    augment_batch,
+    autocast,
+    derive_seed,
+    epoch_orders,
+    fit,
+    make_generator,
+    resolve_device,
+    resolve_precision,
+    to_unit,
+)
 
 __all__ = ["fit_stacked", "fit_many", "stackable", "why_not_stackable"]
 
@@ -220,7 +230,7 @@ def fit_stacked(models: Sequence[nn.Module], xs: Sequence[torch.Tensor],
     bar.close()
 
     with torch.no_grad():
-        for s, m in enumerate(group):
+        for s in range(len(group)):
             for n, p in params.items():
                 named[s][n].copy_(p[s])
     for m in group:

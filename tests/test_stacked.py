@@ -11,6 +11,7 @@ from bdunlearn.models import Normalized, build_model
 from bdunlearn.stacked import fit_many, fit_stacked, stackable, why_not_stackable
 from bdunlearn.train import TrainConfig, fit
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One intra-op thread: on a small shared CPU, two contending threads are far slower."""
@@ -73,7 +74,8 @@ def test_stacked_equals_sequential(cfg, shape, atol):
 def test_stacked_slice_schedule_and_empty_shard():
     """``epochs``/``epoch_offset`` as SISA slices use them; an empty shard stays as it was."""
     shape = (1, 16, 16)
-    cfg = TrainConfig(epochs=4, batch_size=50, momentum=0.9, weight_decay=5e-4, lr_step=2, precision="fp32")
+    cfg = TrainConfig(epochs=4, batch_size=50, momentum=0.9, weight_decay=5e-4, lr_step=2,
+                      precision="fp32")
     xs, ys = _data(shape, sizes=(120, 0, 60))
     seq = _models("lenet5", shape)
     for m, x, y, s in zip(seq, xs, ys, SEEDS):
