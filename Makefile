@@ -28,9 +28,14 @@ data:
 lint: setup
 	$(BIN)/ruff check .
 
+# Ray (the cluster extra) for the sweep's tests on a local cluster.
+$(VENV)/.cluster: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[cluster]"
+	touch $@
+
 # The linter, unit tests, then every notebook under nbval at the smoke profile; the
 # notebooks' tables and figures go to a temporary folder, not over the committed ones.
-test: lint
+test: lint $(VENV)/.cluster
 	out=$$(mktemp -d) && BDUNLEARN_PROFILE=smoke BDUNLEARN_RESULTS=$$out/results \
 	  BDUNLEARN_FIGURES=$$out/figures $(BIN)/python -m pytest tests notebooks --nbval-lax \
 	  -p no:cacheprovider
@@ -40,8 +45,7 @@ test: lint
 RAY ?=
 
 reproduce: setup
-	$(if $(filter-out none,$(RAY)),$(BIN)/python -c "import ray" 2>/dev/null || \
-	  $(BIN)/pip install --quiet -e ".[cluster]")
+	$(if $(filter-out none,$(RAY)),$(MAKE) --no-print-directory $(VENV)/.cluster)
 	$(if $(RAY),$(BIN)/python -m bdunlearn.sweep --profile $(PROFILE) --ray $(RAY) --no-notebooks)
 	$(BIN)/python -m bdunlearn.reproduce --profile $(PROFILE) $(ARGS)
 
