@@ -14,6 +14,8 @@ Parameters are checked before any notebook starts (names against the notebooks'
 into a temporary folder; its tables, figures and executed copy (``<stem>.ipynb``) move into
 place only when it finished, so a failed run keeps the last good outputs (the failed copy
 is kept as ``<stem>.failed.ipynb``). Wall times go to ``timings.csv`` beside the tables.
+A complete default run also writes a small, readable copy of each executed notebook to
+``docs/notebooks/`` (committed; :func:`readable_copy`).
 Relative paths in ``BDUNLEARN_*`` environment variables resolve against the caller's
 working directory. Trained models come from the checkpoint cache, so a second run
 retrains nothing.
@@ -39,6 +41,7 @@ import pandas as pd
 from . import config, data
 
 ROOT = Path(__file__).resolve().parent.parent
+READABLE = ROOT / "docs" / "notebooks"  # the committed default run's executed notebooks
 ENV_PATHS = ("BDUNLEARN_CACHE", "BDUNLEARN_DATA", "BDUNLEARN_RESULTS", "BDUNLEARN_FIGURES")
 RUNNER_SET = ("profile", "results_dir", "figures_dir")
 
@@ -237,7 +240,39 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
         _publish(work, step)
     if committed:
         _record(res_top / "timings.csv", rows)
+        for nb in todo:
+            readable_copy(res_top / f"{nb.stem}.ipynb", READABLE / f"{nb.stem}.ipynb")
     return pd.DataFrame(rows)
+
+
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def readable_copy(src: Path, dst: Path) -> Path:
+    """An executed notebook made small and readable on a forge: widget outputs keep only
+    their static fallback (figure, text), progress bars and stderr are dropped, and the
+    widget state is removed."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream" and out.name == "stderr":
+                continue
+            data = out.get("data", {})
+            if WIDGET in data:
+                data.pop(WIDGET)
+                if "image/png" not in data:  # a progress bar or a bare widget
+                    continue
+            kept.append(out)
+        cell.outputs = kept
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, dst)
+    return dst
 
 
 def _publish(work: Path, steps) -> None:

@@ -187,3 +187,30 @@ def test_a_notebook_run_outside_the_runner_leaves_committed_results_alone(
     status = subprocess.run(["git", "status", "--porcelain", "results", "figures"],
                             cwd=root, capture_output=True, text=True, check=True).stdout
     assert status == ""
+
+
+def test_readable_copy_keeps_figures_and_drops_progress_bars_and_widget_state(tmp_path):
+    import nbformat
+
+    from bdunlearn.reproduce import WIDGET, readable_copy
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["widgets"] = {"state": {"x": 1}}
+    cell = nbformat.v4.new_code_cell("run()")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text="100%|####| 3/3\n"),
+        nbformat.v4.new_output("display_data", data={WIDGET: {"model_id": "a"},
+                                                     "text/plain": "  0%|  | 0/3"}),
+        nbformat.v4.new_output("display_data", data={WIDGET: {"model_id": "b"},
+                                                     "image/png": "iVBOR", "text/plain": "fig"}),
+        nbformat.v4.new_output("stream", name="stdout", text="ASR 93%\n"),
+    ]
+    nb.cells.append(cell)
+    src = tmp_path / "run.ipynb"
+    nbformat.write(nb, src)
+    out = nbformat.read(readable_copy(src, tmp_path / "docs" / "run.ipynb"), as_version=4)
+    assert "widgets" not in out.metadata
+    kept = out.cells[0].outputs
+    assert [o.output_type for o in kept] == ["display_data", "stream"]
+    assert kept[0].data == {"image/png": "iVBOR", "text/plain": "fig"}
+    assert kept[1].text == "ASR 93%\n"
