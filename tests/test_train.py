@@ -70,8 +70,10 @@ def test_device_resolution():
 @pytest.mark.skipif(not (data.DEBIAN_ROOT / "fashion-mnist").is_dir(),
                     reason="dataset-fashion-mnist is not installed")
 def test_fmnist_cnn_two_epochs_on_the_full_training_set_reaches_85_percent():
+    # [-1, 1] inputs, as the smoke and default profiles use: the authors' [0, 1] inputs
+    # learn more slowly (82.9% after these two epochs, measured 2026-11-24)
     ds = load("fmnist")
-    model = build_model("fmnist_cnn", ds.image_shape, 10, seed=0)
+    model = build_model("fmnist_cnn", ds.image_shape, 10, seed=0, input_scaling="signed")
     fit(model, ds.x_train, ds.y_train, reference_config("fmnist", epochs=2), seed=0,
         device="cpu", progress=False)
     acc = (predict(model, ds.x_test, device="cpu") == ds.y_test).float().mean().item()
