@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import config, data
+from . import cache, config, data
 
 ROOT = Path(__file__).resolve().parent.parent
 READABLE = ROOT / "docs" / "notebooks"  # the committed default run's executed notebooks
@@ -206,7 +206,7 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
             label = f"[{i}/{len(todo)}] {nb.stem} ({profile}, {dataset})"
             work = Path(tempfile.mkdtemp(prefix=f".{nb.stem}-", dir=res_dir))
             out = work / f"{nb.stem}.ipynb"
-            start = time.perf_counter()
+            start, before = time.perf_counter(), cache_entries()
             try:
                 pm.execute_notebook(
                     str(nb), str(out), cwd=str(folder), kernel_name="python3",
@@ -226,7 +226,10 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
                 shutil.rmtree(work, ignore_errors=True)
                 raise
             seconds = time.perf_counter() - start
-            print(f"{label} done in {seconds:.0f} s", flush=True)
+            new = cache_entries() - before
+            slices = sum(len(p.parts) == 1 for p in new)
+            print(f"{label} done in {seconds:.0f} s; {slices} model slices trained, "
+                  f"{len(new) - slices} other cache entries written", flush=True)
             rows.append({"notebook": nb.stem, "profile": profile, "dataset": dataset,
                          "seconds": round(seconds, 1), "date": dt.date.today().isoformat(),
                          "machine": host})
@@ -243,6 +246,15 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
         for nb in todo:
             readable_copy(res_top / f"{nb.stem}.ipynb", READABLE / f"{nb.stem}.ipynb")
     return pd.DataFrame(rows)
+
+
+def cache_entries() -> set[Path]:
+    """The checkpoint cache's entries (paths relative to it): SISA slices at the top,
+    Amnesiac records and defense results in their folders."""
+    root = cache.default_cache_dir()
+    if not root.is_dir():
+        return set()
+    return {p.relative_to(root) for p in root.rglob("*.pt") if not p.name.startswith(".")}
 
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
