@@ -41,7 +41,7 @@ import pandas as pd
 from . import cache, config, data
 
 ROOT = Path(__file__).resolve().parent.parent
-READABLE = ROOT / "docs" / "notebooks"  # the committed default run's executed notebooks
+READABLE = Path("docs") / "notebooks"  # under ROOT: the default run's executed notebooks
 ENV_PATHS = ("BDUNLEARN_CACHE", "BDUNLEARN_DATA", "BDUNLEARN_RESULTS", "BDUNLEARN_FIGURES")
 RUNNER_SET = ("profile", "results_dir", "figures_dir")
 
@@ -244,7 +244,7 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
     if committed:
         _record(res_top / "timings.csv", rows)
         for nb in todo:
-            readable_copy(res_top / f"{nb.stem}.ipynb", READABLE / f"{nb.stem}.ipynb")
+            readable_copy(res_top / f"{nb.stem}.ipynb", ROOT / READABLE / f"{nb.stem}.ipynb")
     return pd.DataFrame(rows)
 
 

@@ -157,6 +157,8 @@ def test_only_a_complete_default_run_replaces_the_committed_results(tmp_path, mo
     reproduce.run("default", folder=tmp_path)
     assert sorted(p.name for p in (tmp_path / "results").glob("*.csv")) == [
         "01_tiny.csv", "02_tiny.csv", "timings.csv"]
+    assert sorted(p.name for p in (tmp_path / "docs" / "notebooks").iterdir()) == [
+        "01_tiny.ipynb", "02_tiny.ipynb"]  # the readable executed copies, under the root
 
 
 @pytest.mark.skipif(not FMNIST, reason="dataset-fashion-mnist is not installed")
