@@ -1,11 +1,14 @@
 """Independent trainings in worker processes with one torch thread each.
 
-The shards of one SISA fit or request train independently. On a small CPU, ``k``
-single-thread processes beat one process with ``k`` intra-op threads for the package's
-small models: on a 2-core AMD EPYC with native bf16, torch 2.13, fmnist_cnn at batch 100,
-one thread trains at 0.55-0.65 of two threads' speed, and two one-thread processes
-trained two 20,300-sample jobs 1.15x faster than one two-thread process, process start
-included (``python -m bdunlearn.bench`` prints this ratio as "processes vs threads").
+The shards of one SISA fit or request train independently, so they can train in ``k``
+single-thread processes instead of one process with ``k`` intra-op threads. Measured on
+the quiet 2-core AMD EPYC with native bf16 (torch 2.13, fmnist_cnn, batch 100,
+2026-11-24), threads win: the default profile's 5-shard fit (5 x 2,120 samples x 8
+epochs) took 6.9 s with two threads and 10.4-11.0 s in two one-thread processes, and
+``python -m bdunlearn.bench --quick`` gave 0.44x for processes (0.76x counting training
+alone). So ``workers="auto"`` trains in this process; ``workers=k`` or the environment
+variable ``BDUNLEARN_WORKERS=k`` asks for processes where a machine favours them (the
+bench's "processes vs threads" row tells).
 
 :func:`train_jobs` runs a list of :class:`Job` either in this process, one after another,
 or in ``workers`` spawned processes. A job is a model, its own data and a list of
@@ -41,8 +44,6 @@ from . import checks
 from .train import TrainConfig, fit, resolve_device
 
 WORKERS_ENV = "BDUNLEARN_WORKERS"
-SMALL_MODEL_PARAMS = 3_000_000
-MIN_PARALLEL_SAMPLE_EPOCHS = 50_000
 
 
 @dataclass
@@ -84,11 +85,9 @@ def choose_workers(jobs: list[Job], device="cpu", workers="auto") -> int:
     """How many processes train ``jobs``; 1 means in this process, one after another.
 
     An integer ``workers`` is used as given (capped at the number of jobs). ``"auto"``
-    takes the integer in the environment variable ``BDUNLEARN_WORKERS`` when it is set;
-    otherwise it is ``min(jobs, cores)`` on a CPU with at least two cores when the model
-    is small (at most 3 million parameters, where one-thread processes beat intra-op
-    threads) and the jobs hold at least 50,000 sample-epochs (so that starting the
-    processes, a few seconds, pays), and 1 elsewhere (CUDA, one job, large models).
+    takes the integer in the environment variable ``BDUNLEARN_WORKERS`` when it is set,
+    and is 1 otherwise: intra-op threads in this process were measured faster than
+    one-thread worker processes (module docstring), and a CUDA device is shared anyway.
     Inside a daemonic process (a worker of a process pool), which may not start
     processes, the answer is always 1.
     """
@@ -103,22 +102,12 @@ def choose_workers(jobs: list[Job], device="cpu", workers="auto") -> int:
             if workers < 1:
                 raise ValueError(f"{WORKERS_ENV}={forced!r} must be a positive integer")
         else:
-            workers = _auto_workers(jobs, resolve_device(device))
+            workers = 1
     else:
         workers = checks.integer("workers", workers, low=1)
     if multiprocessing.current_process().daemon:
         return 1
     return max(1, min(workers, len(jobs)))
-
-
-def _auto_workers(jobs: list[Job], dev: torch.device) -> int:
-    if dev.type != "cpu" or len(jobs) < 2 or cores() < 2:
-        return 1
-    params = sum(p.numel() for p in jobs[0].model.parameters())
-    if params > SMALL_MODEL_PARAMS or sum(j.sample_epochs for j in jobs) < \
-            MIN_PARALLEL_SAMPLE_EPOCHS:
-        return 1
-    return min(len(jobs), cores())
 
 
 def run_job(job: Job, device="cpu") -> list[tuple[dict, float]]:

@@ -56,14 +56,11 @@ def test_a_failing_job_raises_one_error_naming_it(jobs):
 def test_worker_count_rule(jobs, monkeypatch):
     monkeypatch.delenv(parallel.WORKERS_ENV, raising=False)
     monkeypatch.setattr(parallel, "cores", lambda: 2)
-    assert choose_workers(jobs, "cpu") == 1  # 800 sample-epochs: starting processes costs more
     big = [copy.copy(j) for j in jobs]
     for j in big:
         j.stages = [Stage(200, seed=0, epochs=200)]
-    assert choose_workers(big, "cpu") == 2
-    assert choose_workers(big[:1], "cpu") == 1
-    monkeypatch.setattr(parallel, "cores", lambda: 1)
-    assert choose_workers(big, "cpu") == 1
+    # threads in this process were measured faster than one-thread processes
+    assert choose_workers(jobs, "cpu") == 1 and choose_workers(big, "cpu") == 1
     monkeypatch.setenv(parallel.WORKERS_ENV, "2")
     assert choose_workers(jobs, "cpu") == 2
     assert choose_workers(jobs, "cpu", workers=1) == 1
