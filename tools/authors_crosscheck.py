@@ -145,13 +145,13 @@ def package_seed(seed: int, target: int, shards: int, epochs: int, poison: int,
     from bdunlearn.unlearning import SisaService
 
     ds = data.load("fmnist")
-    spec = registry.spec("fmnist")
+    spec = registry.spec("fmnist")  # the reference procedure: [0, 1] inputs, one order
     atk = attack.build_badnets(ds, poison_num=poison, mitigation_num=mitigation, alpha=alpha,
                                target=target, seed=seed)
     start = time.perf_counter()
     svc = SisaService(atk.x, atk.y, arch=spec.arch, num_classes=ds.num_classes,
-                      cfg=spec.train_config(epochs=epochs), shards=shards, seed=seed,
-                      cache_dir="auto", requestable=atk.ids("mitigation")).fit()
+                      cfg=registry.reference_config("fmnist", epochs=epochs), shards=shards,
+                      seed=seed, cache_dir="auto", requestable=atk.ids("mitigation")).fit()
     row = {"source": "package", "seed": seed, "shards": shards, "target": target}
     before = atk.evaluate(svc.predict)
     negatives = atk.detection_negatives()
