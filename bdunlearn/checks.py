@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from numbers import Integral, Real
 
+import torch
+
 
 def _range_text(low, high) -> str:
     if low is not None and high is not None:
@@ -66,3 +68,14 @@ def flag(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} {value!r} must be True or False")
     return value
+
+
+def images_and_labels(x_name: str, x, y_name: str, y) -> None:
+    """``x`` must be uint8 images ``(N, C, H, W)`` and ``y`` a 1-d tensor with one label
+    per image; raises ``ValueError`` naming the argument otherwise."""
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
+        raise ValueError(f"{x_name} must be a uint8 tensor of images (N, C, H, W), got "
+                         f"{getattr(x, 'dtype', type(x).__name__)} "
+                         f"{tuple(getattr(x, 'shape', ()))}")
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or len(y) != len(x):
+        raise ValueError(f"{y_name} must be a 1-d tensor with one label per image ({len(x)})")

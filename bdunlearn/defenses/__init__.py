@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bdunlearn import cache
+from bdunlearn import cache, checks
 from bdunlearn.train import make_generator, resolve_device
 from bdunlearn.triggers import MaskTrigger
 
@@ -57,12 +57,7 @@ class DefenderView:
         if not isinstance(self.model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
         x, y = self.x_clean, self.y_clean
-        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
-            raise ValueError("x_clean must be a uint8 tensor of shape (N, C, H, W), got "
-                             f"{getattr(x, 'dtype', type(x).__name__)} "
-                             f"{tuple(getattr(x, 'shape', ()))}")
-        if not isinstance(y, torch.Tensor) or y.dim() != 1 or len(y) != len(x):
-            raise ValueError(f"y_clean must be a 1-d tensor with one label per image ({len(x)})")
+        checks.images_and_labels("x_clean", x, "y_clean", y)
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ValueError(f"num_classes {self.num_classes!r} must be an integer >= 2")
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import checks
+
 AGGREGATIONS = ("vote", "mean")
 
 
@@ -85,12 +87,7 @@ class UnlearningService(ABC):
 
     def _setup(self, x, y, num_classes, requestable, screen) -> None:
         """Check and store what every service holds; called by the subclasses' ``__init__``."""
-        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
-            raise ValueError("x must be a uint8 tensor of images (N, C, H, W), got "
-                             f"{getattr(x, 'dtype', type(x).__name__)} "
-                             f"{tuple(getattr(x, 'shape', ()))}")
-        if not isinstance(y, torch.Tensor) or y.dim() != 1 or len(y) != len(x):
-            raise ValueError(f"y must be a 1-d tensor with one label per image ({len(x)})")
+        checks.images_and_labels("x", x, "y", y)
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
                 or num_classes < 2:
             raise ValueError(f"num_classes {num_classes!r} must be an integer >= 2")
