@@ -81,8 +81,9 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def choose_workers(jobs: list[Job], device="cpu", workers="auto") -> int:
-    """How many processes train ``jobs``; 1 means in this process, one after another.
+def choose_workers(jobs, workers="auto") -> int:
+    """How many processes train ``jobs`` (any sequence, one entry per independent job);
+    1 means in this process, one after another.
 
     An integer ``workers`` is used as given (capped at the number of jobs). ``"auto"``
     takes the integer in the environment variable ``BDUNLEARN_WORKERS`` when it is set,
@@ -137,7 +138,7 @@ def train_jobs(jobs: list[Job], *, device="cpu", workers="auto",
     note); Ctrl-C or any error here terminates the workers.
     """
     jobs = list(jobs)
-    n = choose_workers(jobs, device, workers)
+    n = choose_workers(jobs, workers)
     if n == 1:
         return [run_job(job, device) for job in jobs]
     return _in_workers(jobs, n, str(resolve_device(device)))

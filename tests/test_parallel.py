@@ -60,11 +60,11 @@ def test_worker_count_rule(jobs, monkeypatch):
     for j in big:
         j.stages = [Stage(200, seed=0, epochs=200)]
     # threads in this process were measured faster than one-thread processes
-    assert choose_workers(jobs, "cpu") == 1 and choose_workers(big, "cpu") == 1
+    assert choose_workers(jobs) == 1 and choose_workers(big) == 1
     monkeypatch.setenv(parallel.WORKERS_ENV, "2")
-    assert choose_workers(jobs, "cpu") == 2
-    assert choose_workers(jobs, "cpu", workers=1) == 1
-    assert choose_workers(jobs, "cpu", workers=8) == 2  # never more than the jobs
+    assert choose_workers(jobs) == 2
+    assert choose_workers(jobs, workers=1) == 1
+    assert choose_workers(jobs, workers=8) == 2  # never more than the jobs
 
 
 @pytest.mark.parametrize("workers, message", [
@@ -73,13 +73,13 @@ def test_worker_count_rule(jobs, monkeypatch):
 ])
 def test_bad_worker_counts_are_refused(jobs, workers, message):
     with pytest.raises(ValueError, match=message):
-        choose_workers(jobs, "cpu", workers)
+        choose_workers(jobs, workers)
 
 
 def test_bad_environment_value_is_refused(jobs, monkeypatch):
     monkeypatch.setenv(parallel.WORKERS_ENV, "two")
     with pytest.raises(ValueError, match="BDUNLEARN_WORKERS='two' must be a positive integer"):
-        choose_workers(jobs, "cpu")
+        choose_workers(jobs)
 
 
 def test_sisa_shards_in_workers_match_one_thread_sequential_training(monkeypatch, tmp_path):
@@ -122,7 +122,7 @@ def test_a_daemonic_process_trains_in_itself(jobs, monkeypatch):
 
     monkeypatch.setattr(parallel.multiprocessing, "current_process",
                         lambda: SimpleNamespace(daemon=True))
-    assert choose_workers(jobs, "cpu", workers=2) == 1
+    assert choose_workers(jobs, workers=2) == 1
 
 
 _DYING_PARENT = """

@@ -206,20 +206,15 @@ class SisaService(UnlearningService):
         Changes nothing in the service but its checkpoint cache: the returned jobs hold
         the new models. Shards train one after another, or slice by slice all together
         (:func:`bdunlearn.stacked.fit_stacked`) when :attr:`stacked` says so, or in
-        one-thread worker processes when :func:`bdunlearn.parallel.choose_workers` finds
-        that faster (a CPU with several cores, a small model, enough work; the variable
-        ``BDUNLEARN_WORKERS`` forces a count); worker results are bitwise those of
-        one-thread sequential training. Each group of shards holds the locks of its final
-        checkpoints while it trains, so a second process needing them waits and then
-        loads them.
+        one-thread worker processes when :func:`bdunlearn.parallel.choose_workers` is
+        asked for them (``BDUNLEARN_WORKERS``; by default this process trains, measured
+        faster); worker results are bitwise those of one-thread sequential training.
+        Each group of shards holds the locks of its final checkpoints while it trains, so
+        a second process needing them waits and then loads them.
         """
         shards = list(shards)
         stacked = self._stack(len(shards))
-        probe = None if stacked else self._new_model(shards[0])
-        workers = 1 if stacked else choose_workers(
-            [Job(probe, self.x[:0], self.y[:0], self.cfg,
-                 [Stage(len(self.retained(s, sl, removed)), 0, self.epochs[sl])
-                  for sl in range(self.slices)]) for s in shards], self.device)
+        workers = 1 if stacked else choose_workers(shards)
         if workers > 1:
             last = [self._key(s, self.slices - 1, removed) for s in shards]
             with self._locked(last):
