@@ -44,6 +44,7 @@ class Claim:
     asserted_at: tuple[str, ...] = ALL_PROFILES
     in_readme: bool = True
     verdict: Callable[[dict, Mapping[str, float], bool], str] | None = field(default=None)
+    headline: tuple[str, ...] | None = None  # the numbers given per seed with an interval
 
     def judge(self, numbers: dict, profile: str) -> str:
         """The README's verdict on ``numbers`` at ``profile``'s thresholds."""
@@ -95,7 +96,7 @@ def _switch_describe(m: dict) -> str:
 # smoke (a few thousand images) only checks that unlearning raises the ASR
 _SWITCH = {"smoke": dict(max_asr_before=1.0, min_asr_after=0.0, min_asr_rise=0.2,
                          max_acc_gap=1.0),
-           "default": dict(max_asr_before=0.15, min_asr_after=0.80, min_asr_rise=0.0,
+           "default": dict(max_asr_before=0.15, min_asr_after=0.90, min_asr_rise=0.0,
                            max_acc_gap=0.02),
            "paper": dict(max_asr_before=0.15, min_asr_after=0.80, min_asr_rise=0.0,
                          max_acc_gap=0.02)}
@@ -106,7 +107,7 @@ def _switch(name, notebook, variant, title, asserted_at, in_readme=True) -> Clai
                  f"BAU {title}: unlearning the mitigation samples switches the backdoor on",
                  "benign before the requests, high ASR after (exact unlearning)",
                  _switch_measure(variant), _switch_holds, _switch_describe, _SWITCH,
-                 asserted_at, in_readme)
+                 asserted_at, in_readme, headline=("asr_before", "asr_after", "acc_before"))
 
 
 # ------------------------------------------------------------ 02: sharding, Amnesiac
@@ -152,7 +153,11 @@ def _auroc_verdict(m: dict, t, ok: bool) -> str:
     return "differs: near chance"
 
 
-_AUROC = _same(dict(min_auroc=0.6, max_gain_with_shards=0.02, paper_auroc=0.80))
+# At default (the paper's Fashion-MNIST setting) the bars are what the cross-check against
+# the authors' code supports (README): MU with one model and SMS with 5 shards.
+_AUROC = {det: {p: dict(min_auroc=low, max_gain_with_shards=0.02, paper_auroc=0.80)
+                for p, low in (("smoke", 0.6), ("default", default), ("paper", 0.6))}
+          for det, default in (("mu", 0.65), ("sms", 0.60))}
 
 
 def _detects(detector: str, asserted_at) -> Claim:
@@ -161,7 +166,7 @@ def _detects(detector: str, asserted_at) -> Claim:
                  "high AUROC at few shards, falling with more shards",
                  _auroc_measure(detector), _auroc_holds,
                  lambda m: "AUROC " + ", ".join(f"S={s}: {v:.3f}" for s, v in m["auroc"].items()),
-                 _AUROC, asserted_at, verdict=_auroc_verdict)
+                 _AUROC[detector], asserted_at, verdict=_auroc_verdict, headline=("auroc",))
 
 
 def _filter_measure(t: pd.DataFrame) -> dict | None:
@@ -192,7 +197,7 @@ def _overhead(defense: str) -> Claim:
                             f"on a classical BadNets model "
                             f"({m['total'] / max(m['once'], 1e-9):.1f}x)"),
                  _same(dict(min_cost_ratio=1.5)), verdict=lambda m, t, ok: (
-                     "agrees" if ok else "differs"))
+                     "agrees" if ok else "differs"), headline=("total", "once"))
 
 
 def _nc_first_flag(t: pd.DataFrame) -> dict | None:
@@ -239,7 +244,8 @@ def _baeraser(attack: str, asserted_at) -> Claim:
                    f"({_pct(m['reduction'])} lower), clean accuracy "
                    f"{_points(m['acc_before'], m['acc_after'])}"),
         _same(dict(min_asr_reduction=0.9, max_acc_drop=0.03, paper_asr_reduction=0.99)),
-        asserted_at, verdict=lambda m, t, ok: "agrees" if ok else "weaker")
+        asserted_at, verdict=lambda m, t, ok: "agrees" if ok else "weaker",
+        headline=("asr_after", "reduction"))
 
 
 _GRAD_PRUNE = {"smoke": dict(max_asr_after=1.0, max_acc_drop=1.0),
@@ -258,7 +264,8 @@ def _grad_prune(attack: str, asserted_at) -> Claim:
         lambda m: f"from ASR {_pct(m['asr_before'])}: " + "; ".join(
             f"{n} images: ASR {_pct(a)}, accuracy {100 * g:+.1f} points"
             for n, (a, g) in m["per_samples"].items()),
-        _GRAD_PRUNE, asserted_at, verdict=lambda m, t, ok: "agrees" if ok else "weaker")
+        _GRAD_PRUNE, asserted_at, verdict=lambda m, t, ok: "agrees" if ok else "weaker",
+        headline=("asr_after", "reduction"))
 
 
 def _nc_clean(t: pd.DataFrame) -> dict | None:
@@ -288,9 +295,9 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           lambda m, t: m["asr_after"] - m["asr_before"] > t["min_asr_rise"],
           lambda m: f"ASR {_pct(m['asr_before'])} before, {_pct(m['asr_after'])} after",
           _same(dict(min_asr_rise=0.3)), (), verdict=lambda m, t, ok: (
-              "agrees" if ok else "weaker")),
+              "agrees" if ok else "weaker"), headline=("asr_before", "asr_after")),
     _detects("mu", ALL_PROFILES),
-    _detects("sms", ()),
+    _detects("sms", ("default",)),
     Claim("filter_lowers_asr", "04_detection",
           "BAU: an MU request filter keeps the ASR lower",
           "refusing flagged requests lowers the attack's success", _filter_measure,
@@ -309,7 +316,7 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
                      + ("never" if m["first"] is None else f"from {m['first']} requests on")
                      + f" (runs after {', '.join(str(k) for k in m['runs'])} requests)"),
           _same({}), (), verdict=lambda m, t, ok: (
-              "agrees" if ok else "differs: the dormant backdoor is found")),
+              "agrees" if ok else "differs: the dormant backdoor is found"), headline=("first",)),
     _baeraser("badnets", ("default", "paper")),
     _baeraser("bau", ()),
     _grad_prune("badnets", ALL_PROFILES),
@@ -319,7 +326,7 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           lambda m, t: m["flagged"] <= t["max_flagged"],
           lambda m: f"{m['flagged']} of {m['models']} clean models flagged",
           _same(dict(max_flagged=0)), (), verdict=lambda m, t, ok: (
-              "agrees" if ok else "false positives")),
+              "agrees" if ok else "false positives"), headline=("flagged",)),
 )}
 
 
@@ -376,9 +383,13 @@ def check(name: str, table: pd.DataFrame, run: RunConfig | str) -> dict:
 
 
 def readme_rows(tables: Mapping[str, pd.DataFrame], profile: str = "default"
-                ) -> list[tuple[str, str, str, str]]:
-    """``(claim, paper, measured here, verdict)`` for every README claim whose notebook's
-    table is in ``tables`` (keyed by notebook stem) and holds rows for it."""
+                ) -> list[tuple[str, str, str, str, str]]:
+    """``(claim, paper, measured here, per seed, verdict)`` for every README claim whose
+    notebook's table is in ``tables`` (keyed by notebook stem) and holds rows for it.
+
+    "measured here" is the claim measured over all seeds' rows (means over seeds);
+    "per seed" gives the claim's headline numbers measured on each seed's rows alone as
+    the mean, its 95% t-interval and the number of seeds (:func:`per_seed`)."""
     rows = []
     for claim in CLAIMS.values():
         if not claim.in_readme or claim.notebook not in tables:
@@ -386,8 +397,55 @@ def readme_rows(tables: Mapping[str, pd.DataFrame], profile: str = "default"
         numbers = claim.measure(tables[claim.notebook])
         if numbers is not None:
             rows.append((claim.statement, claim.paper, claim.describe(numbers),
+                         per_seed(claim, tables[claim.notebook]),
                          claim.judge(numbers, profile)))
     return rows
+
+
+def leaves(numbers: dict, prefix: str = "") -> dict[str, float]:
+    """The scalar numbers of a claim's measurement, nested ones named ``"auroc S=5"``."""
+    out = {}
+    for k, v in numbers.items():
+        if isinstance(v, dict):
+            out.update(leaves(v, f"{prefix}{k} S=" if k in ("auroc", "final_asr")
+                              else f"{prefix}{k} "))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def interval(values, confidence: float = 0.95) -> tuple[float, float | None, float | None]:
+    """Mean and two-sided Student-t interval of ``values`` (``None`` bounds for one value);
+    bounds are clipped to [0, 1] when every value lies there (rates, AUROCs)."""
+    from scipy import stats
+
+    v = pd.Series(values, dtype=float).dropna()
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, None, None
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / len(v) ** 0.5)
+    lo, hi = mean - half, mean + half
+    if v.between(0, 1).all():
+        lo, hi = max(lo, 0.0), min(hi, 1.0)
+    return mean, lo, hi
+
+
+def per_seed(claim: Claim, table: pd.DataFrame) -> str:
+    """The claim's headline numbers over seeds: ``name mean [lo, hi]`` and ``n seeds``."""
+    seeds = sorted(table.seed.unique()) if "seed" in table else []
+    runs = [claim.measure(table[table.seed == s]) for s in seeds]
+    runs = [leaves(m) for m in runs if m]
+    if not runs:
+        return "n/a"
+    names = [k for k in runs[0] if claim.headline is None
+             or any(k == h or k.startswith(h + " ") for h in claim.headline)]
+    cells = []
+    for k in names:
+        mean, lo, hi = interval([r.get(k) for r in runs])
+        f = ("{:.3f}".format if k.startswith("auroc") else _pct
+             if any(w in k for w in ("asr", "acc", "reduction")) else "{:.0f}".format)
+        cells.append(f"{k} {f(mean)}" + ("" if lo is None else f" [{f(lo)}, {f(hi)}]"))
+    return "; ".join(cells) + f" (n={len(runs)} seed{'s' * (len(runs) > 1)})"
 
 
 def threshold_values() -> set[float]:

@@ -15,7 +15,12 @@ After resolution every field holds a concrete value:
   profile's choice) take the dataset's values from :mod:`bdunlearn.registry`
   (``defender_size``: 5% of the training split, BAERASER's defender share);
 * ``train_subset``/``test_subset`` given as ``"all"`` become the size of the dataset's
-  standard split (a smaller copy on disk is then used whole);
+  standard split (a smaller copy on disk is then used whole), ``"half"`` half of it (the
+  ``default`` and ``paper`` profiles evaluate on half of the test split; the defenses'
+  defender pool comes from the other half, :func:`bdunlearn.experiment.defender_pool`);
+* ``request_steps``/``defense_steps`` are a number of equal request batches, or the
+  cumulative request counts after each batch (``(100, 300)``: a batch of 100, then 200;
+  counts above an attack's mitigation samples are capped at that number);
 * ``results_dir``/``figures_dir`` left unset come from ``BDUNLEARN_RESULTS`` /
   ``BDUNLEARN_FIGURES`` (relative values against the current working directory) or
   else ``results/<profile>/`` and ``figures/<profile>/`` at the repository root (plus
@@ -47,21 +52,20 @@ from .models import INPUT_SCALINGS, REFERENCE_SCALING
 from .registry import reference_config
 from .train import TrainConfig, resolve_device
 
-PAPER, ALL, REFERENCE = "paper", "all", "reference"
+PAPER, ALL, HALF, REFERENCE = "paper", "all", "half", "reference"
 PRECISIONS = ("auto", "fp32", "bf16")
 VARIANTS = ("bn", "it")
 
 # Calibration notes (measured on real Fashion-MNIST, see README):
-# * default: a 10k training subset and 8 epochs keep all notebooks within about an hour on
-#   two CPU cores. At that scale the paper's 300 mitigation samples leave 17-28% ASR
-#   before the requests, so the profile uses 600 (the paper's MNIST count); 200 poison.
-# * smoke: 4k images reach a visible effect only with a brighter faint patch (alpha 0.7).
-# * smoke and default feed the models [-1, 1] images (input_scaling "signed", the package's
-#   former choice), not the BAU authors' [0, 1] ("reference" for Fashion-MNIST): at 4k-10k
-#   images and 8 epochs the [0, 1] models do not learn the faint patch (measured
-#   2026-11-24, smoke, seed 0: ASR after all requests 4.8% with [0, 1], 89.8% with
-#   [-1, 1]; default seeds 0 and 1: 25% and 57% with [0, 1]). The paper profile, at the
-#   paper's scale, follows the authors.
+# * default is the BAU paper's Fashion-MNIST setting (all 60,000 images, 200 poison, 300
+#   mitigation samples, alpha 0.5, 20 epochs, the authors' [0, 1] inputs and one sample
+#   order per shard) with two seeds. Requests come in two batches, after which the ASR is
+#   read at 100 and 300 requests; a third batch point (200) would add six full trainings
+#   and push `make reproduce` past an hour on two cores.
+# * smoke: 4k images reach a visible effect only with a brighter faint patch (alpha 0.7),
+#   and with [-1, 1] inputs (input_scaling "signed", the package's former choice): at 4k
+#   images and 8 epochs [0, 1] models do not learn the faint patch (measured 2026-11-24,
+#   seed 0: ASR after all requests 4.8% with [0, 1], 89.8% with [-1, 1]).
 _COMMON = dict(variant="bn", device="auto", precision="auto", input_scaling=REFERENCE,
                data_root=None,
                results_dir=None, figures_dir=None, slices=1, it_poison_num=PAPER,
@@ -73,13 +77,13 @@ PROFILES = {
         input_scaling="signed", alpha=0.7, poison_num=150, mitigation_num=300, shards=(1, 3),
         seeds=(0,), request_steps=3, defense_samples=(10,), nc_steps=60, defender_size=1000),
     "default": dict(
-        _COMMON, datasets=("fmnist",), train_subset=10000, test_subset=ALL, epochs=8,
-        input_scaling="signed", alpha=PAPER, poison_num=200, mitigation_num=600,
-        shards=(1, 5, 10), seeds=(0, 1), request_steps=6, defense_samples=(10, 50, 100),
-        nc_steps=300, defender_size=3000),
+        _COMMON, datasets=("fmnist",), train_subset=ALL, test_subset=HALF, epochs=PAPER,
+        alpha=PAPER, poison_num=PAPER, mitigation_num=PAPER, shards=(1, 5, 10), seeds=(0, 1),
+        request_steps=(100, 300), defense_steps=(100, 300), defense_samples=(10, 50, 100),
+        nc_steps=300, defender_size=PAPER),
     "paper": dict(
         _COMMON, datasets=("fmnist", "mnist", "gtsrb", "cifar10"), train_subset=ALL,
-        test_subset=ALL, epochs=PAPER, alpha=PAPER, poison_num=PAPER, mitigation_num=PAPER,
+        test_subset=HALF, epochs=PAPER, alpha=PAPER, poison_num=PAPER, mitigation_num=PAPER,
         shards=(1, 5, 10, 20), seeds=(0, 1, 2, 3, 4), request_steps=6,
         defense_samples=(10, 50, 100), nc_steps=1000, defender_size=PAPER),
 }
@@ -116,11 +120,11 @@ class RunConfig:
     mitigation_num: int
     it_poison_num: int
     it_mitigation_num: int
-    request_steps: int
+    request_steps: int | tuple[int, ...]
     amnesiac: bool
     target_fpr: float
     poison_fraction: float
-    defense_steps: int
+    defense_steps: int | tuple[int, ...]
     defender_size: int
     defense_samples: tuple[int, ...]
     nc_steps: int
@@ -214,8 +218,9 @@ def _resolve(name: str, given: dict) -> dict:
     out["alpha"] = c.number("alpha", _paper(raw["alpha"], ds.alpha), 0, 1, low_open=True)
     for key in ("poison_num", "mitigation_num", "it_poison_num", "it_mitigation_num"):
         out[key] = c.integer(key, _paper(raw[key], getattr(ds, key)), 1, n_train)
-    for key in ("request_steps", "defense_steps", "nc_steps"):
-        out[key] = c.integer(key, raw[key], 1)
+    out["nc_steps"] = c.integer("nc_steps", raw["nc_steps"], 1)
+    for key in ("request_steps", "defense_steps"):
+        out[key] = _steps(key, raw[key])
     out["defender_size"] = c.integer(
         "defender_size", _paper(raw["defender_size"], ds.train_size // 20), 1)
     out["amnesiac"] = c.flag("amnesiac", raw["amnesiac"])
@@ -246,11 +251,14 @@ def _reference(value, reference):
 
 
 def _size(key: str, value, split: int) -> int:
-    """A subset size: a positive integer, or ``"all"`` for the standard split's size."""
+    """A subset size: a positive integer, ``"all"`` (the standard split's size) or
+    ``"half"`` (half of it)."""
     if value == ALL:
         return split
+    if value == HALF:
+        return split // 2
     if isinstance(value, str):
-        raise ValueError(f"{key} {value!r} must be a positive integer or 'all'")
+        raise ValueError(f"{key} {value!r} must be a positive integer, 'all' or 'half'")
     return checks.integer(key, value, 1)
 
 
@@ -267,6 +275,17 @@ def _ints(key: str, value, low: int, high: int | None = None,
             raise ValueError(f"{key} {value!r} must hold integers >= {low}{limit} "
                              f"(offending value {v!r})")
     return tuple(int(v) for v in values)
+
+
+def _steps(key: str, value) -> int | tuple[int, ...]:
+    """A number of equal request batches, or increasing cumulative request counts (capped
+    at the attack's mitigation samples when a trajectory runs, :func:`experiment.schedule`)."""
+    if not isinstance(value, (list, tuple)):
+        return checks.integer(key, value, 1)
+    counts = _ints(key, value, low=1)
+    if list(counts) != sorted(set(counts)):
+        raise ValueError(f"{key} {value!r} must be increasing cumulative request counts")
+    return counts
 
 
 def _path(key: str, value) -> str | None:

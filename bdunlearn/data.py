@@ -103,22 +103,29 @@ class Dataset:
     def subset(self, train: int | None = None, test: int | None = None,
                seed: int = 0) -> Dataset:
         """A random subset of ``train`` and ``test`` samples (``None`` keeps a split whole;
-        a size at least the split's keeps it whole too), drawn from ``seed``."""
-        gen = np.random.default_rng(integer("seed", seed, low=0))
-        for name, n in (("train", train), ("test", test)):
-            if n is not None:
-                integer(f"{name} subset size", n, low=1)
-        xtr, ytr = _take(self.x_train, self.y_train, train, gen)
-        xte, yte = _take(self.x_test, self.y_test, test, gen)
+        a size at least the split's keeps it whole too), drawn from ``seed``
+        (:meth:`subset_indices` names the images drawn)."""
+        tr, te = self.subset_indices(train, test, seed)
+        xtr, ytr = (self.x_train, self.y_train) if tr is None else (self.x_train[tr],
+                                                                    self.y_train[tr])
+        xte, yte = (self.x_test, self.y_test) if te is None else (self.x_test[te],
+                                                                self.y_test[te])
         return Dataset(self.name, xtr, ytr, xte, yte, self.classes)
 
-
-def _take(x, y, n, gen):
-    if n is None or n >= len(y):
-        return x, y
-    idx = gen.permutation(len(y))[:n]  # experiment.defender_pool relies on this draw
-    idx = torch.from_numpy(np.sort(idx))
-    return x[idx], y[idx]
+    def subset_indices(self, train: int | None = None, test: int | None = None,
+                       seed: int = 0) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The sorted indices :meth:`subset` keeps of each split (``None``: the whole split)."""
+        gen = np.random.default_rng(integer("seed", seed, low=0))
+        out = []
+        for name, n, size in (("train", train, len(self.y_train)),
+                              ("test", test, len(self.y_test))):
+            if n is not None:
+                integer(f"{name} subset size", n, low=1)
+            if n is None or n >= size:
+                out.append(None)
+            else:
+                out.append(torch.from_numpy(np.sort(gen.permutation(size)[:n])))
+        return out[0], out[1]
 
 
 def candidate_roots(root: str | os.PathLike | None = None) -> list[Path]:

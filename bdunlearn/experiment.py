@@ -78,9 +78,17 @@ def clean_baseline(ds: Dataset, cfg: RunConfig, seed: int) -> float:
     return float((svc.predict(ds.x_test) == ds.y_test).float().mean())
 
 
-def schedule(total: int, steps: int) -> list[int]:
-    """Cumulative request counts ``0 .. total`` in ``steps`` equal batches."""
-    total, steps = integer("total", total, 0), integer("steps", steps, 1)
+def schedule(total: int, steps) -> list[int]:
+    """Cumulative request counts from 0: ``steps`` equal batches up to ``total`` for an
+    integer ``steps``, else the given increasing counts, those above ``total`` capped."""
+    total = integer("total", total, 0)
+    if isinstance(steps, (list, tuple)):
+        counts = [integer("request count", c, 1) for c in steps]
+        if not counts or counts != sorted(set(counts)):
+            raise ValueError(f"request counts {list(steps)} must be a non-empty increasing "
+                             "list of cumulative request numbers")
+        return sorted({0, *(min(c, total) for c in counts)})
+    steps = integer("steps", steps, 1)
     return sorted({int(round(total * i / steps)) for i in range(steps + 1)})
 
 
@@ -124,21 +132,30 @@ def save_table(df: pd.DataFrame, stem: str, results_dir: Path, columns=None) -> 
 
 
 def defender_pool(cfg: RunConfig, n: int, seed: int = 0):
-    """``n`` clean images a defender holds, disjoint from the training subset.
+    """``n`` clean images a defender holds, outside the training set and the evaluation set.
 
-    They come from the training split's images outside ``train_subset`` (class-stratified
-    and seeded). With the whole training split in use, they come from the test split and
-    overlap the evaluation images (said in the notebooks that use them).
+    They come from the training split's images outside ``train_subset`` when the run uses
+    part of it, else from the test split's images outside ``test_subset`` (the ``default``
+    and ``paper`` profiles evaluate on half of the test split and leave the other half to
+    the defender); class-stratified and seeded. Raises ``ValueError`` when both splits are
+    used whole (no image is left) or fewer than ``n`` images are left.
     """
     full = load(cfg.dataset, cfg.data_root)
     n = integer("defender pool size", n, 1)
-    if cfg.train_subset < len(full.y_train):
-        rest = np.random.default_rng(0).permutation(len(full.y_train))[cfg.train_subset:]
-        x, y = full.x_train[torch.from_numpy(rest)], full.y_train[torch.from_numpy(rest)]
+    train, test = full.subset_indices(cfg.train_subset, cfg.test_subset, seed=0)
+    if train is not None:
+        x, y, used = full.x_train, full.y_train, train
+    elif test is not None:
+        x, y, used = full.x_test, full.y_test, test
     else:
-        x, y = full.x_test, full.y_test
+        raise ValueError(f"train_subset {cfg.train_subset} and test_subset {cfg.test_subset} "
+                         "use both splits whole, leaving no clean image for the defender; "
+                         "set test_subset below the test split's size (for example 'half')")
+    rest = torch.from_numpy(np.setdiff1d(np.arange(len(y)), used.numpy()))
+    x, y = x[rest], y[rest]
     if n > len(y):
-        raise ValueError(f"a defender pool of {n} images is more than the {len(y)} available")
+        raise ValueError(f"a defender pool of {n} images is more than the {len(y)} images "
+                         "outside the run's training and evaluation sets")
     rng = np.random.default_rng([seed, 21])
     per = [rng.permutation(np.flatnonzero(y.numpy() == c)) for c in range(full.num_classes)]
     picked = np.concatenate([idx[: n // full.num_classes + (c < n % full.num_classes)]

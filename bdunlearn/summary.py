@@ -33,8 +33,9 @@ def table(results: Path) -> str:
     rows = claims.readme_rows(_tables(results), profile)
     if not rows:
         return "_No results yet: run `make reproduce`._"
-    lines = ["| claim | paper | measured here | verdict |", "|---|---|---|---|"]
-    lines += [f"| {c} | {p} | {m} | {v} |" for c, p, m, v in rows]
+    lines = ["| claim | paper | measured here (mean over seeds) | per seed: mean [95% t-interval] "
+             "| verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {c} | {p} | {m} | {s} | {v} |" for c, p, m, s, v in rows]
     if timings.is_file():
         t = pd.read_csv(timings)
         lines += ["", f"Run of {t.date.max()} on {t.machine.iloc[0]}, profile "
@@ -42,6 +43,20 @@ def table(results: Path) -> str:
                   + ", ".join(f"{r.notebook} {r.seconds / 60:.1f} min" for r in t.itertuples())
                   + f" (total {t.seconds.sum() / 60:.0f} min)."]
     return "\n".join(lines)
+
+
+def crosscheck(columns=("asr_before", "asr_after", "mu_auroc", "sms_auroc"),
+               path: Path = ROOT / "results" / "crosscheck.csv") -> pd.DataFrame | None:
+    """The cross-check against the BAU authors' code (``tools/authors_crosscheck.py``):
+    mean, min and max over seeds of each of ``columns`` the CSV holds, per source (the
+    authors' code or the package) and shard count; ``None`` when ``path`` does not exist."""
+    if not Path(path).is_file():
+        return None
+    df = pd.read_csv(path)
+    cols = [c for c in columns if c in df]
+    out = df.groupby(["source", "shards"])[cols].agg(["mean", "min", "max"])
+    out["seeds"] = df.groupby(["source", "shards"]).seed.nunique()
+    return out.round(3)
 
 
 def update_readme(readme: Path, results: Path) -> None:

@@ -43,7 +43,7 @@ def test_a_table_without_rows_fails_where_the_claim_is_asserted():
 def test_detection_verdict_levels():
     det = lambda a1, a10: pd.DataFrame({"variant": ["bn"] * 2, "detector": ["mu"] * 2,  # noqa: E731
                                         "shards": [1, 10], "auroc": [a1, a10]})
-    judge = lambda t: claims.readme_rows({"04_detection": t})[0][3]  # noqa: E731
+    judge = lambda t: claims.readme_rows({"04_detection": t})[0][-1]  # noqa: E731
     assert judge(det(0.85, 0.6)) == "agrees"
     assert judge(det(0.69, 0.5)).startswith("weaker: above chance, below 0.80")
     assert judge(det(0.55, 0.5)) == "differs: near chance"
@@ -92,3 +92,15 @@ def test_a_run_with_overrides_reports_instead_of_asserting(capsys):
     assert "not asserted: the run overrides seeds, train_subset, epochs" in capsys.readouterr().out
     with pytest.raises(AssertionError, match="fails at profile paper"):
         claims.check("bn_switch_on", attack_table(0.10), config.resolve("paper", device="cpu"))
+
+
+def test_readme_rows_give_each_seed_with_a_t_interval():
+    t = pd.DataFrame({"variant": ["bn"] * 4, "detector": ["mu"] * 4, "shards": [1, 1, 5, 5],
+                      "seed": [0, 1, 0, 1], "auroc": [0.70, 0.74, 0.55, 0.57]})
+    row = claims.readme_rows({"04_detection": t})[0]
+    assert "S=1: 0.720" in row[2]
+    # mean 0.72, sd 0.0283, t(0.975, 1) = 12.706: half-width 0.254, clipped at 1
+    assert row[3].startswith("auroc S=1 0.720 [0.466, 0.974]") and row[3].endswith("(n=2 seeds)")
+    mean, lo, hi = claims.interval([0.9, 0.95, 1.0])
+    assert (round(mean, 3), hi) == (0.95, 1.0) and round(lo, 3) == 0.826
+    assert claims.interval([0.5]) == (0.5, None, None)

@@ -43,12 +43,43 @@ def test_smoke_and_default_keep_their_values():
         4000, 1000, 8, 0.7)
     assert (smoke.poison_num, smoke.mitigation_num, smoke.shards, smoke.seeds) == (
         150, 300, (1, 3), (0,))
+    # default is the paper's Fashion-MNIST setting, evaluated on half the test split
     assert (default.train_subset, default.test_subset, default.epochs, default.alpha) == (
-        10000, 10000, 8, 0.5)
+        60000, 5000, 20, 0.5)
     assert (default.poison_num, default.mitigation_num, default.shards, default.seeds) == (
-        200, 600, (1, 5, 10), (0, 1))
+        200, 300, (1, 5, 10), (0, 1))
+    assert (default.input_scaling, default.defender_size) == ("unit", 3000)
     assert (default.request_steps, default.nc_steps, default.defense_samples) == (
-        6, 300, (10, 50, 100))
+        (100, 300), 300, (10, 50, 100))
+
+
+def test_request_counts_are_cumulative_and_capped_at_the_attack():
+    from bdunlearn import experiment as ex
+
+    assert ex.schedule(300, (100, 300)) == [0, 100, 300]
+    assert ex.schedule(15, (100, 300)) == [0, 15]  # the input-targeted attack's 15 samples
+    assert ex.schedule(300, 3) == [0, 100, 200, 300]
+    with pytest.raises(ValueError, match="increasing"):
+        config.resolve("smoke", request_steps=[300, 100])
+    with pytest.raises(ValueError, match="request_steps"):
+        config.resolve("smoke", request_steps=[0, 100])
+
+
+def test_defender_pool_lies_outside_training_and_evaluation_images():
+    from bdunlearn import experiment as ex
+    from bdunlearn.data import load
+
+    cfg = config.resolve("smoke", dataset="digits", train_subset="all", test_subset="half")
+    full = load("digits")
+    ds = ex.dataset(cfg)
+    x, y = ex.defender_pool(cfg, 100)
+    assert len(y) == 100 and len(ds.y_test) == len(full.y_test) // 2
+    flat = {tuple(v.flatten().tolist()) for v in x}
+    assert not flat & {tuple(v.flatten().tolist()) for v in ds.x_test}
+    assert not flat & {tuple(v.flatten().tolist()) for v in ds.x_train}
+    with pytest.raises(ValueError, match="no clean image for the defender"):
+        ex.defender_pool(config.resolve("smoke", dataset="digits", train_subset="all",
+                                        test_subset="all"), 10)
 
 
 def test_profile_comes_from_the_environment(monkeypatch):
@@ -88,7 +119,7 @@ def test_overrides_none_keeps_the_profile_and_scalars_become_lists():
     (dict(precision="fp16"), "unknown precision 'fp16'; choose one of auto, fp32, bf16"),
     (dict(variant="xx"), "unknown variant 'xx'"),
     (dict(poison_num=10**7), "poison_num 10000000 must be an integer between 1 and 4000"),
-    (dict(train_subset="most"), "train_subset 'most' must be a positive integer or 'all'"),
+    (dict(train_subset="most"), "train_subset 'most' must be a positive integer, 'all' or 'half'"),
     (dict(train_subset=-5), "train_subset -5 must be an integer >= 1"),
     (dict(amnesiac=1), "amnesiac 1 must be True or False"),
     (dict(target_fpr=1.0), r"target_fpr 1.0 must be .*\(0, 1\)"),
