@@ -46,7 +46,7 @@ RAY ?=
 
 reproduce: setup
 	$(if $(filter-out none,$(RAY)),$(MAKE) --no-print-directory $(VENV)/.cluster)
-	$(if $(RAY),$(BIN)/python -m bdunlearn.sweep --profile $(PROFILE) --ray $(RAY) --no-notebooks)
+	$(if $(RAY),$(BIN)/python -m bdunlearn.sweep --profile $(PROFILE) --ray $(RAY) --no-notebooks $(ARGS))
 	$(BIN)/python -m bdunlearn.reproduce --profile $(PROFILE) $(ARGS)
 
 lab: setup

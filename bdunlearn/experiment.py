@@ -119,6 +119,19 @@ def trajectory(atk: attacks.AttackSet, svc, counts, *, label: str | None = None,
     return pd.DataFrame(rows)
 
 
+def filtered_trajectory(atk: attacks.AttackSet, ds: Dataset, cfg: RunConfig, counts, *,
+                        detector: str = "mu") -> tuple[SisaService, pd.DataFrame]:
+    """The attack's trajectory on an exact-unlearning service that screens each request
+    with ``detector`` and refuses flagged ids; its threshold is calibrated on the
+    service's own training data for ``cfg.target_fpr``. Returns the service and the
+    trajectory table (labelled ``"<DETECTOR> filter"``)."""
+    from .detect import RequestFilter
+
+    svc = attack_service(atk, ds, cfg).fit()
+    svc.screen = RequestFilter.calibrate(svc, detector, fpr=cfg.target_fpr, seed=atk.seed)
+    return svc, trajectory(atk, svc, counts, label=f"{detector.upper()} filter")
+
+
 def save_table(df: pd.DataFrame, stem: str, results_dir: Path, columns=None) -> Path:
     """Write ``<results_dir>/<stem>.csv`` (the contract's columns first)."""
     if columns is not None:

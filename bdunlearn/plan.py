@@ -8,28 +8,29 @@ same request schedules, and lists each slice checkpoint once as a :class:`Job`: 
 content key plus what a worker needs to train it (a :class:`Recipe` for the service, the
 ids unlearned before it, its shard and slice) and the key of the slice it continues from.
 
-Not planned, so the notebooks still train them (into the same cache):
-
-* the request filter's trajectory in notebook 04: its refused ids depend on the trained
-  models' scores, so its slices are known only after this round (a second round);
-* Amnesiac unlearning in notebook 02: one sequential chain per seed (the fit, then each
-  request from the previous model), cached by the service itself;
-* the defenses of notebooks 03 and 05, which run on the planned models.
+Two trajectories are known only as they run, so each is one :class:`Chain` job that runs
+it the way its notebook does, writing every model into the cache: the request filter of
+notebook 04 (which ids it refuses depends on the trained models' scores; it starts once
+the model it screens with is trained) and Amnesiac unlearning in notebook 02 (each
+request updates the previous model). Not planned: the defenses of notebooks 03 and 05,
+which run on the planned models.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 
 from . import attack as attacks
 from . import experiment as ex
+from .cache import content_key
 from .config import RunConfig, profile_datasets, resolve
 from .models import build_model
-from .reproduce import available
+from .reproduce import available, notebooks
 
 KINDS = ("clean", "attack", "classic")
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -112,6 +113,60 @@ class Job:
     device: str = "cpu"
     model_params: int = 0
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """Keys of the jobs that must finish first."""
+        return () if self.after is None else (self.after,)
+
+    def run(self, cache_dir: str) -> bool:
+        """Train this slice into ``cache_dir`` unless it is cached there; ``True`` when it
+        trained."""
+        return _service(self.recipe, cache_dir).train_slice(self.shard, self.slice,
+                                                            self.removed)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One trajectory whose models are known only as it runs, as a single job: ``kind``
+    ``"filter"`` (notebook 04's request filter on the exact-unlearning service of
+    ``recipe``) or ``"amnesiac"`` (notebook 02's Amnesiac service). ``key`` names the job
+    (not a checkpoint); ``after`` holds the keys of the planned slices it builds on."""
+
+    key: str
+    recipe: Recipe
+    kind: str
+    counts: tuple[int, ...]
+    after: tuple[str, ...] = ()
+    label: str = ""
+    device: str = "cpu"
+    model_params: int = 0
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return self.after
+
+    def run(self, cache_dir: str) -> bool:
+        """Run the trajectory as the notebook does, its models cached in ``cache_dir``;
+        ``True`` when any model trained."""
+        os.environ["BDUNLEARN_CACHE"] = cache_dir  # read by the services' cache_dir="auto"
+        cfg, atk = self.recipe.cfg, self.recipe.attack()
+        ds = _dataset(cfg)
+        if self.kind == "filter":
+            svc, _ = ex.filtered_trajectory(atk, ds, cfg, list(self.counts))
+        else:
+            svc = ex.amnesiac_service(atk, ds, cfg)
+            ex.trajectory(atk, svc, list(self.counts), label="amnesiac")
+        per = getattr(svc, "slices", 1)
+        return not (svc.fit_cost.cache_hits == svc.shards * per
+                    and all(c.cache_hits == c.shards_retrained * per for c in svc.log))
+
+
+@lru_cache(maxsize=2)
+def _service(recipe: Recipe, cache_dir: str):
+    """The recipe's service in this process, built once (its cache is ``cache_dir``)."""
+    os.environ["BDUNLEARN_CACHE"] = cache_dir  # read by the services' cache_dir="auto"
+    return recipe.build()
+
 
 @cache
 def notebook_parameters(stem: str) -> frozenset:
@@ -168,25 +223,39 @@ def _states(profile, overrides: dict):
         yield "05 clean", Recipe("clean", cfg, s), [()]
 
 
+def _chains(profile, overrides: dict):
+    """``(label, recipe, kind, counts)`` of the trajectories planned as :class:`Chain`."""
+    cfg = _config("02_unlearning_trajectory", profile, overrides)
+    if cfg.amnesiac:
+        for seed in cfg.seeds:
+            r = Recipe("attack", cfg, seed, 1, cfg.variant)
+            yield (f"02 {cfg.variant} amnesiac", r, "amnesiac",
+                   ex.schedule(len(r.attack().ids("mitigation")), cfg.request_steps))
+    cfg = _config("04_detection", profile, overrides)
+    r = Recipe("attack", cfg, cfg.seeds[0], 1, "bn")
+    yield ("04 bn S=1 MU filter", r, "filter",
+           ex.schedule(len(r.attack().ids("mitigation")), cfg.request_steps))
+
+
 def _trajectory(recipe: Recipe, steps: int) -> list[tuple]:
     """The removed ids after each batch of :func:`experiment.trajectory`'s schedule."""
     order = recipe.attack().request_order()
     return [tuple(order[:k]) for k in ex.schedule(len(order), steps)]
 
 
-def plan(profile: str | None = None, **overrides) -> list[Job]:
+def plan(profile: str | None = None, *, only=None, **overrides) -> list[Job | Chain]:
     """Every slice checkpoint the notebooks need at ``profile`` with notebook parameter
     ``overrides`` (the ``-p NAME VALUE`` of :mod:`bdunlearn.reproduce`), deduplicated by
-    content key, each listed after the slice it continues from.
+    content key, each listed after the slice it continues from; then the :class:`Chain`
+    jobs (the request filter's and Amnesiac trajectories), each after the slices it
+    builds on.
 
     Builds the notebooks' services and attacks (cheap: no training) and asks each service
     for the keys of its slices after every request batch of the notebook's schedule
     (:meth:`bdunlearn.unlearning.SisaService.plan_slices`). Without a ``dataset``
     override, every dataset of the profile that is on disk is planned, as
-    :func:`bdunlearn.reproduce.run` runs them. The request filter's trajectory
-    in notebook 04 is not planned (its refusals depend on the trained models): the
-    notebook trains those few slices itself, or a second :func:`plan` round could list
-    them once this round is trained.
+    :func:`bdunlearn.reproduce.run` runs them. ``only`` (notebook numbers or stems, as
+    the runner's ``--only``) keeps the jobs of those notebooks.
     """
     known = set().union(*(notebook_parameters(stem) for stem in STEMS)) - {"profile"}
     unknown = sorted(set(overrides) - known)
@@ -197,10 +266,13 @@ def plan(profile: str | None = None, **overrides) -> list[Job]:
         datasets = [overrides["dataset"]]
     else:  # as the runner does: the profile's datasets that are on disk
         datasets = available(profile_datasets(profile), overrides.get("data_root"))[0]
-    jobs: dict[str, Job] = {}
+    stems = None if not only else {p.stem[:2] for p in notebooks(NOTEBOOKS, list(only))}
+    jobs: dict[str, Job | Chain] = {}
     services: dict[Recipe, object] = {}
     for name in datasets:
         for label, recipe, states in _states(profile, {**overrides, "dataset": name}):
+            if stems is not None and label[:2] not in stems:
+                continue
             svc = services.get(recipe) or services.setdefault(recipe, recipe.build())
             size = sum(t.numel() for t in build_model(svc.arch, tuple(svc.x.shape[1:]),
                                                       svc.num_classes).parameters())
@@ -209,4 +281,14 @@ def plan(profile: str | None = None, **overrides) -> list[Job]:
                     if key not in jobs:
                         jobs[key] = Job(key, recipe, shard, sl, removed, after,
                                         f"{name} {label}", svc.device.type, size)
+        for label, recipe, kind, counts in _chains(profile, {**overrides, "dataset": name}):
+            if stems is not None and label[:2] not in stems:
+                continue
+            svc = services.get(recipe) or services.setdefault(recipe, recipe.build())
+            size = sum(t.numel() for t in build_model(svc.arch, tuple(svc.x.shape[1:]),
+                                                      svc.num_classes).parameters())
+            after = () if kind == "amnesiac" else tuple(k for k, *_ in svc.plan_slices(()))
+            key = f"chain-{kind}-{content_key({'recipe': repr(recipe), 'counts': counts})}"
+            jobs.setdefault(key, Chain(key, recipe, kind, tuple(counts), after,
+                                       f"{name} {label}", svc.device.type, size))
     return list(jobs.values())

@@ -1,11 +1,12 @@
 """Train a profile's planned jobs on Ray or in local worker processes, then run the notebooks.
 
-``python -m bdunlearn.sweep --profile P [-p NAME VALUE ...] [--ray none|auto|local|ADDRESS]
-[--workers N] [--no-notebooks]``
+``python -m bdunlearn.sweep --profile P [-p NAME VALUE ...] [--only 01,04]
+[--ray none|auto|local|ADDRESS] [--workers N] [--no-notebooks]``
 
-The jobs come from :func:`bdunlearn.plan.plan`; each trains one SISA slice checkpoint into
-the checkpoint cache (``BDUNLEARN_CACHE``; on a cluster, a folder every node sees). A
-slice is submitted only after the slice it continues from has finished. Every task runs
+The jobs come from :func:`bdunlearn.plan.plan`; each trains one SISA slice checkpoint, or
+runs one request chain (the request filter's or an Amnesiac trajectory), into the
+checkpoint cache (``BDUNLEARN_CACHE``; on a cluster, a folder every node sees). A job is
+submitted only after the jobs it builds on have finished. Every task runs
 on one thread (``num_cpus=1``) or, for a CUDA job, on a share of a GPU sized to its model.
 Inside the task the service locks the job's key and checks the cache again
 (:mod:`bdunlearn.cache`), so two sweeps on the same cache never train the same job twice;
@@ -31,40 +32,32 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .cache import default_cache_dir
 from .config import PROFILES, profile_datasets, profile_name
-from .plan import Job, Recipe, plan
+from .plan import Chain, Job, plan
 from .reproduce import _value, available
 
 MAX_RETRIES = 3  # Ray re-runs a task whose worker died this many times
 
 
 # ----------------------------------------------------------------------------- worker side
-@lru_cache(maxsize=2)
-def _service(recipe: Recipe, cache_dir: str):
-    """The recipe's service in this worker, built once (its cache is ``cache_dir``)."""
-    os.environ["BDUNLEARN_CACHE"] = cache_dir  # read by the services' cache_dir="auto"
-    return recipe.build()
-
-
-def run_job(job: Job, cache_dir: str) -> dict:
+def run_job(job: Job | Chain, cache_dir: str) -> dict:
     """Train ``job`` into ``cache_dir`` on one thread unless it is cached already.
 
     The service holds the checkpoint's cache lock while it trains and looks in the cache
     again once it holds it, so a job another sweep is training (or has trained) is loaded,
     not trained twice. Returns ``{"key", "trained", "seconds", "pid"}``; ``trained`` is
-    ``False`` when the checkpoint was already cached.
+    ``False`` when everything the job needed was already cached.
     """
     import torch
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    trained = _service(job.recipe, cache_dir).train_slice(job.shard, job.slice, job.removed)
+    trained = job.run(cache_dir)
     return {"key": job.key, "trained": trained, "seconds": time.perf_counter() - start,
             "pid": os.getpid()}
 
@@ -183,9 +176,9 @@ class SweepResult:
     seconds: float
 
 
-def execute(jobs: list[Job], backend, cache_dir: str | Path | None = None,
+def execute(jobs: list[Job | Chain], backend, cache_dir: str | Path | None = None,
             progress: bool = True) -> SweepResult:
-    """Run ``jobs`` on ``backend``, each after the job it continues from, at most
+    """Run ``jobs`` on ``backend``, each after the jobs it needs (``job.needs``), at most
     ``backend.slots`` at a time. Progress shows jobs done, running and left."""
     cache_dir = str(Path(cache_dir) if cache_dir else default_cache_dir())
     backend.check(jobs)
@@ -199,8 +192,8 @@ def execute(jobs: list[Job], backend, cache_dir: str | Path | None = None,
     bar = tqdm(total=len(jobs), desc="sweep", unit="job", disable=not progress)
     try:
         while waiting or running:
-            ready = [j for j in waiting if j.after is None or j.after in finished
-                     or j.after not in keys]
+            ready = [j for j in waiting
+                     if all(k in finished or k not in keys for k in j.needs)]
             for job in ready[: max(0, backend.slots - len(running))]:
                 waiting.remove(job)
                 running[backend.submit(job, cache_dir)] = job
@@ -248,6 +241,7 @@ def main(argv=None) -> None:
                     help="none: local worker processes (default); local: a private Ray "
                          "cluster here; auto: the running cluster; or a cluster address")
     ap.add_argument("--workers", type=int, help="concurrent jobs (default: all CPUs)")
+    ap.add_argument("--only", help="comma-separated notebook numbers or stems, e.g. 01,04")
     ap.add_argument("--no-notebooks", action="store_true",
                     help="only train the plan; do not run the notebooks afterwards")
     args = ap.parse_args(argv)
@@ -257,12 +251,14 @@ def main(argv=None) -> None:
         for why in available(profile_datasets(profile), params.get("data_root"))[1]:
             print(f"not planned: {why}", flush=True)
     try:
-        jobs = plan(profile, **params)
+        only = args.only.split(",") if args.only else None
+        jobs = plan(profile, only=only, **params)
         backend = backend_for(args.ray, args.workers)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    print(f"sweep: {len(jobs)} slice checkpoints planned for profile {profile}, "
-          f"cache {default_cache_dir()}", flush=True)
+    chains = sum(isinstance(j, Chain) for j in jobs)
+    print(f"sweep: {len(jobs) - chains} slice checkpoints and {chains} request chains planned "
+          f"for profile {profile}, cache {default_cache_dir()}", flush=True)
     try:
         result = execute(jobs, backend)
     finally:
@@ -272,7 +268,7 @@ def main(argv=None) -> None:
     if not args.no_notebooks:
         from .reproduce import run
 
-        run(profile, params=params)
+        run(profile, only, params=params)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from bdunlearn import attack
 from bdunlearn import experiment as ex
 from bdunlearn.cache import load as load_entry
 from bdunlearn.config import resolve
-from bdunlearn.plan import notebook_parameters, plan
+from bdunlearn.plan import Chain, Job, notebook_parameters, plan
 from bdunlearn.sweep import LocalBackend, RayBackend, backend_for, execute
-from bdunlearn.unlearning import sisa
+from bdunlearn.unlearning import amnesiac, sisa
 
 TINY = dict(dataset="digits", epochs=1, poison_num=20, mitigation_num=40, shards=(1, 2),
             request_steps=2, defense_steps=2)
@@ -63,9 +63,13 @@ def assert_valid(folder: Path, keys) -> None:
         assert entry is not None and entry[1]["key"] == key
 
 
+def slice_keys(jobs) -> set[str]:
+    return {j.key for j in jobs if isinstance(j, Job)}
+
+
 def notebook_service_calls(profile: str, overrides: dict) -> list:
-    """The fits and requests of notebooks 01-05 (the request filter's aside), as their
-    code cells make them; returns every service used."""
+    """The fits and requests of notebooks 01-05, as their code cells make them; returns
+    every service used."""
     used = []
 
     def config(stem):
@@ -89,6 +93,9 @@ def notebook_service_calls(profile: str, overrides: dict) -> list:
             svc = ex.attack_service(atk, ds, cfg, shards=s)
             ex.trajectory(atk, svc, counts)
             used.append(svc)
+        svc = ex.amnesiac_service(atk, ds, cfg)
+        ex.trajectory(atk, svc, counts, label="amnesiac")
+        used.append(svc)
     cfg = config("03_defense_overhead")
     seed = cfg.seeds[0]
     classic = attack.build_classic_badnets(ds, poison_fraction=cfg.poison_fraction, seed=seed)
@@ -103,8 +110,12 @@ def notebook_service_calls(profile: str, overrides: dict) -> list:
             atk = ex.build_attack(ds, variant, seed, cfg)
             used += [ex.attack_service(atk, ds, cfg, shards=s).fit() for s in cfg.shards]
     atk = ex.build_attack(ds, "bn", cfg.seeds[0], cfg)
+    counts = ex.schedule(len(atk.ids("mitigation")), cfg.request_steps)
     svc = ex.attack_service(atk, ds, cfg)
-    ex.trajectory(atk, svc, ex.schedule(len(atk.ids("mitigation")), cfg.request_steps))
+    ex.trajectory(atk, svc, counts)
+    used.append(svc)
+    svc, _ = ex.filtered_trajectory(atk, ds, cfg, counts, detector="mu")
+    assert svc.refused, "the filter refused nothing: this test would not see its slices"
     used.append(svc)
     cfg = config("05_backdoor_erasure")
     seed = cfg.seeds[0]
@@ -124,7 +135,12 @@ def test_plan_lists_each_checkpoint_once_after_its_predecessor(jobs):
     # 01: clean + bn/it before and after; 02 adds S=2's fit and 2 batches on 2 shards
     assert len(jobs) >= 1 + 2 * 2 + 2
     assert {j.label.split()[1] for j in jobs} >= {"01", "02", "03"}
-    assert all(j.after is None for j in jobs if j.slice == 0)
+    assert all(j.after is None for j in jobs if isinstance(j, Job) and j.slice == 0)
+    # the request filter's and Amnesiac trajectories, each one chain after its base slices
+    chains = [j for j in jobs if isinstance(j, Chain)]
+    assert sorted(c.kind for c in chains) == ["amnesiac", "filter"]
+    assert all(set(c.needs) <= slice_keys(jobs) for c in chains)
+    assert next(c for c in chains if c.kind == "filter").needs
     assert plan("smoke", **TINY) == jobs  # same parameters, same plan
 
 
@@ -137,18 +153,20 @@ def test_plan_is_complete_notebooks_retrain_nothing(jobs, cache, monkeypatch, de
     result = execute(jobs, LocalBackend(2), progress=False)
     assert (result.trained, result.cached) == (len(jobs), 0)
     before = checkpoints(cache)
-    assert set(before) == {j.key for j in jobs}
+    assert slice_keys(jobs) < set(before)  # the filter chain wrote its own slices too
 
     def no_training(*args, **kwargs):
         raise AssertionError("a notebook call trained a slice the plan did not list")
 
     monkeypatch.setattr(sisa, "fit", no_training)
     monkeypatch.setattr(sisa, "fit_stacked", no_training)
+    monkeypatch.setattr(amnesiac, "fit", no_training)
     used = notebook_service_calls("smoke", TINY)
     assert checkpoints(cache) == before  # nothing written, nothing rewritten
-    for svc in used:  # every slice a fit or request needed came from the cache
-        assert svc.fit_cost.cache_hits == svc.shards * svc.slices
-        assert all(c.cache_hits == c.shards_retrained * svc.slices for c in svc.log)
+    for svc in used:  # every model a fit or request needed came from the cache
+        per = getattr(svc, "slices", 1)
+        assert svc.fit_cost.cache_hits == svc.shards * per
+        assert all(c.cache_hits == c.shards_retrained * per for c in svc.log)
     # the cost logs still report what each request needed, independent of the cache
     assert any(c.slices_retrained > 0 for svc in used for c in svc.log)
 
@@ -165,7 +183,7 @@ def test_second_sweep_and_concurrent_sweeps_train_each_job_once(jobs, cache, dea
         t.join()
     assert sum(r.trained for r in results) == len(jobs) - len(first)
     assert all(r.planned == r.trained + r.cached for r in results)
-    assert_valid(cache, [j.key for j in jobs])
+    assert_valid(cache, slice_keys(jobs))
 
 
 def test_workers_must_be_positive():
@@ -194,7 +212,7 @@ def test_sweep_command_on_local_ray_cluster(jobs, cache, deadline):
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert f"sweep: {len(jobs)} trained, 0 already cached" in cli.stdout
     assert not (Path.home() / ".ray" / "auth_token").exists()
-    assert_valid(cache, [j.key for j in jobs])
+    assert_valid(cache, slice_keys(jobs))
     backend = RayBackend("local", 2)
     try:
         with pytest.raises(SystemExit, match="the Ray cluster has no GPU"):
@@ -238,4 +256,4 @@ def test_killed_ray_worker_leaves_a_valid_cache_and_the_sweep_completes(cache, d
         backend.close()
     assert killed, "no Ray worker was caught running a job"
     assert results and results[0].trained + results[0].cached == len(jobs)
-    assert_valid(cache, [j.key for j in jobs])
+    assert_valid(cache, slice_keys(jobs))

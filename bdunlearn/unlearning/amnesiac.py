@@ -152,26 +152,28 @@ class AmnesiacService(UnlearningService):
         n_ft = int(round(self.finetune_epochs * len(keep)))
         model = copy.deepcopy(self.model)
         path = self._path(key)
-        entry = cache.load(path) if path is not None else None
-        if entry is not None and entry[1].get("key") == key:
-            model.load_state_dict(entry[0])
-            seconds, cost.cache_hits = entry[1]["seconds"], 1
-        else:
-            start = time.perf_counter()
-            params = [p for p in model.parameters() if p.requires_grad]
-            with torch.no_grad():
-                for i in accepted:
-                    for p, d in zip(params, self._delta.get(int(i), [])):
-                        p.sub_(d)
-            if n_ft:
-                gen = np.random.default_rng([self.seed, len(self._history), 13])
-                sub = keep[torch.from_numpy(np.sort(gen.choice(len(keep), n_ft, replace=False)))]
-                fit(model, self.x[sub], self.y[sub], self.cfg, epochs=1,
-                    seed=derive_seed(self.seed, "finetune", len(self._history)),
-                    device=self.device)
-            seconds = time.perf_counter() - start
-            if path is not None:
-                cache.save(path, model.state_dict(), {"key": key, "seconds": seconds})
+        with cache.lock(path) if path is not None else contextlib.nullcontext():
+            entry = cache.load(path) if path is not None else None
+            if entry is not None and entry[1].get("key") == key:
+                model.load_state_dict(entry[0])
+                seconds, cost.cache_hits = entry[1]["seconds"], 1
+            else:
+                start = time.perf_counter()
+                params = [p for p in model.parameters() if p.requires_grad]
+                with torch.no_grad():
+                    for i in accepted:
+                        for p, d in zip(params, self._delta.get(int(i), [])):
+                            p.sub_(d)
+                if n_ft:
+                    gen = np.random.default_rng([self.seed, len(self._history), 13])
+                    pick = np.sort(gen.choice(len(keep), n_ft, replace=False))
+                    sub = keep[torch.from_numpy(pick)]
+                    fit(model, self.x[sub], self.y[sub], self.cfg, epochs=1,
+                        seed=derive_seed(self.seed, "finetune", len(self._history)),
+                        device=self.device)
+                seconds = time.perf_counter() - start
+                if path is not None:
+                    cache.save(path, model.state_dict(), {"key": key, "seconds": seconds})
         model.eval()
         cost.shards_retrained, cost.sample_epochs, cost.seconds = 1, n_ft, seconds
 
