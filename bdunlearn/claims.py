@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .config import PROFILES, RunConfig
+from .metrics import interval
 
 ALL_PROFILES = tuple(PROFILES)
 
@@ -412,22 +413,6 @@ def leaves(numbers: dict, prefix: str = "") -> dict[str, float]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[f"{prefix}{k}"] = float(v)
     return out
-
-
-def interval(values, confidence: float = 0.95) -> tuple[float, float | None, float | None]:
-    """Mean and two-sided Student-t interval of ``values`` (``None`` bounds for one value);
-    bounds are clipped to [0, 1] when every value lies there (rates, AUROCs)."""
-    from scipy import stats
-
-    v = pd.Series(values, dtype=float).dropna()
-    mean = float(v.mean())
-    if len(v) < 2:
-        return mean, None, None
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / len(v) ** 0.5)
-    lo, hi = mean - half, mean + half
-    if v.between(0, 1).all():
-        lo, hi = max(lo, 0.0), min(hi, 1.0)
-    return mean, lo, hi
 
 
 def per_seed(claim: Claim, table: pd.DataFrame) -> str:

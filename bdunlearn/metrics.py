@@ -82,3 +82,20 @@ def threshold_at_fpr(scores_neg, fpr: float = 0.05) -> float:
         raise ValueError("a threshold needs at least one negative score")
     k = int(np.floor(fpr * neg.size))
     return float(neg[neg.size - 1 - k]) if k < neg.size else float(neg[0])
+
+
+def interval(values, confidence: float = 0.95) -> tuple[float, float | None, float | None]:
+    """Mean and two-sided Student-t interval of ``values`` (``None`` bounds for one value);
+    bounds are clipped to [0, 1] when every value lies there (rates, AUROCs)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, None, None
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / len(v) ** 0.5)
+    lo, hi = mean - half, mean + half
+    if ((v >= 0) & (v <= 1)).all():
+        lo, hi = max(lo, 0.0), min(hi, 1.0)
+    return mean, lo, hi

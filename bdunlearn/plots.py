@@ -19,6 +19,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, PercentFormatter
 
+from .metrics import interval
+
 PALETTE = "colorblind"
 PRINT_DPI = 200
 
@@ -47,6 +49,13 @@ def save(fig, figures_dir, stem: str, name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=PRINT_DPI, bbox_inches="tight")
     return path
+
+
+def seed_interval(values) -> tuple[float, float]:
+    """Seaborn ``errorbar``: the 95% t-interval over seeds (:func:`metrics.interval`), as
+    the README's claim rows give it; a single seed draws no bar."""
+    mean, lo, hi = interval(values)
+    return (mean, mean) if lo is None else (lo, hi)
 
 
 def _name(key) -> str:
@@ -114,7 +123,7 @@ def before_after(table: pd.DataFrame, baselines: dict) -> Figure:
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), sharey=True, layout="constrained")
     panels = (("clean_acc", "clean accuracy"), ("asr", "attack success rate"))
     for ax, (metric, title) in zip(axes, panels):
-        sns.barplot(summary, x="attack", y=metric, hue="stage", ax=ax, errorbar=None,
+        sns.barplot(summary, x="attack", y=metric, hue="stage", ax=ax, errorbar=seed_interval,
                     hue_order=["before the requests", "after the requests"])
         _label_bars(ax)
         ax.set(title=title, xlabel="", ylabel="")
@@ -136,7 +145,7 @@ def _trajectory_axes(axes, traj: pd.DataFrame, hue: str, at=None) -> None:
     for ax, (metric, title) in zip(axes, panels):
         data = traj[traj.requested > 0] if metric == "retrain_seconds" else traj
         sns.lineplot(data, x="requested", y=metric, hue=hue, hue_order=order, marker="o",
-                     ax=ax, errorbar=None, legend=ax is axes[0])
+                     ax=ax, errorbar=seed_interval, legend=ax is axes[0])
         ax.set(title=title, xlabel="mitigation samples unlearned", ylabel="")
         if metric == "retrain_seconds":
             ax.set_ylim(bottom=0)
@@ -152,8 +161,8 @@ def trajectory(traj: pd.DataFrame, hue: str = "setting") -> Figure:
 
     ``traj`` has ``requested`` (mitigation samples unlearned so far), ``asr``,
     ``clean_acc``, ``retrain_seconds`` and the column ``hue`` naming each unlearning
-    setting (for example "exact", "SISA S=5", "amnesiac"); seeds are averaged. The legend
-    sits below the panels, off every line.
+    setting (for example "exact", "SISA S=5", "amnesiac"); lines are means over seeds,
+    bands their 95% t-interval. The legend sits below the panels, off every line.
     """
     _require(traj, ["requested", "asr", "clean_acc", "retrain_seconds", hue], "trajectory")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
@@ -161,7 +170,10 @@ def trajectory(traj: pd.DataFrame, hue: str = "setting") -> Figure:
     legend = axes[0].get_legend()
     handles, labels = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
     legend.remove()
-    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), title=None)
+    bands = traj.seed.nunique() > 1 if "seed" in traj else False
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels),
+               title="means over seeds; bands: 95% t-interval" if bands else None,
+               title_fontsize=8)
     return fig
 
 
@@ -283,9 +295,10 @@ def auroc_vs_shards(det: pd.DataFrame, ax=None) -> Figure:
     """Notebook 04: AUROC of each detector and variant against the shard count.
 
     ``det`` has ``shards``, ``detector``, ``variant`` and ``auroc`` (one row per seed;
-    lines are means, dots the seeds). Ticks sit at the shard counts measured, the axis
-    covers 0-1 (an AUROC below chance stays visible), chance is dotted, and the legend
-    sits outside the lines. Draws into ``ax`` when given, else a new figure.
+    lines are means, dots the seeds, bands the 95% t-interval over seeds). Ticks sit at
+    the shard counts measured, the axis covers 0-1 (an AUROC below chance stays visible),
+    chance is dotted, and the legend sits outside the lines. Draws into ``ax`` when
+    given, else a new figure.
     """
     _require(det, ["shards", "detector", "variant", "auroc"], "auroc_vs_shards")
     if ax is None:
@@ -295,9 +308,15 @@ def auroc_vs_shards(det: pd.DataFrame, ax=None) -> Figure:
     for (detector, variant), rows in det.groupby(["detector", "variant"], sort=False):
         mean = rows.groupby("shards").auroc.mean()
         ax.scatter(rows.shards, rows.auroc, s=10, color=colours[detector], alpha=0.35)
+        band = rows.groupby("shards").auroc.apply(seed_interval)
+        ax.fill_between(band.index, [b[0] for b in band], [b[1] for b in band],
+                        color=colours[detector], alpha=0.12, lw=0)
         ax.plot(mean.index, mean.values, marker="o", ls=styles[variant],
                 color=colours[detector], label=f"{_name(detector)}, {_name(variant)}")
     ax.axhline(0.5, color="k", ls=":", lw=1, label="chance")
+    if "seed" in det and det.seed.nunique() > 1:
+        ax.fill_between([], [], [], color="grey", alpha=0.2, lw=0,
+                        label="95% t-interval over seeds")
     ax.set(title="AUROC against shard count", xlabel="shards", ylabel="AUROC")
     _rate_axis(ax, percent=False)
     _integer_ticks(ax, det.shards)
