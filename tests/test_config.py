@@ -50,7 +50,8 @@ def test_smoke_and_default_keep_their_values():
         200, 300, (1, 5, 10), (0, 1))
     assert (default.input_scaling, default.defender_size) == ("unit", 3000)
     assert (default.request_steps, default.nc_steps, default.defense_samples) == (
-        (100, 300), 300, (10, 50, 100))
+        (100, 300), 1000, (10, 50, 100))
+    assert (default.defense_steps, default.amnesiac) == ((300,), False)
 
 
 def test_request_counts_are_cumulative_and_capped_at_the_attack():

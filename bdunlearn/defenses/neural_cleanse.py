@@ -147,6 +147,8 @@ def reverse_triggers(model, x, labels, *, seed, steps, batch_size, lr, init_cost
     for i, s in enumerate(schedules):
         if s.best_norm == math.inf:  # never reached the threshold: keep the last mask
             best_masks[i], best_patterns[i] = final_m[i], final_p[i]
+    # tanh(w) / (2 - eps) + 0.5 overshoots [0, 1] by up to eps / 4: clamp what is returned
+    best_masks, best_patterns = best_masks.clamp_(0, 1), best_patterns.clamp_(0, 1)
     norms = best_masks.sum((1, 2, 3)).tolist()
     return best_masks.cpu(), best_patterns.cpu(), norms, success, epochs
 
