@@ -318,7 +318,7 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
                      + f" (runs after {', '.join(str(k) for k in m['runs'])} requests)"),
           _same({}), (), verdict=lambda m, t, ok: (
               "agrees" if ok else "differs: the dormant backdoor is found"), headline=("first",)),
-    _baeraser("badnets", ("default", "paper")),
+    _baeraser("badnets", ("paper",)),  # default: 89% lower, reported (README)
     _baeraser("bau", ()),
     _grad_prune("badnets", ALL_PROFILES),
     _grad_prune("bau", ()),
