@@ -428,7 +428,7 @@ def per_seed(claim: Claim, table: pd.DataFrame) -> str:
     for k in names:
         mean, lo, hi = interval([r.get(k) for r in runs])
         f = ("{:.3f}".format if k.startswith("auroc") else _pct
-             if any(w in k for w in ("asr", "acc", "reduction")) else "{:.0f}".format)
+             if any(w in k for w in ("asr", "acc", "reduction")) else "{:.4g}".format)
         cells.append(f"{k} {f(mean)}" + ("" if lo is None else f" [{f(lo)}, {f(hi)}]"))
     return "; ".join(cells) + f" (n={len(runs)} seed{'s' * (len(runs) > 1)})"
 
