@@ -14,8 +14,8 @@ def test_erasure_plan_sweeps_grad_prune_and_reverses_the_trigger_once():
                      ("grad_prune", 1000, True), ("grad_prune", 1000, False),
                      ("finetune", 3000, False), ("fine_pruning", 3000, False)]
     knobs = dict((n, k) for n, _, known, k in plan if not known)
-    assert knobs["neural_cleanse"] == {"steps": 300, "mitigate": True}
-    assert knobs["grad_prune"] == {"samples_per_class": 100, "scan_steps": 300}
+    assert knobs["neural_cleanse"] == {"steps": 1000, "mitigate": True}
+    assert knobs["grad_prune"] == {"samples_per_class": 100, "scan_steps": 1000}
 
 
 def test_overhead_defenses_follow_the_profile():
