@@ -119,6 +119,12 @@ def trajectory(atk: attacks.AttackSet, svc, counts, *, label: str | None = None,
     return pd.DataFrame(rows)
 
 
+def detection_shards(cfg: RunConfig, variant: str) -> tuple[int, ...]:
+    """The shard counts notebook 04 scores ``variant`` at: all of ``cfg.shards`` for the
+    BN attack, the fewest for the input-targeted one (its models are notebook 01's)."""
+    return cfg.shards if choice("variant", variant, ("bn", "it")) == "bn" else cfg.shards[:1]
+
+
 def filtered_trajectory(atk: attacks.AttackSet, ds: Dataset, cfg: RunConfig, counts, *,
                         detector: str = "mu") -> tuple[SisaService, pd.DataFrame]:
     """The attack's trajectory on an exact-unlearning service that screens each request

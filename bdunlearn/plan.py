@@ -209,7 +209,7 @@ def _states(profile, overrides: dict):
     cfg = _config("04_detection", profile, overrides)
     for seed in cfg.seeds:
         for variant in ("bn", "it"):
-            for s in cfg.shards if variant == "bn" else cfg.shards[:1]:
+            for s in ex.detection_shards(cfg, variant):
                 yield f"04 {variant} S={s}", Recipe("attack", cfg, seed, s, variant), [()]
     r = Recipe("attack", cfg, cfg.seeds[0], 1, "bn")
     yield "04 bn S=1 trajectory", r, _trajectory(r, cfg.request_steps)
@@ -243,6 +243,12 @@ def _trajectory(recipe: Recipe, steps: int) -> list[tuple]:
     return [tuple(order[:k]) for k in ex.schedule(len(order), steps)]
 
 
+def _model_params(svc) -> int:
+    """The parameter count of ``svc``'s model (sizes a job's share of a GPU)."""
+    return sum(t.numel() for t in build_model(svc.arch, tuple(svc.x.shape[1:]),
+                                              svc.num_classes).parameters())
+
+
 def plan(profile: str | None = None, *, only=None, **overrides) -> list[Job | Chain]:
     """Every slice checkpoint the notebooks need at ``profile`` with notebook parameter
     ``overrides`` (the ``-p NAME VALUE`` of :mod:`bdunlearn.reproduce`), deduplicated by
@@ -274,8 +280,7 @@ def plan(profile: str | None = None, *, only=None, **overrides) -> list[Job | Ch
             if stems is not None and label[:2] not in stems:
                 continue
             svc = services.get(recipe) or services.setdefault(recipe, recipe.build())
-            size = sum(t.numel() for t in build_model(svc.arch, tuple(svc.x.shape[1:]),
-                                                      svc.num_classes).parameters())
+            size = _model_params(svc)
             for removed in states:
                 for key, shard, sl, after in svc.plan_slices(removed):
                     if key not in jobs:
@@ -285,8 +290,7 @@ def plan(profile: str | None = None, *, only=None, **overrides) -> list[Job | Ch
             if stems is not None and label[:2] not in stems:
                 continue
             svc = services.get(recipe) or services.setdefault(recipe, recipe.build())
-            size = sum(t.numel() for t in build_model(svc.arch, tuple(svc.x.shape[1:]),
-                                                      svc.num_classes).parameters())
+            size = _model_params(svc)
             after = () if kind == "amnesiac" else tuple(k for k, *_ in svc.plan_slices(()))
             key = f"chain-{kind}-{content_key({'recipe': repr(recipe), 'counts': counts})}"
             jobs.setdefault(key, Chain(key, recipe, kind, tuple(counts), after,

@@ -108,8 +108,8 @@ def notebook_service_calls(profile: str, overrides: dict) -> list:
     for seed in cfg.seeds:
         for variant in ("bn", "it"):
             atk = ex.build_attack(ds, variant, seed, cfg)
-            shard_counts = cfg.shards if variant == "bn" else cfg.shards[:1]
-            used += [ex.attack_service(atk, ds, cfg, shards=s).fit() for s in shard_counts]
+            used += [ex.attack_service(atk, ds, cfg, shards=s).fit()
+                     for s in ex.detection_shards(cfg, variant)]
     atk = ex.build_attack(ds, "bn", cfg.seeds[0], cfg)
     counts = ex.schedule(len(atk.ids("mitigation")), cfg.request_steps)
     svc = ex.attack_service(atk, ds, cfg)
