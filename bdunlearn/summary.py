@@ -55,7 +55,7 @@ def crosscheck(columns=("asr_before", "asr_after", "mu_auroc", "sms_auroc"),
     df = pd.read_csv(path)
     cols = [c for c in columns if c in df]
     out = df.groupby(["source", "shards"])[cols].agg(["mean", "min", "max"])
-    out["seeds"] = df.groupby(["source", "shards"]).seed.nunique()
+    out[("seeds", "")] = df.groupby(["source", "shards"]).seed.nunique()
     return out.round(3)
 
 

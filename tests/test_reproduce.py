@@ -1,15 +1,19 @@
 """The runner (selection, parameter checks, output folders, publishing only finished
 notebooks, the paper profile on a tiny override) and the README table built from results."""
 
+import importlib
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from bdunlearn import config, data, reproduce, summary
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 
 def test_only_selects_by_number_or_stem_and_refuses_unknown(tmp_path):
@@ -49,6 +53,26 @@ def test_summary_table_reads_the_csvs(tmp_path):
     readme.write_text(f"a\n{summary.START}\nold\n{summary.END}\nb\n")
     summary.update_readme(readme, tmp_path)
     assert "old" not in readme.read_text() and "93.0%" in readme.read_text()
+
+
+def test_crosscheck_is_aggregated_once_for_the_notebook_and_the_tool(tmp_path):
+    csv = tmp_path / "crosscheck.csv"
+    pd.DataFrame({"source": ["authors", "authors", "package", "authors"],
+                  "seed": [0, 1, 0, 0], "shards": [1, 1, 1, 5],
+                  "asr_before": [0.02, 0.06, 0.01, 0.03], "asr_after": [0.9, 1.0, 0.95, 0.4],
+                  "clean_acc_before": [0.9, 0.9, 0.9, 0.88],
+                  "mu_auroc": [0.7, 0.8, 0.65, 0.6],
+                  "sms_auroc": [None, None, None, 0.72]}).to_csv(csv, index=False)
+    agg = summary.crosscheck(path=csv)
+    assert agg.loc[("authors", 1), ("mu_auroc", "mean")] == 0.75
+    assert agg.loc[("authors", 1), ("asr_before", "min")] == 0.02
+    assert agg.loc[("authors", 1), "seeds"].item() == 2
+    assert summary.crosscheck(path=tmp_path / "missing.csv") is None
+    tool = importlib.import_module("authors_crosscheck")
+    rows = tool.markdown(csv).splitlines()[2:]
+    assert rows[0] == ("| the authors' code | 1 | 0, 1 | 4.0% (2.0%-6.0%) | 95.0% (90.0%-100.0%)"
+                       " | 90.0% | 0.750 (0.700-0.800) | n/a |")
+    assert rows[1].startswith("| bdunlearn") and rows[2].endswith("| 0.600 | 0.720 |")
 
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"

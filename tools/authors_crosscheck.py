@@ -118,6 +118,8 @@ def authors_seed(python: str, tree: Path, work: Path, seed: int, shards: int,
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     row = {"source": "authors", "seed": seed, "shards": shards}
+    # a run stopped part-way leaves checkpoints their code refuses to overwrite: start clean
+    shutil.rmtree(root / f"{shards}_1_{epochs}", ignore_errors=True)
     start = time.perf_counter()
     for stage, k in (("before", 0), ("after", mitigation)):
         out = authors_run(python, tree, work, "attack/bn", "fmnist_bn.py", seed,
@@ -166,18 +168,34 @@ def package_seed(seed: int, target: int, shards: int, epochs: int, poison: int,
     return row
 
 
-def summary(df: pd.DataFrame) -> str:
-    """Markdown: mean and range over seeds per source and shard count."""
-    cols = ["asr_before", "asr_after", "clean_acc_before", "mu_auroc", "sms_auroc"]
-    lines = ["| source | shards | seeds | " + " | ".join(cols) + " |",
-             "|---" * (len(cols) + 3) + "|"]
-    for (src, s), g in df.groupby(["source", "shards"]):
+COLUMNS = {"asr_before": "ASR before", "asr_after": "ASR after",
+           "clean_acc_before": "clean accuracy before", "mu_auroc": "MU AUROC",
+           "sms_auroc": "SMS AUROC"}
+SOURCES = {"authors": "the authors' code", "package": "bdunlearn (reference procedure, bf16)"}
+
+
+def markdown(path: Path) -> str:
+    """The README's table: mean (range over seeds) per source and shard count, from the
+    library's aggregation of ``path`` (``bdunlearn.summary.crosscheck``)."""
+    from bdunlearn import summary
+
+    agg = summary.crosscheck(tuple(COLUMNS), path)
+    seeds = pd.read_csv(path).groupby(["source", "shards"]).seed.unique()
+    lines = ["| source | shards | seeds | " + " | ".join(COLUMNS.values()) + " |",
+             "|---" * (len(COLUMNS) + 3) + "|"]
+    for (src, shards), row in agg.sort_index(level=["shards", "source"]).iterrows():
         cells = []
-        for c in cols:
-            v = g[c].dropna() if c in g else pd.Series(dtype=float)
-            cells.append("n/a" if v.empty else
-                         f"{v.mean():.3f} ({v.min():.3f}-{v.max():.3f})")
-        lines.append(f"| {src} | {s} | {len(g)} | " + " | ".join(cells) + " |")
+        for col in COLUMNS:
+            mean, lo, hi = (row.get((col, k)) for k in ("mean", "min", "max"))
+            if mean is None or pd.isna(mean):
+                cells.append("n/a")
+                continue
+            fmt = (lambda v: f"{100 * v:.1f}%") if col.startswith(("asr", "clean")) else (
+                lambda v: f"{v:.3f}")
+            cells.append(fmt(mean) if lo == hi else f"{fmt(mean)} ({fmt(lo)}-{fmt(hi)})")
+        names = ", ".join(str(s) for s in sorted(seeds[(src, shards)]))
+        lines.append(f"| {SOURCES.get(src, src)} | {shards} | {names} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -228,7 +246,7 @@ def main(argv=None) -> None:
     df = pd.DataFrame(rows)
     df["epochs"] = args.epochs
     df.to_csv(args.out, index=False)
-    print(summary(df))
+    print(markdown(args.out))
 
 
 if __name__ == "__main__":
