@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
@@ -148,14 +149,14 @@ class Chain:
     def run(self, cache_dir: str) -> bool:
         """Run the trajectory as the notebook does, its models cached in ``cache_dir``;
         ``True`` when any model trained."""
-        os.environ["BDUNLEARN_CACHE"] = cache_dir  # read by the services' cache_dir="auto"
         cfg, atk = self.recipe.cfg, self.recipe.attack()
         ds = _dataset(cfg)
-        if self.kind == "filter":
-            svc, _ = ex.filtered_trajectory(atk, ds, cfg, list(self.counts))
-        else:
-            svc = ex.amnesiac_service(atk, ds, cfg)
-            ex.trajectory(atk, svc, list(self.counts), label="amnesiac")
+        with _cache_at(cache_dir):
+            if self.kind == "filter":
+                svc, _ = ex.filtered_trajectory(atk, ds, cfg, list(self.counts))
+            else:
+                svc = ex.amnesiac_service(atk, ds, cfg)
+                ex.trajectory(atk, svc, list(self.counts), label="amnesiac")
         per = getattr(svc, "slices", 1)
         return not (svc.fit_cost.cache_hits == svc.shards * per
                     and all(c.cache_hits == c.shards_retrained * per for c in svc.log))
@@ -164,8 +165,23 @@ class Chain:
 @lru_cache(maxsize=2)
 def _service(recipe: Recipe, cache_dir: str):
     """The recipe's service in this process, built once (its cache is ``cache_dir``)."""
-    os.environ["BDUNLEARN_CACHE"] = cache_dir  # read by the services' cache_dir="auto"
-    return recipe.build()
+    with _cache_at(cache_dir):
+        return recipe.build()
+
+
+@contextmanager
+def _cache_at(cache_dir: str):
+    """Services built inside resolve ``cache_dir="auto"`` (as the notebooks' builders ask)
+    to ``cache_dir``; the caller's ``BDUNLEARN_CACHE`` is restored after."""
+    before = os.environ.get("BDUNLEARN_CACHE")
+    os.environ["BDUNLEARN_CACHE"] = cache_dir
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["BDUNLEARN_CACHE"]
+        else:
+            os.environ["BDUNLEARN_CACHE"] = before
 
 
 @cache

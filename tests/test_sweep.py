@@ -172,6 +172,16 @@ def test_plan_is_complete_notebooks_retrain_nothing(jobs, cache, monkeypatch, de
     assert any(c.slices_retrained > 0 for svc in used for c in svc.log)
 
 
+def test_a_job_run_here_trains_into_its_cache_and_leaves_the_callers_env(jobs, cache,
+                                                                          tmp_path):
+    job = next(j for j in jobs if isinstance(j, Job) and j.after is None)
+    elsewhere = tmp_path / "elsewhere"
+    assert job.run(str(elsewhere))
+    assert_valid(elsewhere, [job.key])
+    assert not list(cache.glob("*.pt"))
+    assert os.environ["BDUNLEARN_CACHE"] == str(cache)
+
+
 def test_second_sweep_and_concurrent_sweeps_train_each_job_once(jobs, cache, deadline):
     # slice jobs: each is one checkpoint, so "trained once" is exact per job. (A request
     # chain is several checkpoints; two concurrent sweeps may each train part of one,
