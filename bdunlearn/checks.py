@@ -56,6 +56,18 @@ def number(name: str, value, low: float | None = None, high: float | None = None
     return value
 
 
+def request_steps(name: str, value) -> int | tuple[int, ...]:
+    """A number of equal request batches (an integer >= 1), or the cumulative request
+    counts after each batch: a non-empty, strictly increasing list of integers >= 1."""
+    if not isinstance(value, (list, tuple)):
+        return integer(name, value, 1)
+    counts = [integer(f"{name} count", c, 1) for c in value]
+    if not counts or counts != sorted(set(counts)):
+        raise ValueError(f"{name} {list(value)!r} must be a non-empty increasing list of "
+                         "cumulative request counts")
+    return tuple(counts)
+
+
 def choice(name: str, value, options) -> str:
     """``value`` if it is one of ``options`` (strings)."""
     if not isinstance(value, str) or value not in options:

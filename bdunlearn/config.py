@@ -224,7 +224,7 @@ def _resolve(name: str, given: dict) -> dict:
         out[key] = c.integer(key, _paper(raw[key], getattr(ds, key)), 1, n_train)
     out["nc_steps"] = c.integer("nc_steps", raw["nc_steps"], 1)
     for key in ("request_steps", "defense_steps"):
-        out[key] = _steps(key, raw[key])
+        out[key] = checks.request_steps(key, raw[key])  # counts capped by schedule()
     out["defender_size"] = c.integer(
         "defender_size", _paper(raw["defender_size"], ds.train_size // 20), 1)
     out["amnesiac"] = c.flag("amnesiac", raw["amnesiac"])
@@ -279,17 +279,6 @@ def _ints(key: str, value, low: int, high: int | None = None,
             raise ValueError(f"{key} {value!r} must hold integers >= {low}{limit} "
                              f"(offending value {v!r})")
     return tuple(int(v) for v in values)
-
-
-def _steps(key: str, value) -> int | tuple[int, ...]:
-    """A number of equal request batches, or increasing cumulative request counts (capped
-    at the attack's mitigation samples when a trajectory runs, :func:`experiment.schedule`)."""
-    if not isinstance(value, (list, tuple)):
-        return checks.integer(key, value, 1)
-    counts = _ints(key, value, low=1)
-    if list(counts) != sorted(set(counts)):
-        raise ValueError(f"{key} {value!r} must be increasing cumulative request counts")
-    return counts
 
 
 def _path(key: str, value) -> str | None:

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from . import attack as attacks
-from .checks import choice, integer
+from .checks import choice, integer, request_steps
 from .config import RunConfig
 from .data import Dataset, load
 from .registry import spec
@@ -81,14 +81,9 @@ def clean_baseline(ds: Dataset, cfg: RunConfig, seed: int) -> float:
 def schedule(total: int, steps) -> list[int]:
     """Cumulative request counts from 0: ``steps`` equal batches up to ``total`` for an
     integer ``steps``, else the given increasing counts, those above ``total`` capped."""
-    total = integer("total", total, 0)
-    if isinstance(steps, (list, tuple)):
-        counts = [integer("request count", c, 1) for c in steps]
-        if not counts or counts != sorted(set(counts)):
-            raise ValueError(f"request counts {list(steps)} must be a non-empty increasing "
-                             "list of cumulative request numbers")
-        return sorted({0, *(min(c, total) for c in counts)})
-    steps = integer("steps", steps, 1)
+    total, steps = integer("total", total, 0), request_steps("steps", steps)
+    if isinstance(steps, tuple):
+        return sorted({0, *(min(c, total) for c in steps)})
     return sorted({int(round(total * i / steps)) for i in range(steps + 1)})
 
 
