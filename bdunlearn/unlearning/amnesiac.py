@@ -91,6 +91,19 @@ class AmnesiacService(UnlearningService):
     def _path(self, key: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / "amnesiac" / f"{key}.pt"
 
+    @contextlib.contextmanager
+    def _entry(self, key: str):
+        """Hold ``key``'s cache lock while the body computes or loads it (no lock without a
+        cache); gives ``(path, entry)``: the stored ``(tensors, meta)`` of ``key``, or
+        ``None`` when it must be computed (``path`` is ``None`` without a cache)."""
+        path = self._path(key)
+        if path is None:
+            yield None, None
+            return
+        with cache.lock(path):
+            entry = cache.load(path)
+            yield path, entry if entry is not None and entry[1].get("key") == key else None
+
     # ------------------------------------------------------------------ training
     def _record(self, idx: torch.Tensor, deltas: list[torch.Tensor]) -> None:
         ids = [int(i) for i in idx[self._watched_t[idx]]]
@@ -108,10 +121,8 @@ class AmnesiacService(UnlearningService):
         """Train the model recording the watched samples' updates (or load both)."""
         start = time.perf_counter()
         model = self._new_model()
-        path = self._path(self._fit_key)
-        with cache.lock(path) if path is not None else contextlib.nullcontext():
-            entry = cache.load(path) if path is not None else None
-            if entry is not None and entry[1].get("key") == self._fit_key:
+        with self._entry(self._fit_key) as (path, entry):
+            if entry is not None:
                 tensors, meta = entry
                 model.load_state_dict({k[6:]: v for k, v in tensors.items()
                                        if k.startswith("model/")})
@@ -151,10 +162,8 @@ class AmnesiacService(UnlearningService):
         keep = torch.from_numpy(keep[~np.isin(keep, accepted)])
         n_ft = int(round(self.finetune_epochs * len(keep)))
         model = copy.deepcopy(self.model)
-        path = self._path(key)
-        with cache.lock(path) if path is not None else contextlib.nullcontext():
-            entry = cache.load(path) if path is not None else None
-            if entry is not None and entry[1].get("key") == key:
+        with self._entry(key) as (path, entry):
+            if entry is not None:
                 model.load_state_dict(entry[0])
                 seconds, cost.cache_hits = entry[1]["seconds"], 1
             else:
