@@ -173,6 +173,22 @@ def load(path) -> tuple[dict[str, torch.Tensor], dict] | None:
     return tensors, meta
 
 
+def discard(path, why: str) -> None:
+    """Treat the entry at ``path`` as damage: remove it (or a directory in its place) with
+    one warning line naming the key, so the caller computes it again."""
+    import shutil
+    import warnings
+
+    path = Path(path)
+    warnings.warn(f"cache entry {path.stem} does not load ({why}); computing it again",
+                  RuntimeWarning, stacklevel=2)
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 @contextlib.contextmanager
 def lock(key_path):
     """Hold an exclusive lock for the entry at ``key_path`` (a sibling ``.lock`` file).

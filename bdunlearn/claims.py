@@ -46,6 +46,11 @@ class Claim:
     in_readme: bool = True
     verdict: Callable[[dict, Mapping[str, float], bool], str] | None = field(default=None)
     headline: tuple[str, ...] | None = None  # the numbers given per seed with an interval
+    table_name: str | None = None  # the results table it reads (default: its notebook's)
+
+    @property
+    def table(self) -> str:
+        return self.table_name or self.notebook
 
     def judge(self, numbers: dict, profile: str) -> str:
         """The README's verdict on ``numbers`` at ``profile``'s thresholds."""
@@ -146,17 +151,41 @@ def _auroc_holds(m: dict, t) -> bool:
     return m["fewest"] >= t["min_auroc"] and m["most"] <= m["fewest"] + t["max_gain_with_shards"]
 
 
-def _auroc_verdict(m: dict, t, ok: bool) -> str:
-    if ok and m["fewest"] >= t["paper_auroc"]:
-        return "agrees"
-    if ok:
-        return f"weaker: above chance, below {t['paper_auroc']:.2f}; sharding weakens it"
-    return "differs: near chance"
+def _authors_range(detector: str, shards: int) -> tuple[float, float] | None:
+    """The authors' code's AUROC range over seeds on the paper's setting
+    (``results/crosscheck.csv``), the only reference numbers there are: BAU's tables are
+    not readable."""
+    from .summary import crosscheck
+
+    ref = crosscheck((f"{detector}_auroc",))
+    col = (f"{detector}_auroc", "min")
+    if ref is None or ("authors", shards) not in ref.index or col not in ref:
+        return None
+    row = ref.loc[("authors", shards)]
+    if pd.isna(row[col]):
+        return None
+    return float(row[col]), float(row[(f"{detector}_auroc", "max")])
+
+
+def _auroc_verdict(detector: str):
+    def verdict(m: dict, t, ok: bool) -> str:
+        if not ok:
+            return "differs: near chance or gaining with shards"
+        for shards, value in m["auroc"].items():
+            ref = _authors_range(detector, shards)
+            if ref is not None:
+                where = ("within" if ref[0] <= value <= ref[1] else
+                         "above" if value > ref[1] else "below")
+                return (f"agrees: above chance, falling with shards; {where} the authors' "
+                        f"code's range at S={shards} ({ref[0]:.3f}-{ref[1]:.3f})")
+        return "agrees: above chance, falling with shards"
+    return verdict
 
 
 # At default (the paper's Fashion-MNIST setting) the bars are what the cross-check against
-# the authors' code supports (README): MU with one model and SMS with 5 shards.
-_AUROC = {det: {p: dict(min_auroc=low, max_gain_with_shards=0.02, paper_auroc=0.80)
+# the authors' code supports (README): MU with one model and SMS with 5 shards. BAU's own
+# tables are not readable, so no AUROC of the paper's is used as a threshold.
+_AUROC = {det: {p: dict(min_auroc=low, max_gain_with_shards=0.02)
                 for p, low in (("smoke", 0.6), ("default", default), ("paper", 0.6))}
           for det, default in (("mu", 0.65), ("sms", 0.60))}
 
@@ -167,24 +196,36 @@ def _detects(detector: str, asserted_at) -> Claim:
                  "high AUROC at few shards, falling with more shards",
                  _auroc_measure(detector), _auroc_holds,
                  lambda m: "AUROC " + ", ".join(f"S={s}: {v:.3f}" for s, v in m["auroc"].items()),
-                 _AUROC[detector], asserted_at, verdict=_auroc_verdict, headline=("auroc",))
+                 _AUROC[detector], asserted_at, verdict=_auroc_verdict(detector),
+                 headline=("auroc",))
 
 
 def _filter_measure(t: pd.DataFrame) -> dict | None:
-    last = t[t.requested == t.requested.max()].set_index("unlearning").asr
-    return {"asr_no_filter": float(last["no filter"]), "asr_filtered": float(last["MU filter"])}
+    if t.empty or "unlearning" not in t or not {"no filter", "MU filter"} <= set(t.unlearning):
+        return None
+    last = t[t.requested == t.requested.max()].groupby("unlearning").asr.mean()
+    refused = t[t.unlearning == "MU filter"].groupby("seed").refused.sum().mean()
+    return {"asr_no_filter": float(last["no filter"]), "asr_filtered": float(last["MU filter"]),
+            "refused": float(refused)}
 
 
 # ------------------------------------------------------------ 03: defense overhead
 
 def _overhead_measure(defense: str):
     def measure(t: pd.DataFrame) -> dict | None:
+        if "steps" not in t:
+            return None
         runs = t[(t.setting == "bau") & (t.defense == defense)]
-        once = t[(t.setting == "badnets") & (t.defense == defense)].seconds
+        once = t[(t.setting == "badnets") & (t.defense == defense)]
         if runs.empty or once.empty:
             return None
-        return {"total": float(runs.groupby("requested").seconds.mean().sum()),
-                "runs": int(runs.requested.nunique()), "once": float(once.mean())}
+        per_seed = runs.groupby("seed")
+        return {"runs": float(per_seed.requested.nunique().mean()),
+                "steps_total": float(per_seed.steps.sum().mean()),
+                "steps_once": float(once.steps.mean()),
+                "steps_min": float(runs.steps.min()),
+                "seconds_total": float(per_seed.seconds.sum().mean()),
+                "seconds_once": float(once.seconds.mean())}
     return measure
 
 
@@ -193,21 +234,27 @@ def _overhead(defense: str) -> Claim:
                  f"BAU: the attack multiplies the cost of {defense}",
                  "a defender must re-run it after every request batch",
                  _overhead_measure(defense),
-                 lambda m, t: m["total"] > t["min_cost_ratio"] * m["once"],
-                 lambda m: (f"{m['total']:.0f} s over {m['runs']} runs vs {m['once']:.0f} s once "
-                            f"on a classical BadNets model "
-                            f"({m['total'] / max(m['once'], 1e-9):.1f}x)"),
-                 _same(dict(min_cost_ratio=1.5)), verdict=lambda m, t, ok: (
-                     "agrees" if ok else "differs"), headline=("total", "once"))
+                 lambda m, t: (m["runs"] >= t["min_runs"] and m["steps_min"] > 0
+                               and m["steps_total"] >= t["min_step_ratio"] * m["steps_once"]),
+                 lambda m: (f"{m['runs']:.0f} runs, {m['steps_total']:.0f} optimiser steps vs "
+                            f"{m['steps_once']:.0f} once on a classical BadNets model "
+                            f"({m['steps_total'] / max(m['steps_once'], 1):.1f}x); seconds "
+                            f"{m['seconds_total']:.0f} vs {m['seconds_once']:.0f}"),
+                 _same(dict(min_runs=2, min_step_ratio=1.5)), verdict=lambda m, t, ok: (
+                     "agrees" if ok else "differs"), headline=("steps_total", "steps_once"))
 
 
 def _nc_first_flag(t: pd.DataFrame) -> dict | None:
     nc = t[(t.setting == "bau") & (t.defense == "neural_cleanse")]
     if nc.empty:
         return None
-    flagged = nc[nc.flagged.astype(str) == "True"].requested
-    return {"first": None if flagged.empty else int(flagged.min()),
-            "runs": [int(k) for k in nc.requested]}
+    hit = nc[nc.flagged.astype(str) == "True"]
+    at_zero = nc[nc.requested == 0]
+    first = hit.groupby("seed").requested.min()
+    return {"first": None if first.empty else int(first.min()),
+            "flagged_before": float((at_zero.flagged.astype(str) == "True").mean()),
+            "seeds": int(nc.seed.nunique()),
+            "runs": sorted({int(k) for k in nc.requested})}
 
 
 # ------------------------------------------------------------ 05: erasure
@@ -273,7 +320,8 @@ def _nc_clean(t: pd.DataFrame) -> dict | None:
     clean = t[(t.attack == "none") & (t.defense == "neural_cleanse")]
     if clean.empty:
         return None
-    return {"flagged": int((clean.flagged_labels > 0).sum()), "models": len(clean)}
+    return {"flagged": int((clean.flagged_labels > 0).sum()), "models": len(clean),
+            "rate": float((clean.flagged_labels > 0).mean())}
 
 
 CLAIMS: dict[str, Claim] = {c.name: c for c in (
@@ -304,8 +352,9 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           "refusing flagged requests lowers the attack's success", _filter_measure,
           lambda m, t: m["asr_filtered"] < m["asr_no_filter"],
           lambda m: (f"final ASR {_pct(m['asr_no_filter'])} without the filter, "
-                     f"{_pct(m['asr_filtered'])} with it"),
-          _same({}), in_readme=False),
+                     f"{_pct(m['asr_filtered'])} with it ({m['refused']:.0f} requests refused)"),
+          _same({}), headline=("asr_no_filter", "asr_filtered", "refused"),
+          table_name="04_detection-filter"),
     _overhead("baeraser"),
     _overhead("grad_prune"),
     _overhead("neural_cleanse"),
@@ -313,11 +362,12 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           "BAU: before the requests the backdoor hides from model-level detection",
           "Neural Cleanse needs the activated backdoor", _nc_first_flag,
           lambda m, t: m["first"] is None or m["first"] > 0,
-          lambda m: ("Neural Cleanse flags the target "
-                     + ("never" if m["first"] is None else f"from {m['first']} requests on")
-                     + f" (runs after {', '.join(str(k) for k in m['runs'])} requests)"),
+          lambda m: (f"Neural Cleanse flags the target before any request in "
+                     f"{m['flagged_before'] * m['seeds']:.0f} of {m['seeds']} seeds (runs after "
+                     f"{', '.join(str(k) for k in m['runs'])} requests)"),
           _same({}), (), verdict=lambda m, t, ok: (
-              "agrees" if ok else "differs: the dormant backdoor is found"), headline=("first",)),
+              "agrees" if ok else "differs: the dormant backdoor is found"),
+          headline=("flagged_before",)),
     _baeraser("badnets", ("paper",)),  # default: 89% lower, reported (README)
     _baeraser("bau", ()),
     _grad_prune("badnets", ALL_PROFILES),
@@ -327,7 +377,7 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           lambda m, t: m["flagged"] <= t["max_flagged"],
           lambda m: f"{m['flagged']} of {m['models']} clean models flagged",
           _same(dict(max_flagged=0)), (), verdict=lambda m, t, ok: (
-              "agrees" if ok else "false positives"), headline=("flagged",)),
+              "agrees" if ok else "false positives"), headline=("rate",)),
 )}
 
 
@@ -336,11 +386,6 @@ def get(name: str) -> Claim:
     if name not in CLAIMS:
         raise ValueError(f"unknown claim {name!r}; choose one of {', '.join(CLAIMS)}")
     return CLAIMS[name]
-
-
-def for_notebook(stem: str) -> list[Claim]:
-    """The claims notebook ``stem`` measures, in the README's order."""
-    return [c for c in CLAIMS.values() if c.notebook == stem]
 
 
 def thresholds(name: str, profile: str) -> dict:
@@ -364,6 +409,15 @@ def check(name: str, table: pd.DataFrame, run: RunConfig | str) -> dict:
     claim, t = get(name), thresholds(name, profile)
     overridden = () if isinstance(run, str) else run.overrides
     asserted = profile in claim.asserted_at and not overridden
+    if not isinstance(run, str):
+        from .studies import own_group
+
+        others = len(table)
+        table = own_group(table, run)  # never averaged with other precisions or devices
+        others -= len(table)
+        if others:
+            print(f"{name}: {others} stored rows of another precision or device are shown "
+                  "apart (results CSV), not pooled here")
     numbers = claim.measure(table)
     if numbers is None:
         assert not asserted, f"claim {name}: the table has no rows to measure it"
@@ -377,7 +431,9 @@ def check(name: str, table: pd.DataFrame, run: RunConfig | str) -> dict:
             ", ".join(overridden))
     else:
         status = f"reported: {claim.judge(numbers, profile)}"
-    print(f"{name} ({status}): {claim.describe(numbers)}; thresholds at {profile}: {t}")
+    seeds = table.seed.nunique() if "seed" in table else 1
+    print(f"{name} ({status}, {seeds} seed{'s' * (seeds != 1)}): {claim.describe(numbers)}; "
+          f"thresholds at {profile}: {t}")
     assert ok or not asserted, (f"claim {name} fails at profile {profile}: "
                                 f"{claim.describe(numbers)}; thresholds {t}")
     return numbers
@@ -391,15 +447,20 @@ def readme_rows(tables: Mapping[str, pd.DataFrame], profile: str = "default"
     "measured here" is the claim measured over all seeds' rows (means over seeds);
     "per seed" gives the claim's headline numbers measured on each seed's rows alone as
     the mean, its 95% t-interval and the number of seeds (:func:`per_seed`)."""
+    from .store import provenance_groups
+
     rows = []
     for claim in CLAIMS.values():
-        if not claim.in_readme or claim.notebook not in tables:
+        if not claim.in_readme or claim.table not in tables:
             continue
-        numbers = claim.measure(tables[claim.notebook])
-        if numbers is not None:
-            rows.append((claim.statement, claim.paper, claim.describe(numbers),
-                         per_seed(claim, tables[claim.notebook]),
-                         claim.judge(numbers, profile)))
+        groups = provenance_groups(tables[claim.table])
+        for label, table in groups:
+            numbers = claim.measure(table)
+            if numbers is None:
+                continue
+            where = f" [{label}]" if label and len(groups) > 1 else ""
+            rows.append((claim.statement + where, claim.paper, claim.describe(numbers),
+                         per_seed(claim, table), claim.judge(numbers, profile)))
     return rows
 
 

@@ -27,8 +27,18 @@ After resolution every field holds a concrete value:
   ``<dataset>/`` for a profile of several datasets), never the committed ``results/``;
 * ``input_scaling`` ``"reference"`` becomes the architecture's reference scaling (the
   BAU authors' procedure, :data:`bdunlearn.models.REFERENCE_SCALING`);
-* ``device`` ``"auto"`` becomes ``"cuda"`` or ``"cpu"``; ``precision`` stays one of
-  ``"auto"``, ``"fp32"``, ``"bf16"`` (the training engine resolves ``auto`` per device);
+* ``device`` ``"auto"`` becomes ``"cuda"`` or ``"cpu"``; ``precision`` ``"auto"`` becomes
+  ``"bf16"`` where the device computes it natively, else ``"fp32"``
+  (:func:`bdunlearn.train.resolve_precision`), resolved here once and carried into every
+  training, stored row and timing;
+* ``seeds`` is a list of integers, one integer, or a string of ranges such as ``"0-9"``
+  or ``"0-4,7"``; a seed or shard count given twice is refused (it would count twice in
+  an interval);
+* ``store_dir`` (where runs are stored, :mod:`bdunlearn.store`) left unset is
+  ``$BDUNLEARN_RESULTS/runs`` when that is set, else the committed ``results/runs/`` for
+  ``default`` (runs are stored by what they measure, so a run with other settings sits
+  beside the committed ones and a JupyterLab session reuses them) and
+  ``results/<profile>/runs/`` for the other profiles;
 * ``data_root`` ``None`` means the data readers' search order.
 
 ``RunConfig.overrides`` names the fields an override moved away from the profile's own
@@ -50,7 +60,7 @@ from pathlib import Path
 from . import checks, registry
 from .models import INPUT_SCALINGS, REFERENCE_SCALING
 from .registry import reference_config
-from .train import TrainConfig, resolve_device
+from .train import TrainConfig, resolve_device, resolve_precision
 
 PAPER, ALL, HALF, REFERENCE = "paper", "all", "half", "reference"
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -72,7 +82,7 @@ VARIANTS = ("bn", "it")
 #   seed 0: ASR after all requests 4.8% with [0, 1], 89.8% with [-1, 1]).
 _COMMON = dict(variant="bn", device="auto", precision="auto", input_scaling=REFERENCE,
                data_root=None,
-               results_dir=None, figures_dir=None, slices=1, it_poison_num=PAPER,
+               results_dir=None, figures_dir=None, store_dir=None, slices=1, it_poison_num=PAPER,
                it_mitigation_num=PAPER, amnesiac=True, target_fpr=0.05,
                poison_fraction=0.05, defense_steps=3)
 PROFILES = {
@@ -113,6 +123,7 @@ class RunConfig:
     data_root: str | None
     results_dir: str
     figures_dir: str
+    store_dir: str
     variant: str
     shards: tuple[int, ...]
     slices: int
@@ -140,6 +151,11 @@ class RunConfig:
         the profile's claim thresholds then apply, and notebooks assert them."""
         return not self.overrides
 
+    @property
+    def device_type(self) -> str:
+        """``"cpu"`` or ``"cuda"``: the device kind recorded with every stored row."""
+        return self.device.split(":")[0]
+
     def train_config(self) -> TrainConfig:
         """The dataset's reference optimiser with this run's epochs and precision."""
         return reference_config(self.dataset, epochs=self.epochs, precision=self.precision)
@@ -147,8 +163,10 @@ class RunConfig:
 
 FIELDS = tuple(f.name for f in fields(RunConfig) if f.name != "overrides")
 # Where and how a run computes, not what it measures: overriding these keeps the profile.
-PLACEMENT = ("profile", "dataset", "device", "precision", "data_root", "results_dir",
-             "figures_dir")
+# Seeds too: a run over other seeds measures the same thing, and its runs are stored and
+# aggregated with the profile's own (bdunlearn.store).
+PLACEMENT = ("profile", "dataset", "seeds", "device", "precision", "data_root", "results_dir",
+             "figures_dir", "store_dir")
 
 
 def profile_name(name: str | None = None) -> str:
@@ -203,7 +221,7 @@ def _resolve(name: str, given: dict) -> dict:
     out["train_subset"] = _size("train_subset", raw["train_subset"], ds.train_size)
     out["test_subset"] = _size("test_subset", raw["test_subset"], ds.test_size)
     n_train = min(out["train_subset"], ds.train_size)
-    out["seeds"] = _ints("seeds", raw["seeds"], low=0)
+    out["seeds"] = _ints("seeds", _ranges(raw["seeds"]), low=0)
     out["shards"] = _ints("shards", raw["shards"], low=1, high=n_train,
                           high_text=f"the {n_train} training images")
     out["defense_samples"] = _ints("defense_samples", raw["defense_samples"], low=1)
@@ -211,7 +229,8 @@ def _resolve(name: str, given: dict) -> dict:
     if not isinstance(dev, str):
         raise ValueError(f"device {dev!r} must be 'auto', 'cpu' or a device name like 'cuda:0'")
     out["device"] = str(resolve_device(dev))
-    out["precision"] = c.choice("precision", raw["precision"], PRECISIONS)
+    out["precision"] = resolve_precision(c.choice("precision", raw["precision"], PRECISIONS),
+                                         out["device"])
     out["input_scaling"] = c.choice(
         "input_scaling", _reference(raw["input_scaling"], REFERENCE_SCALING[ds.arch]),
         tuple(INPUT_SCALINGS))
@@ -241,6 +260,15 @@ def _resolve(name: str, given: dict) -> dict:
         else:
             folder = repository_root() / top / name
             out[key] = str(folder / dataset if several else folder)
+    store = _path("store_dir", raw["store_dir"])
+    if store:
+        out["store_dir"] = str(Path(store).expanduser().absolute())
+    elif os.environ.get("BDUNLEARN_RESULTS"):
+        out["store_dir"] = str(Path(os.environ["BDUNLEARN_RESULTS"]).expanduser().absolute()
+                               / "runs")
+    else:
+        folder = repository_root() / "results" / ("" if name == "default" else name) / "runs"
+        out["store_dir"] = str(folder / dataset if several else folder)
     return out
 
 
@@ -266,6 +294,20 @@ def _size(key: str, value, split: int) -> int:
     return checks.integer(key, value, 1)
 
 
+def _ranges(value):
+    """Seeds written as a string of ranges (``"0-9"``, ``"0-4,7"``) as a list."""
+    if not isinstance(value, str):
+        return value
+    out = []
+    for part in value.replace(" ", "").split(","):
+        lo, sep, hi = part.partition("-")
+        if not (lo.isdigit() and (not sep or hi.isdigit())) or (sep and int(hi) < int(lo)):
+            raise ValueError(f"seeds {value!r} must be integers or ranges like '0-9' or "
+                             "'0-4,7'")
+        out += range(int(lo), int(hi) + 1) if sep else [int(lo)]
+    return out
+
+
 def _ints(key: str, value, low: int, high: int | None = None,
           high_text: str | None = None) -> tuple[int, ...]:
     """A non-empty tuple of integers in ``[low, high]``; a scalar is a one-element list."""
@@ -278,6 +320,10 @@ def _ints(key: str, value, low: int, high: int | None = None,
             limit = f" and at most {high_text or high}" if high is not None else ""
             raise ValueError(f"{key} {value!r} must hold integers >= {low}{limit} "
                              f"(offending value {v!r})")
+    doubled = sorted({int(v) for v in values if values.count(v) > 1})
+    if doubled:
+        raise ValueError(f"{key} {value!r} holds {doubled[0]} more than once; give each "
+                         "value once")
     return tuple(int(v) for v in values)
 
 

@@ -27,7 +27,7 @@ from .train import predict
 from .triggers import PatchTrigger
 
 OVERHEAD_COLUMNS = ["dataset", "variant", "seed", "shards", "requested", "defense", "seconds",
-                    "flagged", "asr_after", "clean_acc_after"]
+                    "flagged", "asr_after", "clean_acc_after", "steps"]
 ERASURE_COLUMNS = ["dataset", "attack", "defense", "seed", "defender_samples", "asr_before",
                    "asr_after", "clean_acc_before", "clean_acc_after", "seconds"]
 
@@ -41,9 +41,11 @@ def overhead_defenses(cfg: RunConfig) -> dict[str, dict]:
 
 
 def overhead_once(model, atk: AttackSet, pool, ds: Dataset, cfg: RunConfig, *, seed: int,
-                  requested: int = 0, setting: str = "badnets", shards: int = 1) -> list[dict]:
-    """One row per defense of :func:`overhead_defenses` run on ``model``: its seconds,
-    whether it flagged the attack's target, and the ASR and clean accuracy it leaves.
+                  requested: int = 0, setting: str = "badnets", shards: int = 1,
+                  cache_dir="auto") -> list[dict]:
+    """One row per defense of :func:`overhead_defenses` run on ``model``: its seconds and
+    optimiser steps (its work, counted), whether it flagged the attack's target, and the
+    ASR and clean accuracy it leaves.
 
     ``requested``, ``setting`` ("badnets" for the one-time runs, "bau" along the attack)
     and ``shards`` describe the model in the rows.
@@ -54,16 +56,17 @@ def overhead_once(model, atk: AttackSet, pool, ds: Dataset, cfg: RunConfig, *, s
     rows = []
     for name, knobs in overhead_defenses(cfg).items():
         r = ex.defend(model, name, x_def, y_def, ds.num_classes, seed=seed,
-                      device=cfg.device, **knobs)
+                      device=cfg.device, cache_dir=cache_dir, **knobs)
         after = atk.evaluate(lambda x, m=r.model or model: predict(m, x))
-        rows.append({**meta, "defense": name, "seconds": r.seconds,
+        rows.append({**meta, "defense": name, "seconds": r.seconds, "steps": r.steps,
                      "flagged": atk.target in (r.flagged or []),
                      "asr_after": after["asr"], "clean_acc_after": after["clean_acc"]})
     return rows
 
 
 def overhead_along_trajectory(atk: AttackSet, svc, counts, pool, ds: Dataset,
-                              cfg: RunConfig, *, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+                              cfg: RunConfig, *, seed: int, cache_dir="auto"
+                              ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Serve the attacker's requests in batches ``counts`` and re-run every defense after
     each batch; also time MU screening of the next batch of requests.
 
@@ -75,14 +78,16 @@ def overhead_along_trajectory(atk: AttackSet, svc, counts, pool, ds: Dataset,
 
     def after_each_batch(k, served):
         rows.extend(overhead_once(served.models[0], atk, pool, ds, cfg, seed=seed,
-                                  requested=k, setting="bau", shards=served.shards))
+                                  requested=k, setting="bau", shards=served.shards,
+                                  cache_dir=cache_dir))
         upcoming = atk.request_order()[k:k + step]
         if len(upcoming):
             t0 = time.perf_counter()
             detect.scores(served, upcoming, "mu")
             rows.append({"dataset": ds.name, "variant": atk.variant, "seed": seed,
                          "shards": served.shards, "requested": k, "setting": "bau",
-                         "defense": "screen_mu", "seconds": time.perf_counter() - t0})
+                         "defense": "screen_mu", "seconds": time.perf_counter() - t0,
+                         "screened": len(upcoming)})
 
     traj = ex.trajectory(atk, svc, counts, on_step=after_each_batch)
     return traj, pd.DataFrame(rows)
@@ -91,7 +96,9 @@ def overhead_along_trajectory(atk: AttackSet, svc, counts, pool, ds: Dataset,
 def overhead_table(once: list[dict], runs: pd.DataFrame) -> pd.DataFrame:
     """The one-time and re-run rows in one table with each defense's cumulative seconds."""
     table = pd.concat([pd.DataFrame(once), runs], ignore_index=True)
-    table["cumulative_seconds"] = table.groupby(["setting", "defense"]).seconds.cumsum()
+    by = table.groupby(["setting", "defense"])
+    table["cumulative_seconds"] = by.seconds.cumsum()
+    table["cumulative_steps"] = by.steps.cumsum()
     return table
 
 
@@ -112,7 +119,8 @@ def erasure_plan(cfg: RunConfig, pool_size: int) -> list[tuple[str, int, bool, d
     return plan
 
 
-def erasure(targets: dict, pool, ds: Dataset, cfg: RunConfig, *, seed: int) -> pd.DataFrame:
+def erasure(targets: dict, pool, ds: Dataset, cfg: RunConfig, *, seed: int,
+            cache_dir="auto") -> pd.DataFrame:
     """Every defense of :func:`erasure_plan` on each ``targets[name] = (attack, model)``.
 
     One row per (attack, defense, defender samples) with the ASR and clean accuracy before
@@ -126,27 +134,25 @@ def erasure(targets: dict, pool, ds: Dataset, cfg: RunConfig, *, seed: int) -> p
         for name, n, known, knobs in tqdm(erasure_plan(cfg, len(y_def)), desc=attack_name):
             trigger = PatchTrigger(atk.info["patch"]) if known else None
             r = ex.defend(model, name, x_def[:n], y_def[:n], ds.num_classes, seed=seed,
-                          device=cfg.device, trigger=trigger, **knobs)
+                          device=cfg.device, trigger=trigger, cache_dir=cache_dir, **knobs)
             after = atk.evaluate(lambda x, m=r.model or model: predict(m, x))
             rows.append({"dataset": ds.name, "attack": attack_name,
                          "defense": name + ("_nc" if name == "grad_prune" and not known else ""),
                          "seed": seed, "defender_samples": n, "asr_before": before["asr"],
                          "asr_after": after["asr"], "clean_acc_before": before["clean_acc"],
                          "clean_acc_after": after["clean_acc"], "seconds": r.seconds,
+                         "steps": r.steps,
                          "target_found": r.target, "true_target": atk.target})
     return pd.DataFrame(rows)
 
 
-def clean_model_flags(ds: Dataset, cfg: RunConfig, pool) -> pd.DataFrame:
-    """Neural Cleanse on a model trained without attack samples, one per seed: how many
-    labels it flags (any flag is a false positive)."""
+def clean_model_flags(model, ds: Dataset, cfg: RunConfig, pool, *, seed: int,
+                      cache_dir="auto") -> dict:
+    """Neural Cleanse on a model trained without attack samples: how many labels it flags
+    (any flag is a false positive)."""
     x_def, y_def = pool
-    rows = []
-    for s in cfg.seeds:
-        clean_model = ex.service(ds.x_train, ds.y_train, ds, cfg, seed=s).fit().models[0]
-        r = ex.defend(clean_model, "neural_cleanse", x_def, y_def, ds.num_classes, seed=s,
-                      device=cfg.device, steps=cfg.nc_steps)
-        rows.append({"dataset": ds.name, "attack": "none", "defense": "neural_cleanse",
-                     "seed": s, "defender_samples": len(y_def), "seconds": r.seconds,
-                     "flagged_labels": len(r.flagged)})
-    return pd.DataFrame(rows)
+    r = ex.defend(model, "neural_cleanse", x_def, y_def, ds.num_classes, seed=seed,
+                  device=cfg.device, steps=cfg.nc_steps, cache_dir=cache_dir)
+    return {"dataset": ds.name, "attack": "none", "defense": "neural_cleanse", "seed": seed,
+            "defender_samples": len(y_def), "seconds": r.seconds, "steps": r.steps,
+            "flagged_labels": len(r.flagged)}

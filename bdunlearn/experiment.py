@@ -58,24 +58,44 @@ def service(x, y, ds: Dataset, cfg: RunConfig, *, shards: int = 1, seed: int = 0
 
 
 def attack_service(atk: attacks.AttackSet, ds: Dataset, cfg: RunConfig, *, shards: int = 1,
-                   screen=None) -> SisaService:
+                   screen=None, cache_dir="auto") -> SisaService:
     """The service the attacker contributes to; only mitigation ids may be requested."""
     return service(atk.x, atk.y, ds, cfg, shards=shards, seed=atk.seed,
-                   requestable=atk.ids("mitigation"), screen=screen)
+                   requestable=atk.ids("mitigation"), screen=screen, cache_dir=cache_dir)
 
 
-def amnesiac_service(atk: attacks.AttackSet, ds: Dataset, cfg: RunConfig) -> AmnesiacService:
+def amnesiac_service(atk: attacks.AttackSet, ds: Dataset, cfg: RunConfig,
+                     cache_dir="auto") -> AmnesiacService:
     """An Amnesiac (approximate) unlearning service watching the mitigation samples."""
     return AmnesiacService(atk.x, atk.y, arch=spec(ds.name).arch, num_classes=ds.num_classes,
                            cfg=cfg.train_config(), watch=atk.ids("mitigation"),
-                           seed=atk.seed, device=cfg.device, cache_dir="auto",
+                           seed=atk.seed, device=cfg.device, cache_dir=cache_dir,
                            input_scaling=cfg.input_scaling)
 
 
-def clean_baseline(ds: Dataset, cfg: RunConfig, seed: int) -> float:
-    """Test accuracy of the same model trained without any attack samples."""
-    svc = service(ds.x_train, ds.y_train, ds, cfg, seed=seed).fit()
+def accuracy(svc, ds: Dataset) -> float:
+    """Test accuracy of a fitted service on the run's evaluation images."""
     return float((svc.predict(ds.x_test) == ds.y_test).float().mean())
+
+
+def over_seeds(table: pd.DataFrame, by: list[str], values: list[str]) -> pd.DataFrame:
+    """Mean, 95% t-interval and seed count of ``values`` per group ``by`` (a notebook's
+    display of a stored table; :func:`bdunlearn.metrics.interval`)."""
+    from .metrics import interval
+
+    out = {}
+    for key, rows in table.groupby(by, sort=True):
+        per_seed = rows.groupby("seed")[values].mean()
+        cells = {}
+        for v in values:
+            mean, lo, hi = interval(per_seed[v].tolist())
+            cells[v] = round(mean, 3)
+            cells[f"{v} 95% CI"] = "" if lo is None else f"[{lo:.3f}, {hi:.3f}]"
+        cells["seeds"] = len(per_seed)
+        out[key] = cells
+    frame = pd.DataFrame.from_dict(out, orient="index")
+    frame.index.names = by
+    return frame
 
 
 def schedule(total: int, steps) -> list[int]:
@@ -95,7 +115,7 @@ def trajectory(atk: attacks.AttackSet, svc, counts, *, label: str | None = None,
     """
     order = atk.request_order()
     rows, done = [], 0
-    if getattr(svc, "models", [None])[0] is None:
+    if not svc.fitted:
         svc.fit()
     for k in counts:
         cost = svc.unlearn(order[done:k]) if k > done else None
@@ -121,14 +141,15 @@ def detection_shards(cfg: RunConfig, variant: str) -> tuple[int, ...]:
 
 
 def filtered_trajectory(atk: attacks.AttackSet, ds: Dataset, cfg: RunConfig, counts, *,
-                        detector: str = "mu") -> tuple[SisaService, pd.DataFrame]:
+                        detector: str = "mu", cache_dir="auto"
+                        ) -> tuple[SisaService, pd.DataFrame]:
     """The attack's trajectory on an exact-unlearning service that screens each request
     with ``detector`` and refuses flagged ids; its threshold is calibrated on the
     service's own training data for ``cfg.target_fpr``. Returns the service and the
     trajectory table (labelled ``"<DETECTOR> filter"``)."""
     from .detect import RequestFilter
 
-    svc = attack_service(atk, ds, cfg).fit()
+    svc = attack_service(atk, ds, cfg, cache_dir=cache_dir).fit()
     svc.screen = RequestFilter.calibrate(svc, detector, fpr=cfg.target_fpr, seed=atk.seed)
     return svc, trajectory(atk, svc, counts, label=f"{detector.upper()} filter")
 

@@ -105,15 +105,18 @@ def _integer_ticks(ax, values) -> None:
                                else MaxNLocator(integer=True))
 
 
-def before_after(table: pd.DataFrame, baselines: dict) -> Figure:
+def before_after(table: pd.DataFrame, baselines: dict | None = None) -> Figure:
     """Notebook 01: clean accuracy and ASR of each variant before and after the requests.
 
     ``table`` has one row per (variant, seed, requested) with ``clean_acc`` and ``asr``;
     ``requested == 0`` is "before", any other count "after". ``baselines`` maps each seed
-    to the clean accuracy of the model trained without attack samples (the dotted line).
-    Each bar carries its value (means over seeds).
+    to the clean accuracy of the model trained without attack samples (the dotted line;
+    default: the table's ``baseline_acc`` column). Each bar carries its value (means over
+    seeds) and its 95% t-interval over seeds.
     """
     _require(table, ["variant", "requested", "clean_acc", "asr"], "before_after")
+    if baselines is None and "baseline_acc" in table:
+        baselines = table.groupby("seed").baseline_acc.first().to_dict()
     if not baselines:
         raise ValueError("before_after needs the no-attack accuracy of at least one seed "
                          "in baselines, got an empty mapping")
@@ -135,6 +138,7 @@ def before_after(table: pd.DataFrame, baselines: dict) -> Figure:
     handles.append(plt.Line2D([], [], color="k", ls=":", lw=1))
     labels.append(f"model without attack samples ({100 * no_attack:.0f}%)")
     fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
+    _seeds_title(fig, table)
     return fig
 
 
@@ -246,34 +250,44 @@ def trajectory_slider(traj: pd.DataFrame, hue: str = "setting"):
                               f"(live in JupyterLab; the figure shows the last one)")
 
 
+def _seeds_title(fig, table: pd.DataFrame) -> None:
+    """Say how many seeds stand behind a figure (bars and bands: 95% t-intervals)."""
+    n = table.seed.nunique() if "seed" in table else 1
+    fig.suptitle(f"mean over {n} seed{'s' * (n != 1)}"
+                 + (", 95% t-interval" if n > 1 else ""), fontsize=8, x=0.99, ha="right")
+
+
 def defense_cost(overhead: pd.DataFrame, traj: pd.DataFrame) -> Figure:
-    """Notebook 03: cumulative defense seconds along the attack, and when detection fires.
+    """Notebook 03: cumulative defense work along the attack, and when detection fires.
 
     ``overhead`` has ``setting`` ("badnets" for the one-time runs on the classical model,
-    "bau" for the runs after each request batch), ``defense``, ``requested``, ``seconds``
-    and ``flagged``; rows whose defense starts with ``screen`` (request screening) are
-    left out. ``traj`` is the attack's trajectory (``requested``, ``asr``) under exact
-    unlearning. Left: cumulative seconds of each defense re-run after every batch, with
-    its one-time cost on BadNets dotted in the same colour. Right: the served model's ASR,
-    circled where Neural Cleanse flags the target.
+    "bau" for the runs after each request batch), ``defense``, ``requested``, ``steps``
+    (optimiser steps, the counted work; ``seconds`` where a table has no steps) and
+    ``flagged``; rows whose defense starts with ``screen`` (request screening) are left
+    out. ``traj`` is the attack's trajectory (``requested``, ``asr``) under exact
+    unlearning. Left: cumulative work of each defense re-run after every batch, with its
+    one-time work on BadNets dotted in the same colour (means over seeds). Right: the
+    served model's ASR, circled where Neural Cleanse flags the target.
     """
-    _require(overhead, ["setting", "defense", "requested", "seconds", "flagged"],
-             "defense_cost")
+    _require(overhead, ["setting", "defense", "requested", "flagged"], "defense_cost")
+    work = "steps" if "steps" in overhead and overhead.steps.notna().any() else "seconds"
+    _require(overhead, [work], "defense_cost")
     _require(traj, ["requested", "asr"], "defense_cost")
     runs = overhead[~overhead.defense.str.startswith("screen")]
     bau = runs[runs.setting == "bau"].sort_values("requested")
-    once = runs[runs.setting == "badnets"].groupby("defense").seconds.mean()
+    once = runs[runs.setting == "badnets"].groupby("defense")[work].mean()
     defenses = list(dict.fromkeys(bau.defense))
     colours = dict(zip(defenses, sns.color_palette(PALETTE)))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
     for d in defenses:
-        rows = bau[bau.defense == d].groupby("requested").seconds.mean().cumsum()
+        rows = bau[bau.defense == d].groupby("requested")[work].mean().cumsum()
         axes[0].plot(rows.index, rows.values, "o-", color=colours[d], label=_name(d))
         if d in once:
             axes[0].axhline(once[d], color=colours[d], ls=":", lw=1.2)
     axes[0].plot([], [], "k:", lw=1.2, label="once on classical BadNets")
     axes[0].set(title="cumulative cost of re-running each defense",
-                xlabel="mitigation samples unlearned", ylabel="seconds")
+                xlabel="mitigation samples unlearned",
+                ylabel="optimiser steps" if work == "steps" else "seconds")
     axes[0].set_ylim(bottom=0)
     _integer_ticks(axes[0], bau.requested)
     axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8)
@@ -288,6 +302,7 @@ def defense_cost(overhead: pd.DataFrame, traj: pd.DataFrame) -> Figure:
     _rate_axis(axes[1])
     _integer_ticks(axes[1], asr.index)
     axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8)
+    _seeds_title(fig, overhead)
     return fig
 
 
@@ -369,7 +384,7 @@ def filter_effect(both: pd.DataFrame) -> Figure:
                              gridspec_kw={"width_ratios": [1.4, 1]})
     order = list(dict.fromkeys(both.unlearning))
     sns.lineplot(both, x="requested", y="asr", hue="unlearning", hue_order=order,
-                 marker="o", ax=axes[0], errorbar=None)
+                 marker="o", ax=axes[0], errorbar=seed_interval)
     axes[0].set(title="ASR with and without the MU request filter", ylabel="",
                 xlabel="mitigation samples requested")
     _rate_axis(axes[0])
@@ -382,6 +397,7 @@ def filter_effect(both: pd.DataFrame) -> Figure:
                 ylabel="")
     axes[1].set_ylim(bottom=-0.5)
     axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))
+    _seeds_title(fig, both)
     return fig
 
 
@@ -410,7 +426,8 @@ def erasure(df: pd.DataFrame) -> Figure:
               ("clean_acc_after", "clean accuracy after the defense", "clean accuracy"))
     for ax, (metric, title, xlabel) in zip(axes, panels):
         sns.barplot(rows, x=metric, y="defense_label", hue="attack_label", order=order,
-                    hue_order=hue_order, palette=colours, ax=ax, errorbar=None, legend=False)
+                    hue_order=hue_order, palette=colours, ax=ax, errorbar=seed_interval,
+                    legend=False)
         _label_bars(ax)
         ax.set(title=title, xlabel=xlabel, ylabel="")
         _rate_axis(ax, axis="x", top=1.2)
@@ -419,6 +436,7 @@ def erasure(df: pd.DataFrame) -> Figure:
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[a]) for a in hue_order]
     labels = [f"{a} (ASR before: {_percent(before[a])})" for a in hue_order]
     fig.legend(handles, labels, loc="outside lower center", ncol=len(handles), fontsize=9)
+    _seeds_title(fig, rows)
     return fig
 
 

@@ -67,10 +67,17 @@ def notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
 
 
 def notebook_parameters(nb: Path) -> set[str]:
-    """The names in ``nb``'s ``parameters`` cell."""
-    import papermill as pm
+    """The parameters of notebook ``nb``: its study's list (which its ``parameters`` cell
+    holds, a test checks), else the names its ``parameters`` cell assigns."""
+    from . import studies
 
-    return set(pm.inspect_notebook(str(nb)))
+    if nb.stem in studies.STEMS:
+        return set(studies.study(nb.stem).PARAMETERS)
+    cells = json.loads(Path(nb).read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    return {t.id for node in tree.body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name)}
 
 
 def check_parameters(profile: str, params: dict, todo: list[Path], datasets) -> None:
@@ -89,12 +96,47 @@ def check_parameters(profile: str, params: dict, todo: list[Path], datasets) -> 
         raise SystemExit(f"-p: {exc}") from None
 
 
+SAME_RUN = ("seeds", "store_dir")  # overrides that keep a run's folder: more of the same runs
+
+
 def run_name(profile: str, params: dict) -> str:
-    """``profile``, or ``profile-<8 hex digits>`` naming the overrides ``params``."""
+    """``profile``, or ``profile-<8 hex digits>`` naming the overrides ``params`` (seeds
+    are not an override of what is measured: their runs join the profile's)."""
+    params = {k: v for k, v in params.items() if k not in SAME_RUN}
     if not params:
         return profile
     text = json.dumps(params, sort_keys=True, default=repr)
     return f"{profile}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def folders(profile: str, params: dict, dataset: str, only=None, results=None,
+            figures=None) -> tuple[Path, Path, Path]:
+    """``(results, figures, store)`` folders of a runner run on ``dataset``.
+
+    A complete ``default`` run (no ``--only``, no overrides but seeds) writes the
+    committed ``results/`` and ``figures/``; any other run ``results/<run name>/`` (see
+    :func:`run_name`), or the ``--results``/``--figures`` folders given. The run store is
+    ``store_dir`` when given, else ``runs/`` in the given results folder, else the
+    configuration's (:mod:`bdunlearn.config`: the committed ``results/runs/`` for the
+    ``default`` profile whatever the overrides, since runs are stored by what they
+    measure, and ``results/<profile>/runs/`` for the others).
+    """
+    profile = config.profile_name(profile)
+    committed = (run_name(profile, params) == "default" and not only and results is None
+                 and figures is None)
+    several = len(config.profile_datasets(profile)) > 1
+    name = run_name(profile, params)
+    res = Path(results) if results else ROOT / "results" / ("" if committed else name)
+    fig = Path(figures) if figures else ROOT / "figures" / ("" if committed else name)
+    if params.get("store_dir"):
+        store = Path(params["store_dir"]).expanduser().absolute()
+    elif results:
+        store = Path(results) / "runs" / (dataset if several else "")
+    else:
+        store = Path(config.resolve(profile, dataset=dataset).store_dir)
+    if several:
+        res, fig = res / dataset, fig / dataset
+    return res, fig, store
 
 
 def absolute_env_paths(cwd: Path | None = None) -> None:
@@ -191,20 +233,27 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
         print(f"skipped: {why}", flush=True)
     if not found:
         raise SystemExit(f"none of the datasets {', '.join(datasets)} is on disk")
-    several = len(config.profile_datasets(profile)) > 1
-    res_top = Path(results) if results else ROOT / "results" / ("" if committed else name)
-    fig_top = Path(figures) if figures else ROOT / "figures" / ("" if committed else name)
+    res_top, fig_top, _ = folders(profile, params, found[0], only, results, figures)
+    if len(config.profile_datasets(profile)) > 1:
+        res_top, fig_top = res_top.parent, fig_top.parent
     print(f"run {name}" + (f" (overrides {params})" if params else "")
           + f": tables to {res_top}, figures to {fig_top}", flush=True)
     own = {nb: notebook_parameters(nb) for nb in todo}  # papermill warns about others
     host, rows, staged = machine(), [], []
     for dataset in found:
-        res_dir = res_top / dataset if several else res_top
-        fig_dir = fig_top / dataset if several else fig_top
-        res_dir.mkdir(parents=True, exist_ok=True)
+        res_dir, fig_dir, store = folders(profile, params, dataset, only, results, figures)
+        try:
+            res_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SystemExit(f"--results {res_dir}: cannot create the folder "
+                             f"({err.strerror or err}); give a writable folder") from None
+        remove_orphans(res_dir)
+        precision = config.resolve(profile, dataset=dataset,
+                                   **{k: v for k, v in params.items()
+                                      if k in ("device", "precision")}).precision
         for i, nb in enumerate(todo, 1):
-            label = f"[{i}/{len(todo)}] {nb.stem} ({profile}, {dataset})"
-            work = Path(tempfile.mkdtemp(prefix=f".{nb.stem}-", dir=res_dir))
+            label = f"[{i}/{len(todo)}] {nb.stem} ({profile}, {dataset}, {precision})"
+            work = Path(tempfile.mkdtemp(prefix=f".{nb.stem}-{os.getpid()}-", dir=res_dir))
             out = work / f"{nb.stem}.ipynb"
             start, before = time.perf_counter(), cache_entries()
             try:
@@ -213,6 +262,7 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
                     progress_bar=sys.stderr.isatty(), kernel_manager_class=_kernel_manager(),
                     parameters={**{k: v for k, v in params.items() if k in own[nb]},
                                 "profile": profile, "dataset": dataset,
+                                **({"store_dir": str(store)} if "store_dir" in own[nb] else {}),
                                 "results_dir": str(work / "results"),
                                 "figures_dir": str(work / "figures")})
             except PapermillExecutionError as err:
@@ -231,7 +281,8 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
             print(f"{label} done in {seconds:.0f} s; {slices} model slices trained, "
                   f"{len(new) - slices} other cache entries written", flush=True)
             rows.append({"notebook": nb.stem, "profile": profile, "dataset": dataset,
-                         "seconds": round(seconds, 1), "date": dt.date.today().isoformat(),
+                         "seconds": round(seconds, 1), "slices_trained": slices,
+                         "precision": precision, "date": dt.date.today().isoformat(),
                          "machine": host})
             step = [(work / "results", res_dir), (work / "figures", fig_dir), (work, res_dir)]
             if committed:
@@ -246,6 +297,28 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
         for nb in todo:
             readable_copy(res_top / f"{nb.stem}.ipynb", ROOT / READABLE / f"{nb.stem}.ipynb")
     return pd.DataFrame(rows)
+
+
+def remove_orphans(folder: Path) -> int:
+    """Remove the staging folders ``.<stem>-<pid>-*`` in ``folder`` that runners killed
+    mid-notebook left behind (their process is gone); returns how many."""
+    removed = 0
+    for work in folder.glob(".[0-9][0-9]_*-*-*"):
+        pid = work.name.split("-")[1]
+        if work.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(work, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def cache_entries() -> set[Path]:
@@ -263,12 +336,18 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 def readable_copy(src: Path, dst: Path) -> Path:
     """An executed notebook made small and readable on a forge: widget outputs keep only
     their static fallback (figure, text), progress bars and stderr are dropped, and the
-    widget state is removed."""
+    widget state, papermill's injected-parameters cell and its metadata (the run's
+    temporary paths) are removed."""
     import nbformat
 
     nb = nbformat.read(src, as_version=4)
     nb.metadata.pop("widgets", None)
+    nb.metadata.pop("papermill", None)  # the run's temporary paths and parameters
+    nb.cells = [c for c in nb.cells  # papermill's injected parameters: temporary paths
+                if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
     for cell in nb.cells:
+        cell.get("metadata", {}).pop("papermill", None)
+        cell.get("metadata", {}).pop("execution", None)
         if cell.cell_type != "code":
             continue
         kept = []

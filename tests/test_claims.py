@@ -21,7 +21,7 @@ def attack_table(asr_after: float) -> pd.DataFrame:
 def test_check_passes_reports_and_fails_with_the_numbers(capsys):
     numbers = claims.check("bn_switch_on", attack_table(0.93), "default")
     assert numbers["asr_after"] == pytest.approx(0.93)
-    assert "bn_switch_on (holds)" in capsys.readouterr().out
+    assert "bn_switch_on (holds, 1 seed)" in capsys.readouterr().out
     with pytest.raises(AssertionError, match=r"ASR 5.0% before, 50.0% after.*min_asr_after"):
         claims.check("bn_switch_on", attack_table(0.50), "default")
     # at smoke a rise of 45 points is enough
@@ -44,9 +44,14 @@ def test_detection_verdict_levels():
     det = lambda a1, a10: pd.DataFrame({"variant": ["bn"] * 2, "detector": ["mu"] * 2,  # noqa: E731
                                         "shards": [1, 10], "auroc": [a1, a10]})
     judge = lambda t: claims.readme_rows({"04_detection": t})[0][-1]  # noqa: E731
-    assert judge(det(0.85, 0.6)) == "agrees"
-    assert judge(det(0.69, 0.5)).startswith("weaker: above chance, below 0.80")
-    assert judge(det(0.55, 0.5)) == "differs: near chance"
+    # no paper number: the reference is the authors' code's seed range (results/crosscheck.csv)
+    low, high = claims._authors_range("mu", 1)
+    assert 0.5 < low < high < 1
+    assert judge(det(high + 0.01, 0.6)).endswith(
+        f"above the authors' code's range at S=1 ({low:.3f}-{high:.3f})")
+    assert "within the authors' code's range" in judge(det((low + high) / 2, 0.5))
+    assert "below the authors' code's range" in judge(det(low - 0.01, 0.5))
+    assert judge(det(0.55, 0.5)).startswith("differs: near chance")
     with pytest.raises(AssertionError, match="AUROC S=1: 0.550"):
         claims.check("mu_detects", det(0.55, 0.5), "smoke")
 
@@ -89,7 +94,7 @@ def test_the_prose_check_catches_a_stale_number(tmp_path):
 def test_a_run_with_overrides_reports_instead_of_asserting(capsys):
     tiny = config.resolve("paper", train_subset=2000, epochs=1, seeds=[0])
     claims.check("bn_switch_on", attack_table(0.10), tiny)
-    assert "not asserted: the run overrides seeds, train_subset, epochs" in capsys.readouterr().out
+    assert "not asserted: the run overrides train_subset, epochs" in capsys.readouterr().out
     with pytest.raises(AssertionError, match="fails at profile paper"):
         claims.check("bn_switch_on", attack_table(0.10), config.resolve("paper", device="cpu"))
 
@@ -104,3 +109,19 @@ def test_readme_rows_give_each_seed_with_a_t_interval():
     mean, lo, hi = claims.interval([0.9, 0.95, 1.0])
     assert (round(mean, 3), hi) == (0.95, 1.0) and round(lo, 3) == 0.826
     assert claims.interval([0.5]) == (0.5, None, None)
+
+
+def test_rows_of_another_precision_or_device_are_never_pooled(capsys):
+    bf16 = attack_table(0.95).assign(seed=0, precision="bf16", device="cpu")
+    fp32 = attack_table(0.20).assign(seed=0, precision="fp32", device="cpu")
+    both = pd.concat([bf16, fp32], ignore_index=True)
+    # a notebook checks its own group: the fp32 rows would fail the claim, and are left out
+    numbers = claims.check("bn_switch_on", both, config.resolve("default", precision="bf16"))
+    assert numbers["asr_after"] == pytest.approx(0.95)
+    assert "shown apart" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="93|20.0% after"):
+        claims.check("bn_switch_on", both, config.resolve("default", precision="fp32"))
+    # the README shows each group in its own row
+    rows = [r for r in claims.readme_rows({"01_attack": both}) if "switch" in r[0]]
+    assert [r[0].rsplit("[", 1)[1] for r in rows[:2]] == ["bf16, cpu]", "fp32, cpu]"]
+    assert "95.0% after" in rows[0][2] and "20.0% after" in rows[1][2]

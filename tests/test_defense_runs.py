@@ -24,12 +24,15 @@ def test_overhead_defenses_follow_the_profile():
     assert smoke["neural_cleanse"] == {"steps": 60} and smoke["baeraser"] == {"scan_steps": 60}
 
 
-def test_overhead_table_accumulates_seconds_per_setting_and_defense():
-    once = [{"setting": "badnets", "defense": "baeraser", "requested": 0, "seconds": 5.0}]
+def test_overhead_table_accumulates_seconds_and_steps_per_setting_and_defense():
+    once = [{"setting": "badnets", "defense": "baeraser", "requested": 0, "seconds": 5.0,
+             "steps": 50}]
     runs = pd.DataFrame({"setting": ["bau"] * 4, "defense": ["baeraser", "screen_mu"] * 2,
-                         "requested": [0, 0, 300, 300], "seconds": [4.0, 0.1, 6.0, 0.2]})
+                         "requested": [0, 0, 300, 300], "seconds": [4.0, 0.1, 6.0, 0.2],
+                         "steps": [40, None, 70, None]})
     table = defense_runs.overhead_table(once, runs)
     bau = table[(table.setting == "bau") & (table.defense == "baeraser")]
     assert bau.cumulative_seconds.tolist() == [4.0, 10.0]
+    assert bau.cumulative_steps.tolist() == [40, 110]
     assert table[table.setting == "badnets"].cumulative_seconds.tolist() == [5.0]
     assert table[table.defense == "screen_mu"].cumulative_seconds.round(3).tolist() == [0.1, 0.3]

@@ -211,8 +211,34 @@ def test_cached_defense_is_loaded_not_rerun(setup, tmp_path, monkeypatch, name):
     monkeypatch.setattr(defenses, "_timed", None)  # a second run must not compute
     again = call(0)
     assert again.info["from_cache"] and again.seconds == first.seconds
+    assert again.steps == first.steps > 0  # its counted work travels with it
     assert (again.flagged, again.target) == (first.flagged, first.target)
     for p, q in zip(first.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(p, q)
     with pytest.raises(TypeError):  # another seed is another result: computed, not loaded
         call(1)
+
+
+def test_steps_count_every_optimiser_step_of_the_defense(setup):
+    view = DefenderView(setup["backdoored"], setup["x"], setup["y"], 10)
+    assert run_defense("neural_cleanse", view, seed=0, steps=7, batch_size=16).steps == 7
+    # fine-tuning: ceil(135 training images / 64) batches per epoch, two epochs
+    tuned = run_defense("finetune", view, seed=0, epochs=2, patience=5)
+    assert tuned.steps == 2 * -(-135 // 64)
+
+
+def test_a_cached_result_missing_a_field_is_recomputed_with_a_warning(setup, tmp_path):
+    from bdunlearn import cache
+    from bdunlearn import experiment as ex
+
+    call = lambda: ex.defend(setup["backdoored"], "finetune", setup["x"], setup["y"], 10,  # noqa: E731
+                             seed=0, device="cpu", cache_dir=tmp_path, epochs=1)
+    first = call()
+    (path,) = (tmp_path / "defenses").glob("*.pt")
+    tensors, meta = cache.load(path)
+    del meta["steps"]  # an entry of an older format, or a planted one: well hashed, wrong
+    cache.save(path, tensors, meta)
+    with pytest.warns(RuntimeWarning, match=f"cache entry {path.stem} does not load"):
+        again = call()
+    assert not again.info.get("from_cache") and again.steps == first.steps
+    assert "steps" in cache.load(path)[1]  # rewritten whole

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bdunlearn import config, data, reproduce, summary
+from bdunlearn import config, data, reproduce, studies, summary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
@@ -47,7 +47,7 @@ def test_summary_table_reads_the_csvs(tmp_path):
     text = summary.table(tmp_path)
     assert "ASR 5.0% before, 93.0% after" in text and "| agrees |" in text
     assert "AUROC S=1: 0.690, S=5: 0.520, S=10: 0.490" in text
-    assert "weaker: above chance, below 0.80" in text
+    assert "within the authors' code's range at S=1" in text
     assert summary.table(tmp_path / "missing").startswith("_No results yet")
     readme = tmp_path / "README.md"
     readme.write_text(f"a\n{summary.START}\nold\n{summary.END}\nb\n")
@@ -101,16 +101,36 @@ def test_every_notebook_parameter_is_a_run_config_field():
     for nb in reproduce.notebooks(NOTEBOOKS):
         names = reproduce.notebook_parameters(nb)
         assert {"profile", "dataset", "seeds", "device", "data_root", "results_dir",
-                "figures_dir"} <= names, nb.stem
+                "figures_dir", "store_dir"} <= names, nb.stem
         assert names <= set(config.FIELDS) | {"profile"}, nb.stem
 
 
-def test_override_runs_get_their_own_folder():
+@pytest.mark.parametrize("nb", reproduce.notebooks(NOTEBOOKS), ids=lambda p: p.stem)
+def test_the_parameters_cell_is_the_studys_list(nb):
+    import ast
+    import json
+
+    cells = json.loads(nb.read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    names = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
+    assert tuple(names) == studies.study(nb.stem).PARAMETERS
+
+
+def test_override_runs_get_their_own_folder(monkeypatch):
+    monkeypatch.delenv("BDUNLEARN_RESULTS", raising=False)
+    monkeypatch.chdir(reproduce.ROOT)
     assert reproduce.run_name("default", {}) == "default"
     name = reproduce.run_name("default", {"epochs": 12, "mitigation_num": 300})
     assert re.fullmatch(r"default-[0-9a-f]{8}", name)
     assert name == reproduce.run_name("default", {"mitigation_num": 300, "epochs": 12})
     assert name != reproduce.run_name("default", {"epochs": 11, "mitigation_num": 300})
+    # more seeds are more of the same runs: they keep the profile's folder and store
+    assert reproduce.run_name("default", {"seeds": "0-9"}) == "default"
+    res, _, store = reproduce.folders("default", {"seeds": [5]}, "fmnist")
+    assert (res, store) == (reproduce.ROOT / "results", reproduce.ROOT / "results" / "runs")
+    res, _, store = reproduce.folders("default", {"epochs": 100}, "fmnist")
+    assert res.name.startswith("default-") and store == reproduce.ROOT / "results" / "runs"
 
 
 def test_relative_env_paths_resolve_against_the_callers_directory(monkeypatch, tmp_path):
@@ -160,7 +180,7 @@ def test_runner_publishes_a_notebook_only_when_it_passed(tmp_path, capfd):
     assert sorted(p.name for p in res.iterdir()) == [
         "01_tiny.csv", "01_tiny.failed.ipynb", "01_tiny.ipynb", "timings.csv"]
     out, err = capfd.readouterr()
-    assert "[1/1] 01_tiny (smoke, fmnist) done in" in out
+    assert "[1/1] 01_tiny (smoke, fmnist, " in out and ") done in" in out
     assert "without encryption" not in out + err
 
 
@@ -231,11 +251,17 @@ def test_readable_copy_keeps_figures_and_drops_progress_bars_and_widget_state(tm
                                                      "image/png": "iVBOR", "text/plain": "fig"}),
         nbformat.v4.new_output("stream", name="stdout", text="ASR 93%\n"),
     ]
-    nb.cells.append(cell)
+    injected = nbformat.v4.new_code_cell("results_dir = '/tmp/.01_attack-123-xyz/results'")
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.metadata["papermill"] = {"input_path": "/tmp/x", "parameters": {"results_dir": "/tmp"}}
+    cell.metadata["papermill"] = {"duration": 1.0}
+    nb.cells += [injected, cell]
     src = tmp_path / "run.ipynb"
     nbformat.write(nb, src)
     out = nbformat.read(readable_copy(src, tmp_path / "docs" / "run.ipynb"), as_version=4)
-    assert "widgets" not in out.metadata
+    assert "widgets" not in out.metadata and "papermill" not in out.metadata
+    assert len(out.cells) == 1 and "papermill" not in out.cells[0].metadata
+    assert "/tmp" not in (tmp_path / "docs" / "run.ipynb").read_text()
     kept = out.cells[0].outputs
     assert [o.output_type for o in kept] == ["display_data", "stream"]
     assert kept[0].data == {"image/png": "iVBOR", "text/plain": "fig"}

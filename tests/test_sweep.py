@@ -15,16 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from bdunlearn import attack
-from bdunlearn import experiment as ex
+from bdunlearn import studies
 from bdunlearn.cache import load as load_entry
-from bdunlearn.config import resolve
-from bdunlearn.plan import Chain, Job, notebook_parameters, plan
+from bdunlearn.plan import Chain, Job, plan
 from bdunlearn.sweep import LocalBackend, RayBackend, backend_for, execute
 from bdunlearn.unlearning import amnesiac, sisa
 
 TINY = dict(dataset="digits", epochs=1, poison_num=20, mitigation_num=40, shards=(1, 2),
-            request_steps=2, defense_steps=2)
+            request_steps=2, defense_steps=2, defender_size=60, nc_steps=4, train_subset=1000,
+            defense_samples=(2,))
 
 
 @pytest.fixture
@@ -47,8 +46,14 @@ def cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def jobs():
-    return plan("smoke", **TINY)
+def store(tmp_path_factory):
+    """An empty run store: every run is still to compute, so the plan lists them all."""
+    return str(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def jobs(store):
+    return plan("smoke", store_dir=store, **TINY)
 
 
 def checkpoints(cache: Path) -> dict[str, float]:
@@ -67,70 +72,7 @@ def slice_keys(jobs) -> set[str]:
     return {j.key for j in jobs if isinstance(j, Job)}
 
 
-def notebook_service_calls(profile: str, overrides: dict) -> list:
-    """The fits and requests of notebooks 01-05, as their code cells make them; returns
-    every service used."""
-    used = []
-
-    def config(stem):
-        own = notebook_parameters(stem)
-        return resolve(profile, **{k: v for k, v in overrides.items() if k in own})
-
-    cfg = config("01_attack")
-    ds = ex.dataset(cfg)
-    for seed in cfg.seeds:
-        used.append(ex.service(ds.x_train, ds.y_train, ds, cfg, seed=seed).fit())
-        for variant in ("bn", "it"):
-            atk = ex.build_attack(ds, variant, seed, cfg)
-            svc = ex.attack_service(atk, ds, cfg)
-            ex.trajectory(atk, svc, [0, len(atk.ids("mitigation"))])
-            used.append(svc)
-    cfg = config("02_unlearning_trajectory")
-    for seed in cfg.seeds:
-        atk = ex.build_attack(ds, cfg.variant, seed, cfg)
-        counts = ex.schedule(len(atk.ids("mitigation")), cfg.request_steps)
-        for s in cfg.shards:
-            svc = ex.attack_service(atk, ds, cfg, shards=s)
-            ex.trajectory(atk, svc, counts)
-            used.append(svc)
-        svc = ex.amnesiac_service(atk, ds, cfg)
-        ex.trajectory(atk, svc, counts, label="amnesiac")
-        used.append(svc)
-    cfg = config("03_defense_overhead")
-    seed = cfg.seeds[0]
-    classic = attack.build_classic_badnets(ds, poison_fraction=cfg.poison_fraction, seed=seed)
-    used.append(ex.service(classic.x, classic.y, ds, cfg, seed=seed).fit())
-    bau = ex.build_attack(ds, "bn", seed, cfg)
-    svc = ex.attack_service(bau, ds, cfg)
-    ex.trajectory(bau, svc, ex.schedule(len(bau.ids("mitigation")), cfg.defense_steps))
-    used.append(svc)
-    cfg = config("04_detection")
-    for seed in cfg.seeds:
-        for variant in ("bn", "it"):
-            atk = ex.build_attack(ds, variant, seed, cfg)
-            used += [ex.attack_service(atk, ds, cfg, shards=s).fit()
-                     for s in ex.detection_shards(cfg, variant)]
-    atk = ex.build_attack(ds, "bn", cfg.seeds[0], cfg)
-    counts = ex.schedule(len(atk.ids("mitigation")), cfg.request_steps)
-    svc = ex.attack_service(atk, ds, cfg)
-    ex.trajectory(atk, svc, counts)
-    used.append(svc)
-    svc, _ = ex.filtered_trajectory(atk, ds, cfg, counts, detector="mu")
-    assert svc.refused, "the filter refused nothing: this test would not see its slices"
-    used.append(svc)
-    cfg = config("05_backdoor_erasure")
-    seed = cfg.seeds[0]
-    classic = attack.build_classic_badnets(ds, poison_fraction=cfg.poison_fraction, seed=seed)
-    used.append(ex.service(classic.x, classic.y, ds, cfg, seed=seed).fit())
-    bau = ex.build_attack(ds, "bn", seed, cfg)
-    svc = ex.attack_service(bau, ds, cfg).fit()
-    svc.unlearn(bau.ids("mitigation"))
-    used.append(svc)
-    used += [ex.service(ds.x_train, ds.y_train, ds, cfg, seed=s).fit() for s in cfg.seeds]
-    return used
-
-
-def test_plan_lists_each_checkpoint_once_after_its_predecessor(jobs):
+def test_plan_lists_each_checkpoint_once_after_its_predecessor(jobs, store):
     keys = [j.key for j in jobs]
     assert len(keys) == len(set(keys))
     # 01: clean + bn/it before and after; 02 adds S=2's fit and 2 batches on 2 shards
@@ -142,7 +84,7 @@ def test_plan_lists_each_checkpoint_once_after_its_predecessor(jobs):
     assert sorted(c.kind for c in chains) == ["amnesiac", "filter"]
     assert all(set(c.needs) <= slice_keys(jobs) for c in chains)
     assert next(c for c in chains if c.kind == "filter").needs
-    assert plan("smoke", **TINY) == jobs  # same parameters, same plan
+    assert plan("smoke", store_dir=store, **TINY) == jobs  # same parameters, same plan
 
 
 def test_plan_rejects_a_name_no_notebook_has():
@@ -150,26 +92,42 @@ def test_plan_rejects_a_name_no_notebook_has():
         plan("smoke", sahrds=3)
 
 
-def test_plan_is_complete_notebooks_retrain_nothing(jobs, cache, monkeypatch, deadline):
+def test_plan_is_complete_studies_retrain_nothing(jobs, cache, tmp_path, monkeypatch,
+                                                  deadline):
     result = execute(jobs, LocalBackend(2), progress=False)
     assert (result.trained, result.cached) == (len(jobs), 0)
     before = checkpoints(cache)
     assert slice_keys(jobs) < set(before)  # the filter chain wrote its own slices too
 
     def no_training(*args, **kwargs):
-        raise AssertionError("a notebook call trained a slice the plan did not list")
+        raise AssertionError("a study trained a slice the plan did not list")
 
     monkeypatch.setattr(sisa, "fit", no_training)
     monkeypatch.setattr(sisa, "fit_stacked", no_training)
     monkeypatch.setattr(amnesiac, "fit", no_training)
-    used = notebook_service_calls("smoke", TINY)
+    served = []
+    real = sisa.SisaService.fit
+    monkeypatch.setattr(sisa.SisaService, "fit",
+                        lambda self: served.append(self) or real(self))
+    store = str(tmp_path / "store")
+    for stem in studies.STEMS:  # every run of every notebook, computed as the notebook does
+        nb = studies.Notebook(stem, studies.config(stem, "smoke", store_dir=store, **TINY),
+                              str(cache))
+        for table in {r.table for r in nb.runs()}:
+            assert not nb.collect(table, progress=False).empty, table
     assert checkpoints(cache) == before  # nothing written, nothing rewritten
-    for svc in used:  # every model a fit or request needed came from the cache
-        per = getattr(svc, "slices", 1)
+    for svc in served:  # every model a fit or request needed came from the cache
+        per = svc.slices
         assert svc.fit_cost.cache_hits == svc.shards * per
         assert all(c.cache_hits == c.shards_retrained * per for c in svc.log)
     # the cost logs still report what each request needed, independent of the cache
-    assert any(c.slices_retrained > 0 for svc in used for c in svc.log)
+    assert any(c.slices_retrained > 0 for svc in served for c in svc.log)
+    # with every run stored, nothing is left to plan; one more seed plans only its own jobs
+    assert plan("smoke", store_dir=store, **TINY) == []
+    one_more = plan("smoke", store_dir=store, **{**TINY, "seeds": (0, 1)})
+    assert one_more and {j.recipe.seed for j in one_more} == {1}
+    assert {j.key for j in one_more} == {
+        j.key for j in plan("smoke", store_dir=str(tmp_path / "empty"), **{**TINY, "seeds": 1})}
 
 
 def test_a_job_run_here_trains_into_its_cache_and_leaves_the_callers_env(jobs, cache,
@@ -256,7 +214,7 @@ def _ray_task_pids() -> list[int]:
 
 def test_killed_ray_worker_leaves_a_valid_cache_and_the_sweep_completes(cache, deadline):
     _ray()
-    jobs = plan("smoke", **{**TINY, "epochs": 4})
+    jobs = plan("smoke", store_dir=str(cache.parent / "store"), **{**TINY, "epochs": 4})
     backend = RayBackend("local", 2)
     results, killed = [], []
     try:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from bdunlearn import cache, checks
 from bdunlearn.train import make_generator, resolve_device
@@ -106,7 +107,10 @@ class DefenseResult:
     """What a defense hands back.
 
     ``model``: the mitigated model, or ``None`` for a detection-only run. ``seconds``:
-    wall time of the whole defense. ``flagged``: labels flagged as backdoor targets, or
+    wall time of the whole defense. ``steps``: the optimiser steps it took (every
+    ``step()`` of any torch optimiser during the call: trigger reversal, generator and
+    statistics networks, unlearning and fine-tuning), a count of its work that does not
+    depend on the processor. ``flagged``: labels flagged as backdoor targets, or
     ``None`` when the method does not detect. ``target``: the label the defense acted on
     (or ``None``). ``info``: extras such as the reversed trigger, rounds, mask norms,
     anomaly indices and the accuracies its stopping rules saw.
@@ -114,6 +118,7 @@ class DefenseResult:
 
     model: nn.Module | None
     seconds: float = 0.0
+    steps: int = 0
     flagged: list[int] | None = None
     target: int | None = None
     info: dict = field(default_factory=dict)
@@ -160,16 +165,30 @@ def run_defense(name: str, view: DefenderView, *, seed: int = 0, cache_dir=None,
     with cache.lock(path):
         entry = cache.load(path)
         if entry is not None:
-            return _decode_result(view, *entry)
+            try:
+                return _decode_result(view, *entry)
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+                cache.discard(path, f"{type(err).__name__}: {err}")
         result = _timed(fn, view, seed, knobs)
         cache.save(path, *_encode_result(result))
     return result
 
 
 def _timed(fn, view: DefenderView, seed: int, knobs: dict) -> DefenseResult:
+    """Call the defense; record its wall time and count its optimiser steps."""
+    steps = [0]
+
+    def count(_optimizer, _args, _kwargs):
+        steps[0] += 1
+
+    handle = register_optimizer_step_post_hook(count)
     start = time.perf_counter()
-    result = fn(view, seed=seed, **knobs)
+    try:
+        result = fn(view, seed=seed, **knobs)
+    finally:
+        handle.remove()
     result.seconds = time.perf_counter() - start
+    result.steps = steps[0]
     return result
 
 
@@ -231,6 +250,7 @@ def _encode_result(result: DefenseResult) -> tuple[dict, dict]:
     if result.model is not None:
         tensors.update({f"model/{k}": v for k, v in result.model.state_dict().items()})
     meta = {"has_model": result.model is not None, "seconds": result.seconds,
+            "steps": result.steps,
             "flagged": _encode(result.flagged, "flagged", tensors),
             "target": _encode(result.target, "target", tensors),
             "info": _encode(result.info, "info", tensors)}
@@ -243,8 +263,9 @@ def _decode_result(view: DefenderView, tensors: dict, meta: dict) -> DefenseResu
         model = view.fresh_model()
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     info = {k: _move(v, view.device) for k, v in _decode(meta["info"], tensors).items()}
-    return DefenseResult(model, meta["seconds"], _decode(meta["flagged"], tensors),
-                         _decode(meta["target"], tensors), {**info, "from_cache": True})
+    return DefenseResult(model, meta["seconds"], int(meta["steps"]),
+                         _decode(meta["flagged"], tensors), _decode(meta["target"], tensors),
+                         {**info, "from_cache": True})
 
 
 def _move(value, device):

@@ -1,0 +1,288 @@
+"""Studies: one declared list of runs per notebook, read by the notebook, the planner and
+the tests alike.
+
+A notebook's results are the rows of small *runs* (:class:`Run`: one seed of one setting,
+such as the BN attack at 5 shards). The notebook's study module in this package declares
+
+* ``PARAMETERS``: the notebook's ``parameters`` cell (a test keeps the two equal);
+* ``runs(cfg) -> [Run]``: every run of a :class:`~bdunlearn.config.RunConfig`;
+* ``needs(run, ctx) -> [Need]``: the services the run fits or serves requests on, as
+  :class:`Recipe` objects with the ids removed after each request batch, so the planner
+  (:mod:`bdunlearn.plan`) trains their slices ahead without running anything else;
+* ``compute(run, ctx) -> rows`` (or ``(rows, {name: side table})``): the run's rows, built
+  from the very same recipes.
+
+:func:`setup` is a notebook's first cell: it resolves the notebook's parameters into a
+run configuration and returns a :class:`Notebook`, whose :meth:`Notebook.collect`
+computes the runs not yet stored (:mod:`bdunlearn.store`) and returns every stored run of
+the same settings, with provenance columns. The checkpoint cache travels as an argument
+(``cache_dir``) from here down to every service; nothing writes the environment.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from .. import attack as attacks
+from .. import experiment as ex
+from ..cache import default_cache_dir
+from ..config import PLACEMENT, RunConfig, resolve
+from ..store import GROUP, RunStore, provenance
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent.parent / "notebooks"
+STEMS = ("01_attack", "02_unlearning_trajectory", "03_defense_overhead", "04_detection",
+         "05_backdoor_erasure")
+MODULES = dict(zip(STEMS, ("attack", "trajectory", "overhead", "detection", "erasure")))
+KINDS = ("clean", "attack", "classic")
+# Every notebook's parameters start with these (where and how it computes, and its size).
+COMMON = ("profile", "dataset", "seeds", "device", "precision", "data_root", "results_dir",
+          "figures_dir", "store_dir")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a study builds one SISA service: small, hashable, and picklable to workers.
+
+    ``kind`` is ``"clean"`` (the clean training set), ``"attack"`` (the service the
+    attacker contributes to, on the ``variant`` attack) or ``"classic"`` (classical
+    BadNets with ``cfg.poison_fraction``); ``cache_dir`` is the checkpoint cache.
+    """
+
+    kind: str
+    cfg: RunConfig
+    seed: int
+    shards: int = 1
+    variant: str | None = None
+    cache_dir: str = ""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown recipe kind {self.kind!r}; use one of {', '.join(KINDS)}")
+
+    def attack(self) -> attacks.AttackSet | None:
+        """The attack set this service trains on (``None`` for a clean service)."""
+        return _attack(self.kind, self.cfg, self.seed, self.variant)
+
+    def build(self):
+        """The service, untrained."""
+        ds, cache_dir = dataset(self.cfg), self.cache_dir or None
+        if self.kind == "clean":
+            return ex.service(ds.x_train, ds.y_train, ds, self.cfg, seed=self.seed,
+                              cache_dir=cache_dir)
+        atk = self.attack()
+        if self.kind == "classic":
+            return ex.service(atk.x, atk.y, ds, self.cfg, seed=self.seed, cache_dir=cache_dir)
+        return ex.attack_service(atk, ds, self.cfg, shards=self.shards, cache_dir=cache_dir)
+
+
+_DATASETS: dict[tuple, object] = {}
+
+
+def dataset(cfg: RunConfig):
+    """``experiment.dataset(cfg)``, loaded once per process for each dataset and subset."""
+    key = (cfg.dataset, cfg.data_root, cfg.train_subset, cfg.test_subset)
+    if key not in _DATASETS:
+        _DATASETS[key] = ex.dataset(cfg)
+    return _DATASETS[key]
+
+
+@lru_cache(maxsize=32)
+def _attack(kind: str, cfg: RunConfig, seed: int, variant: str | None):
+    ds = dataset(cfg)
+    if kind == "classic":
+        return attacks.build_classic_badnets(ds, poison_fraction=cfg.poison_fraction, seed=seed)
+    if kind == "attack":
+        return ex.build_attack(ds, variant, seed, cfg)
+    return None
+
+
+@dataclass(frozen=True)
+class Need:
+    """A service a run fits or serves requests on. ``states``: the ids removed after each
+    request batch (``()`` for the fit alone). ``chain`` names a trajectory known only as
+    it runs (``"filter"``: the request filter; ``"amnesiac"``), planned as one job that
+    runs it with the request counts ``counts``."""
+
+    label: str
+    recipe: Recipe
+    states: tuple = ((),)
+    chain: str | None = None
+    counts: tuple = ()
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run: the ``table`` its rows go to, a ``seed`` and its own ``setting`` (pairs of
+    plain values such as ``(("variant", "bn"), ("shards", 5))``)."""
+
+    table: str
+    seed: int
+    setting: tuple = ()
+
+    def __getitem__(self, name: str):
+        return dict(self.setting)[name]
+
+    def key(self) -> dict:
+        return {"seed": self.seed, **dict(self.setting)}
+
+    @property
+    def label(self) -> str:
+        return " ".join([f"seed {self.seed}", *(f"{k} {v}" for k, v in self.setting)])
+
+
+@dataclass
+class Context:
+    """What a study's ``needs`` and ``compute`` reach: the run configuration, the
+    checkpoint cache and (loaded on first use) the dataset and the defender's pool."""
+
+    cfg: RunConfig
+    cache_dir: str = field(default_factory=lambda: str(default_cache_dir()))
+
+    @property
+    def ds(self):
+        return dataset(self.cfg)
+
+    @cached_property
+    def pool(self):
+        """The defender's clean images (:func:`bdunlearn.experiment.defender_pool`)."""
+        return ex.defender_pool(self.cfg, self.cfg.defender_size)
+
+    def recipe(self, kind: str, seed: int, shards: int = 1, variant: str | None = None
+               ) -> Recipe:
+        return Recipe(kind, self.cfg, seed, shards, variant, self.cache_dir)
+
+    def attack(self, variant: str, seed: int) -> attacks.AttackSet:
+        return self.recipe("attack", seed, 1, variant).attack()
+
+
+def study(stem: str):
+    """The study module of notebook ``stem`` (a number such as ``"04"`` works too)."""
+    match = [s for s in STEMS if s == stem or s.startswith(f"{stem}_")]
+    if not isinstance(stem, str) or len(match) != 1:
+        raise ValueError(f"unknown notebook {stem!r}; choose one of {', '.join(STEMS)}")
+    return importlib.import_module(f"{__name__}.{MODULES[match[0]]}")
+
+
+def config(stem: str, profile=None, **params) -> RunConfig:
+    """The run configuration notebook ``stem`` resolves from ``params`` (only the names in
+    its parameters cell; others are ignored, as the runner passes each notebook its own)."""
+    own = study(stem).PARAMETERS
+    return resolve(profile, **{k: v for k, v in params.items() if k in own})
+
+
+def settings(cfg: RunConfig) -> dict:
+    """What a run configuration measures apart from its seeds: every field that is not
+    about where and how it computes."""
+    return {k: getattr(cfg, k) for k in cfg.__dataclass_fields__
+            if k not in PLACEMENT and k != "overrides"}
+
+
+def stored_key(mod, run: Run, cfg: RunConfig) -> tuple[str, str]:
+    """``(settings key, run key)`` of ``run`` in the store."""
+    skey = RunStore.settings_key(run.table, mod.VERSION, settings(cfg))
+    return skey, RunStore.run_key(skey, run.key(), cfg.precision, cfg.device_type)
+
+
+def missing(stem: str, cfg: RunConfig) -> list[Run]:
+    """The runs of notebook ``stem`` at ``cfg`` that its store does not hold yet."""
+    mod, store = study(stem), RunStore(cfg.store_dir)
+    return [r for r in mod.runs(cfg) if not store.has(r.table, *stored_key(mod, r, cfg))]
+
+
+class Notebook:
+    """A notebook's handle on its study: configuration, dataset, folders and store."""
+
+    def __init__(self, stem: str, cfg: RunConfig, cache_dir: str | None = None):
+        self.stem, self.cfg, self.study = stem, cfg, study(stem)
+        self.ctx = Context(cfg, str(cache_dir or default_cache_dir()))
+        self.res_dir, self.fig_dir = ex.output_dirs(cfg)
+        self.store = RunStore(cfg.store_dir)
+
+    @property
+    def ds(self):
+        return self.ctx.ds
+
+    @property
+    def pool(self):
+        return self.ctx.pool
+
+    def attack(self, variant: str, seed: int | None = None) -> attacks.AttackSet:
+        """The ``variant`` attack of ``seed`` (the first seed by default)."""
+        return self.ctx.attack(variant, self.cfg.seeds[0] if seed is None else seed)
+
+    def runs(self, table: str | None = None) -> list[Run]:
+        return [r for r in self.study.runs(self.cfg) if table is None or r.table == table]
+
+    def collect(self, table: str | None = None, progress: bool = True) -> pd.DataFrame:
+        """Compute the runs of ``table`` (the notebook's own by default) that the store
+        does not hold, store each as it finishes, and return every stored run of the same
+        settings (all seeds stored so far, every precision and device, with provenance
+        columns)."""
+        from tqdm.auto import tqdm
+
+        table = table or self.stem
+        todo = [r for r in self.runs(table)
+                if not self.store.has(r.table, *stored_key(self.study, r, self.cfg))]
+        prov = provenance(self.cfg.precision, self.cfg.device_type)
+        for run in tqdm(todo, desc=f"{table}: runs to compute", disable=not (progress and todo)):
+            out = self.study.compute(run, self.ctx)
+            rows, extras = out if isinstance(out, tuple) else (out, {})
+            self.store.put(run.table, *stored_key(self.study, run, self.cfg),
+                           self.study.VERSION, rows, prov, extras)
+        skey = RunStore.settings_key(table, self.study.VERSION, settings(self.cfg))
+        return self.store.table(table, skey)
+
+    def side(self, table: str, extra: str) -> pd.DataFrame:
+        """The side table ``extra`` of every stored run of ``table`` (such as scores)."""
+        skey = RunStore.settings_key(table, self.study.VERSION, settings(self.cfg))
+        return self.store.table(table, skey, extra)
+
+    def own(self, table: pd.DataFrame) -> pd.DataFrame:
+        """The rows computed at this run's precision and device (what a claim checks)."""
+        return own_group(table, self.cfg)
+
+    def save(self, table: pd.DataFrame, name: str | None = None, columns=None) -> Path:
+        """Write ``<results_dir>/<name>.csv`` (the notebook's stem by default)."""
+        return ex.save_table(table, name or self.stem, self.res_dir, columns)
+
+    def figure(self, fig, name: str) -> Path:
+        from .. import plots
+
+        return plots.save(fig, self.fig_dir, self.stem, name)
+
+
+def own_group(table: pd.DataFrame, cfg: RunConfig) -> pd.DataFrame:
+    """The rows of ``table`` computed at ``cfg``'s precision and device type (all rows
+    when the table has no provenance columns)."""
+    if table.empty or not set(GROUP) <= set(table.columns):
+        return table
+    return table[(table.precision == cfg.precision) & (table.device == cfg.device_type)]
+
+
+def setup(stem: str, namespace: dict) -> Notebook:
+    """A notebook's first cell: its parameters (read from ``namespace``, the notebook's
+    globals, by the names its study declares) resolved into a :class:`Notebook`; prints
+    what the run computes, on what, and where its stored runs are."""
+    from .. import plots
+
+    mod = study(stem)
+    cfg = resolve(namespace.get("profile"),
+                  **{k: namespace.get(k) for k in mod.PARAMETERS if k != "profile"})
+    nb = Notebook(stem, cfg)
+    plots.use_style()
+    todo = missing(stem, cfg)
+    print(f"{stem} at profile {cfg.profile}: {cfg.dataset}, {cfg.train_subset} training images, "
+          f"{cfg.epochs} epochs, seeds {list(cfg.seeds)}, {cfg.device} in {cfg.precision}; "
+          f"{len(mod.runs(cfg)) - len(todo)} of {len(mod.runs(cfg))} runs stored")
+    return nb
+
+
+def all_parameters() -> frozenset:
+    """Every notebook's parameter names (what ``-p`` may set)."""
+    return frozenset().union(*(study(s).PARAMETERS for s in STEMS))
+

@@ -1,0 +1,104 @@
+"""Notebook 04's runs: MU and SMS scored on the attack's models per seed, variant and
+shard count (``04_detection``, the scores kept as a side table for the figures), and per
+seed the BN attack's trajectory with and without an MU request filter
+(``04_detection-filter``)."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+
+from .. import detect
+from .. import experiment as ex
+from . import COMMON, Need, Run
+
+PARAMETERS = (*COMMON, "shards", "poison_num", "mitigation_num", "alpha", "epochs",
+              "train_subset", "request_steps", "target_fpr")
+VERSION = 1
+TABLE = "04_detection"
+FILTER = "04_detection-filter"
+COLUMNS = ["dataset", "variant", "seed", "shards", "detector", "auroc", "tpr", "fpr",
+           "threshold"]
+
+
+def runs(cfg) -> list[Run]:
+    out = []
+    for seed in cfg.seeds:
+        out += [Run(TABLE, seed, (("variant", v), ("shards", s)))
+                for v in ("bn", "it") for s in ex.detection_shards(cfg, v)]
+        out.append(Run(FILTER, seed))
+    return out
+
+
+def _counts(recipe, cfg) -> list[int]:
+    return ex.schedule(len(recipe.attack().ids("mitigation")), cfg.request_steps)
+
+
+def needs(run: Run, ctx) -> list[Need]:
+    if run.table == TABLE:
+        v, s = run["variant"], run["shards"]
+        return [Need(f"04 {v} S={s}", ctx.recipe("attack", run.seed, s, v))]
+    r = ctx.recipe("attack", run.seed, 1, "bn")
+    order, counts = r.attack().request_order(), _counts(r, ctx.cfg)
+    return [Need("04 bn S=1 trajectory", r, tuple(tuple(order[:k]) for k in counts)),
+            Need("04 bn S=1 MU filter", r, chain="filter", counts=tuple(counts))]
+
+
+def compute(run: Run, ctx):
+    return _detection(run, ctx) if run.table == TABLE else _filter(run, ctx)
+
+
+def _detection(run: Run, ctx) -> tuple[pd.DataFrame, dict]:
+    """AUROC (mean of 5 draws of negatives, as the authors evaluate) and the operating
+    point at ``cfg.target_fpr`` of every detector defined at this shard count."""
+    (need,) = needs(run, ctx)
+    atk, svc = need.recipe.attack(), need.recipe.build().fit()
+    rows, scores = [], []
+    for det in detect.DETECTORS:
+        if det == "sms" and svc.shards == 1:
+            continue  # undefined for a single model
+        r = detect.evaluate(svc, atk.ids("mitigation"), atk.detection_negatives(), det,
+                            draws=5, seed=run.seed, fpr=ctx.cfg.target_fpr)
+        for kind, values in (("mitigation", r.pop("scores_pos")), ("clean", r.pop("scores_neg"))):
+            scores.append(pd.DataFrame({"variant": atk.variant, "seed": run.seed,
+                                        "shards": svc.shards, "detector": det, "kind": kind,
+                                        "score": pd.Series(values).round(5)}))
+        rows.append({"dataset": ctx.ds.name, "variant": atk.variant, "seed": run.seed,
+                     "shards": svc.shards, **r})
+    return pd.DataFrame(rows), {"scores": pd.concat(scores, ignore_index=True)}
+
+
+def _filter(run: Run, ctx) -> pd.DataFrame:
+    """Both trajectories (``unlearning`` ``"no filter"`` and ``"MU filter"``), with the
+    filter's threshold and the cost of screening a request beside serving one."""
+    plain_need, _ = needs(run, ctx)
+    atk, cfg = plain_need.recipe.attack(), ctx.cfg
+    counts = _counts(plain_need.recipe, cfg)
+    plain = ex.trajectory(atk, plain_need.recipe.build(), counts, label="no filter")
+    svc, guarded = ex.filtered_trajectory(atk, ctx.ds, cfg, counts, detector="mu",
+                                          cache_dir=ctx.cache_dir)
+    t0 = time.perf_counter()
+    detect.scores(svc, atk.ids("mitigation"), "mu")
+    screen = (time.perf_counter() - t0) / len(atk.ids("mitigation"))
+    guarded = guarded.assign(threshold=svc.screen.threshold, refused_total=len(svc.refused),
+                             screen_seconds_per_request=screen)
+    return pd.concat([plain, guarded], ignore_index=True)
+
+
+def curves(scores: pd.DataFrame) -> dict:
+    """``{(variant, seed, shards, detector): (mitigation scores, clean scores)}`` from the
+    stored side tables (for :func:`bdunlearn.plots.detection`)."""
+    out = {}
+    for (v, seed, s, det), d in scores.groupby(["variant", "seed", "shards", "detector"]):
+        out[(v, int(seed), int(s), det)] = (d[d.kind == "mitigation"].score.to_numpy(),
+                                            d[d.kind == "clean"].score.to_numpy())
+    return out
+
+
+def show(table: pd.DataFrame) -> pd.DataFrame:
+    return ex.over_seeds(table, ["variant", "detector", "shards"], ["auroc", "tpr", "fpr"])
+
+
+def show_filter(table: pd.DataFrame) -> pd.DataFrame:
+    return ex.over_seeds(table, ["unlearning", "requested"], ["asr", "clean_acc", "refused"])
