@@ -51,6 +51,18 @@ def default_cache_dir() -> Path:
     return (base / "bdunlearn" / "checkpoints").absolute()
 
 
+def folder(cache_dir) -> Path | None:
+    """The cache folder ``cache_dir`` names: ``None`` (keep entries in memory), ``"auto"``
+    (:func:`default_cache_dir`) or a folder path; anything else fails with one sentence."""
+    if cache_dir is None:
+        return None
+    if cache_dir == "auto":
+        return default_cache_dir()
+    if isinstance(cache_dir, (str, os.PathLike)) and str(cache_dir):
+        return Path(cache_dir).expanduser()
+    raise ValueError(f"cache_dir {cache_dir!r} must be None, 'auto' or a folder path")
+
+
 def content_key(config: dict, ids=None) -> str:
     """Hash of ``config`` (sorted-key JSON) and the ordered int64 ``ids``: 40 hex digits,
     a valid file name on every system."""

@@ -282,6 +282,11 @@ MODELS = [
 
 DEFENSES = [
     ("unknown defense", lambda c: run_defense("spectral", c.view), ValueError, "'spectral'"),
+    ("empty clean set", lambda c: DefenderView(c.view.model, c.ds.x_train[:0],
+                                               c.ds.y_train[:0], 4), ValueError,
+     "no image"),
+    ("num_classes 4.5", lambda c: DefenderView(c.view.model, c.ds.x_train, c.ds.y_train, 4.5),
+     ValueError, "num_classes 4.5"),
     ("unknown knob", lambda c: run_defense("finetune", c.view, learning_rate=0.1), ValueError,
      "learning_rate"),
     ("NC steps 0", lambda c: run_defense("neural_cleanse", c.view, steps=0), ValueError,
@@ -318,6 +323,26 @@ def _service(c, **kw):
     return SisaService(c.atk.x, c.atk.y, **args)
 
 
+def _amnesiac(c, **kw):
+    from bdunlearn.unlearning import AmnesiacService
+
+    return AmnesiacService(c.atk.x, c.atk.y, arch="fmnist_cnn", num_classes=4,
+                           cfg=reference_config("digits", epochs=1),
+                           watch=c.atk.ids("mitigation"), device="cpu", **kw)
+
+
+def _short_screen(c):
+    ids = [int(i) for i in c.atk.ids("mitigation") if i != c.removed][:2]
+    before = (c.sharded.removed.copy(), len(c.sharded.log))
+    c.sharded.screen = lambda svc, arr: np.zeros(0, dtype=bool)
+    try:
+        c.sharded.unlearn(ids)
+    finally:
+        c.sharded.screen = None
+        # a failed call changes nothing
+        assert (c.sharded.removed == before[0]).all() and len(c.sharded.log) == before[1]
+
+
 def _already_removed(c):
     _already_removed.fragment = str(c.removed)
     c.sharded.unlearn([c.removed])
@@ -346,6 +371,16 @@ SERVICES = [
     ("shards float", lambda c: _service(c, shards=2.0), ValueError, "2.0"),
     ("unknown model", lambda c: _service(c, arch="resnet50"), ValueError, "'resnet50'"),
     ("unknown device", lambda c: _service(c, device="tpu"), ValueError, "'tpu'"),
+    ("device meta", lambda c: _service(c, device="meta"), ValueError, "'meta'"),
+    ("device mps", lambda c: _service(c, device="mps"), ValueError, "'mps'"),
+    ("seed -1", lambda c: _service(c, seed=-1), ValueError, "seed -1"),
+    ("seed 'abc'", lambda c: _service(c, seed="abc"), ValueError, "seed 'abc'"),
+    ("seed 1.9 (would share seed 1's checkpoints)", lambda c: _service(c, seed=1.9),
+     ValueError, "seed 1.9"),
+    ("cache_dir 5", lambda c: _service(c, cache_dir=5), ValueError, "cache_dir 5"),
+    ("Amnesiac seed 1.9", lambda c: _amnesiac(c, seed=1.9), ValueError, "seed 1.9"),
+    ("Amnesiac cache_dir 5", lambda c: _amnesiac(c, cache_dir=5), ValueError, "cache_dir 5"),
+    ("a screen returning too few flags", _short_screen, ValueError, "returned 0 flags"),
 ]
 
 # ------------------------------------------------------------------ detectors
@@ -395,6 +430,19 @@ CONFIG = [
      "-p epoch"),
     ("runner: shards [0]", _runner("--only", "02", "-p", "shards", "[0]"), SystemExit, "[0]"),
     ("runner: seeds []", _runner("--only", "01", "-p", "seeds", "[]"), SystemExit, "[]"),
+    ("seeds given twice (counted twice in an interval)",
+     lambda c: config.resolve("smoke", seeds=(0, 0)), ValueError, "holds 0 more than once"),
+    ("shards given twice", lambda c: config.resolve("smoke", shards=(3, 3)), ValueError,
+     "holds 3 more than once"),
+    ("seed range backwards", lambda c: config.resolve("smoke", seeds="5-2"), ValueError,
+     "'5-2'"),
+    ("seed range text", lambda c: config.resolve("smoke", seeds="a-b"), ValueError, "'a-b'"),
+    ("results_dir ''", lambda c: config.resolve("smoke", results_dir=""), ValueError,
+     "results_dir ''"),
+    ("request_steps 10**6 (one-id batches)",
+     lambda c: config.resolve("smoke", request_steps=10**6), ValueError,
+     "request_steps 1000000 asks for more request batches than the 300"),
+    ("store_dir 5", lambda c: config.resolve("smoke", store_dir=5), ValueError, "store_dir 5"),
     ("runner: epochs 2.5", _runner("--only", "01", "-p", "epochs", "2.5"), SystemExit, "2.5"),
 ]
 

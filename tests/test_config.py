@@ -47,7 +47,7 @@ def test_smoke_and_default_keep_their_values():
     assert (default.train_subset, default.test_subset, default.epochs, default.alpha) == (
         60000, 5000, 20, 0.5)
     assert (default.poison_num, default.mitigation_num, default.shards, default.seeds) == (
-        200, 300, (1, 5, 10), (0, 1))
+        200, 300, (1, 5, 10), (0, 1, 2, 3, 4))
     assert (default.input_scaling, default.defender_size) == ("unit", 3000)
     assert (default.request_steps, default.nc_steps, default.defense_samples) == (
         (100, 300), 1000, (10, 50, 100))
@@ -143,3 +143,23 @@ def test_output_folders_follow_the_profile(monkeypatch, tmp_path):
     monkeypatch.setenv("BDUNLEARN_RESULTS", "rel/out")
     assert config.resolve("smoke").results_dir == str(tmp_path / "rel" / "out")
     assert config.resolve("smoke", results_dir="/x/y").results_dir == "/x/y"
+
+
+def test_seeds_and_shards_accept_ranges_and_numpy_values():
+    import numpy as np
+
+    assert config.resolve("smoke", seeds="0-3,7").seeds == (0, 1, 2, 3, 7)
+    assert config.resolve("smoke", seeds=np.array([2, 4])).seeds == (2, 4)
+    assert config.resolve("smoke", shards=np.array([1, 3])).shards == (1, 3)
+    assert config.resolve("smoke", seeds=np.int64(5)).seeds == (5,)
+    # more seeds measure the same thing: the claims stay asserted
+    assert config.resolve("default", seeds="0-9").at_profile_scale
+
+
+def test_precision_is_resolved_once_here():
+    from bdunlearn.train import resolve_precision
+
+    cfg = config.resolve("smoke")
+    assert cfg.precision in ("fp32", "bf16") and cfg.precision == resolve_precision("auto", "cpu")
+    assert config.resolve("smoke", precision="fp32").precision == "fp32"
+    assert cfg.train_config().precision == cfg.precision

@@ -23,7 +23,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,8 +58,11 @@ class DefenderView:
             raise ValueError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
         x, y = self.x_clean, self.y_clean
         checks.images_and_labels("x_clean", x, "y_clean", y)
-        if not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ValueError(f"num_classes {self.num_classes!r} must be an integer >= 2")
+        object.__setattr__(self, "num_classes",
+                           checks.integer("num_classes", self.num_classes, low=2))
+        if len(y) == 0:
+            raise ValueError("x_clean holds no image; a defender needs at least one clean "
+                             "image")
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
             raise ValueError(f"y_clean holds labels outside 0..{self.num_classes - 1}")
         if self.trigger is not None and not callable(self.trigger):
@@ -160,7 +162,7 @@ def run_defense(name: str, view: DefenderView, *, seed: int = 0, cache_dir=None,
                          f"allowed: {', '.join(allowed)}")
     if cache_dir is None:
         return _timed(fn, view, seed, knobs)
-    root = cache.default_cache_dir() if cache_dir == "auto" else Path(cache_dir)
+    root = cache.folder(cache_dir)
     path = root / "defenses" / f"{defense_key(view, name, seed, knobs)}.pt"
     with cache.lock(path):
         entry = cache.load(path)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .. import cache
+from ..checks import integer
 from ..models import build_model
 from ..train import TrainConfig, derive_seed, fit, predict_proba, resolve_device
 from .base import RequestCost, UnlearningService
@@ -56,13 +57,12 @@ class AmnesiacService(UnlearningService):
             raise ValueError("watch must name at least one sample id that may be unlearned")
         self._setup(x, y, num_classes, watch, screen)
         self.watch = np.flatnonzero(self.requestable)
-        self.cfg, self.seed, self.arch = cfg, int(seed), arch
+        self.cfg, self.seed, self.arch = cfg, integer("seed", seed, 0), arch
         self.input_scaling = input_scaling
         self.device = resolve_device(device)
         self.finetune_epochs = float(finetune_epochs)
         self.progress = progress
-        self.cache_dir = cache.default_cache_dir() if cache_dir == "auto" else (
-            Path(cache_dir) if cache_dir is not None else None)
+        self.cache_dir = cache.folder(cache_dir)
         self.model = None
         self._delta: dict[int, list[torch.Tensor]] = {}
         self._history: list[np.ndarray] = []  # accepted ids of each applied request

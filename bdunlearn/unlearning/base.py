@@ -166,7 +166,11 @@ class UnlearningService(ABC):
         start = time.perf_counter()
         refused = np.zeros(len(arr), dtype=bool)
         if self.screen is not None:
-            refused = np.asarray(self.screen(self, arr), dtype=bool)
+            flags = np.asarray(self.screen(self, arr))
+            if flags.shape != arr.shape:
+                raise ValueError(f"the screen returned {flags.size} flags for a request of "
+                                 f"{arr.size} ids; it must return one bool per id")
+            refused = flags.astype(bool)
         accepted = arr[~refused]
         cost = RequestCost(len(arr), int(refused.sum()), 0, 0, 0, 0.0)
         install = self._prepare(accepted, cost) if accepted.size else (lambda: None)

@@ -87,13 +87,13 @@ class SisaService(UnlearningService):
         if stacked not in ("auto", True, False):
             raise ValueError(f"stacked={stacked!r} must be 'auto', True or False")
         self.arch, self.cfg, self.input_scaling = arch, cfg, input_scaling
-        self.shards, self.slices, self.seed = int(shards), int(slices), int(seed)
+        self.shards, self.slices = int(shards), int(slices)
+        self.seed = integer("seed", seed, 0)
         self.device = resolve_device(device)
         self.aggregation = aggregation
         self.progress = progress
         self.stacked = stacked
-        self.cache_dir = cache.default_cache_dir() if cache_dir == "auto" else (
-            Path(cache_dir) if cache_dir is not None else None)
+        self.cache_dir = cache.folder(cache_dir)
         self._memory: dict[str, tuple[dict, dict]] = {}
         perm = np.random.default_rng([self.seed, 11]).permutation(n)
         self.layout = [np.array_split(part, self.slices)
