@@ -10,19 +10,36 @@ serves it. Entries are named by :func:`content_key`, a hash of what produced the
 
 Two processes that need the same entry hold :func:`lock` on its path, so only one of
 them computes it; the other finds it in the cache once the lock is released (the lock
-dies with its process). Files are created with the user's umask, so a cache shared by a
-group stays shared. Any failure to write raises :class:`CacheError`, which says to set
-``BDUNLEARN_CACHE`` to a writable folder.
+dies with its process; a lock file is never followed through a symbolic link). Files are
+created with the user's umask, so a cache shared by a group stays shared. A failure to
+write (a full disk among them) raises :class:`CacheError`, which says to set
+``BDUNLEARN_CACHE`` to a writable folder; a *read-only* cache is still read, and what is
+missing from it is computed and kept in memory with one warning (:func:`keep`).
+
+The stored sha256 detects damage, not forgery: anyone who can write to the folder can
+store other weights under a right key. A cache shared by several users (an NFS folder
+for a cluster sweep) should set a secret, ``BDUNLEARN_CACHE_KEY`` (the secret itself) or
+``BDUNLEARN_CACHE_KEY_FILE`` (a file holding it, outside the cache), on every node: every
+entry then carries an HMAC-SHA256 of its content and file name under that secret, and an
+entry without a valid tag is never served (it is computed again and rewritten).
+
+Temporary files are named ``.tmp-<host>-<pid>-*``: the first write to a folder removes
+those whose process on this host is gone, and those of other hosts after an hour.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import hmac
+import io
 import json
 import os
+import socket
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +56,37 @@ _swept: set[Path] = set()
 
 class CacheError(RuntimeError):
     """The cache folder cannot be written (read-only, full disk, missing permissions)."""
+
+
+class ReadOnlyCache(CacheError):
+    """The cache folder exists but may not be written to (its entries can still be read)."""
+
+
+READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_warned: set[Path] = set()
+
+
+def secret() -> bytes | None:
+    """The cache's secret (``BDUNLEARN_CACHE_KEY``, or the content of the file named by
+    ``BDUNLEARN_CACHE_KEY_FILE``), or ``None`` when neither is set."""
+    value = os.environ.get("BDUNLEARN_CACHE_KEY")
+    if value:
+        return value.encode()
+    name = os.environ.get("BDUNLEARN_CACHE_KEY_FILE")
+    if name:
+        try:
+            value = Path(name).expanduser().read_bytes().strip()
+        except OSError as err:
+            raise CacheError(f"BDUNLEARN_CACHE_KEY_FILE {name} cannot be read "
+                             f"({err.strerror or err})") from None
+        if not value:
+            raise CacheError(f"BDUNLEARN_CACHE_KEY_FILE {name} is empty; put the secret in it")
+        return value
+    return None
+
+
+def _tag(key: bytes, name: str, digest: str) -> str:
+    return hmac.new(key, f"{name}\x1f{digest}".encode(), hashlib.sha256).hexdigest()
 
 
 def default_cache_dir() -> Path:
@@ -111,17 +159,38 @@ def _umask() -> int:
 
 
 def _write_error(folder: Path, err: OSError) -> CacheError:
-    return CacheError(f"cannot write to the cache folder {folder} "
-                      f"({err.strerror or err}); set BDUNLEARN_CACHE to a writable folder")
+    kind = ReadOnlyCache if err.errno in READ_ONLY else CacheError
+    return kind(f"cannot write to the cache folder {folder} "
+                f"({err.strerror or err}); set BDUNLEARN_CACHE to a writable folder")
+
+
+def _tmp_prefix() -> str:
+    return f".tmp-{socket.gethostname().replace('-', '_')}-{os.getpid()}-"
+
+
+def _owner_gone(name: str, age: float, older_than: float) -> bool:
+    """Whether the temporary file ``name`` belongs to a killed write: its process on this
+    host is gone, or (another host's, or an older name) it is older than ``older_than``."""
+    parts = name.split("-")
+    if len(parts) >= 4 and parts[1] == socket.gethostname().replace("-", "_") \
+            and parts[2].isdigit():
+        try:
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+    return age > older_than
 
 
 def sweep_stale(folder: Path, older_than: float = STALE_SECONDS) -> int:
-    """Remove ``.tmp-*`` files older than ``older_than`` seconds that killed writes left
-    in ``folder``; returns how many were removed."""
+    """Remove the ``.tmp-*`` files of killed writes in ``folder`` (see the module
+    docstring); returns how many were removed."""
     now, removed = time.time(), 0
     for tmp in Path(folder).glob(".tmp-*"):
         with contextlib.suppress(OSError):
-            if now - tmp.stat().st_mtime > older_than:
+            if _owner_gone(tmp.name, now - tmp.stat().st_mtime, older_than):
                 tmp.unlink()
                 removed += 1
     return removed
@@ -139,19 +208,27 @@ def save(path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         raise ValueError(f"cache meta must hold finite numbers, strings, lists and dicts "
                          f"only ({err})") from None
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    blob = {"tensors": tensors, "meta": meta_json, "sha256": _digest(tensors, meta_json)}
+    digest = _digest(tensors, meta_json)
+    blob = {"tensors": tensors, "meta": meta_json, "sha256": digest}
+    key = secret()
+    if key is not None:
+        blob["hmac"] = _tag(key, path.name, digest)
+    buffer = io.BytesIO()
+    torch.save(blob, buffer)
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if folder not in _swept:
             _swept.add(folder)
             sweep_stale(folder)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=path.suffix)
+        if path.is_dir() and not path.is_symlink():
+            discard(path, "a folder stands at its name")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(), suffix=path.suffix)
     except OSError as err:
         raise _write_error(folder, err) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
+            f.write(buffer.getbuffer())  # a full disk is an OSError here, not torch's
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as err:
@@ -162,12 +239,31 @@ def save(path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         raise
 
 
+def keep(path, tensors: dict[str, torch.Tensor], meta: dict) -> bool:
+    """:func:`save`, except that a read-only cache folder keeps the entry out of the cache
+    (the caller holds it in memory) with one warning per folder; ``True`` when saved."""
+    try:
+        save(path, tensors, meta)
+    except ReadOnlyCache as err:
+        folder = Path(path).parent
+        if folder not in _warned:
+            _warned.add(folder)
+            warnings.warn(f"{err}: computed entries are kept in memory for this process only",
+                          RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
 def load(path) -> tuple[dict[str, torch.Tensor], dict] | None:
     """``(tensors, meta)`` of the entry at ``path``, or ``None`` when it is missing,
     truncated, unreadable, altered or holds non-finite floats (such a file is removed)."""
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        discard(path, "a folder stands at its name")
+        return None
     if not path.is_file():
         return None
+    key = secret()
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         tensors, meta_json = blob["tensors"], blob["meta"]
@@ -175,6 +271,9 @@ def load(path) -> tuple[dict[str, torch.Tensor], dict] | None:
                 and all(isinstance(t, torch.Tensor) for t in tensors.values())
                 and blob["sha256"] == _digest(tensors, meta_json)):
             raise ValueError("not a cache entry, or altered")
+        if key is not None and not (isinstance(blob.get("hmac"), str) and hmac.compare_digest(
+                blob["hmac"], _tag(key, path.name, blob["sha256"]))):
+            raise ValueError("no valid tag under the cache's secret")
         if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
             raise ValueError("non-finite values")
         meta = json.loads(meta_json)
@@ -212,12 +311,26 @@ def lock(key_path):
     if fcntl is None:
         yield
         return
+    lock_path = key_path.with_suffix(".lock")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
     try:
         key_path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(key_path.with_suffix(".lock"), "a")
+        if key_path.parent not in _swept:
+            _swept.add(key_path.parent)
+            sweep_stale(key_path.parent)
+        try:
+            fd = os.open(lock_path, flags, 0o666)
+        except OSError as err:
+            if err.errno != errno.ELOOP:  # a symbolic link: never follow it, replace it
+                raise
+            lock_path.unlink()
+            fd = os.open(lock_path, flags, 0o666)
     except OSError as err:
+        if err.errno in READ_ONLY and key_path.parent.is_dir():
+            yield  # a read-only cache: read, never written, so nothing to lock
+            return
         raise _write_error(key_path.parent, err) from None
-    with handle:
+    with os.fdopen(fd, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

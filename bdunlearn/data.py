@@ -249,11 +249,28 @@ def _find_mnist(root: Path) -> Dataset | None:
 
 # ---------------------------------------------------------------- CIFAR-10 pickles
 
+# What the CIFAR-10 pickles hold: dicts, lists, bytes, numbers and numpy arrays. Nothing
+# else may be named in them, so a planted file cannot run code when it is read.
+_CIFAR_GLOBALS = {(module, name) for module in ("numpy.core.multiarray",
+                                                 "numpy._core.multiarray")
+                  for name in ("_reconstruct", "scalar")} | {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch "
+                                         "never holds (refused: a pickle could run code)")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path, keys) -> dict:
-    """A CIFAR batch as a dict holding ``keys``; anything else is a :class:`DataFileError`."""
+    """A CIFAR batch as a dict holding ``keys``, read with an unpickler that accepts only
+    the arrays and lists the format holds; anything else is a :class:`DataFileError`."""
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = _ArraysOnly(f, encoding="bytes").load()
     except Exception as exc:  # a corrupt pickle can raise almost any error type
         raise _corrupt("cifar10", path, f"{exc.__class__.__name__}: {exc}") from exc
     if not isinstance(d, dict):

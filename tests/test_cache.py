@@ -109,11 +109,14 @@ def test_meta_must_be_plain_values(tmp_path):
 
 
 def test_failed_write_leaves_no_partial_file_and_names_the_setting(tmp_path, monkeypatch):
-    def broken_save(obj, f):
-        f.write(b"half")
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real = cache.tempfile.mkstemp
 
-    monkeypatch.setattr(cache.torch, "save", broken_save)
+    def on_full_disk(*args, **kwargs):  # the write lands on /dev/full: ENOSPC mid-file
+        fd, name = real(*args, **kwargs)
+        os.dup2(os.open("/dev/full", os.O_WRONLY), fd)
+        return fd, name
+
+    monkeypatch.setattr(cache.tempfile, "mkstemp", on_full_disk)
     with pytest.raises(cache.CacheError, match="set BDUNLEARN_CACHE to a writable folder"):
         cache.save(tmp_path / "x.pt", {"a": torch.ones(1)}, {})
     assert list(tmp_path.iterdir()) == []

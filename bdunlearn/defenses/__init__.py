@@ -172,7 +172,7 @@ def run_defense(name: str, view: DefenderView, *, seed: int = 0, cache_dir=None,
             except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
                 cache.discard(path, f"{type(err).__name__}: {err}")
         result = _timed(fn, view, seed, knobs)
-        cache.save(path, *_encode_result(result))
+        cache.keep(path, *_encode_result(result))  # a read-only cache: not stored
     return result
 
 

@@ -92,17 +92,26 @@ class AmnesiacService(UnlearningService):
         return None if self.cache_dir is None else self.cache_dir / "amnesiac" / f"{key}.pt"
 
     @contextlib.contextmanager
-    def _entry(self, key: str):
+    def _entry(self, key: str, load):
         """Hold ``key``'s cache lock while the body computes or loads it (no lock without a
-        cache); gives ``(path, entry)``: the stored ``(tensors, meta)`` of ``key``, or
-        ``None`` when it must be computed (``path`` is ``None`` without a cache)."""
+        cache); gives ``(path, loaded)``: ``load(tensors, meta)`` of the stored entry, or
+        ``None`` when it must be computed (``path`` is ``None`` without a cache). An entry
+        that does not load (another key, missing fields, wrong shapes) is damage: it is
+        discarded with a warning and computed again."""
         path = self._path(key)
         if path is None:
             yield None, None
             return
         with cache.lock(path):
-            entry = cache.load(path)
-            yield path, entry if entry is not None and entry[1].get("key") == key else None
+            entry, loaded = cache.load(path), None
+            if entry is not None:
+                try:
+                    if entry[1].get("key") != key:
+                        raise ValueError("it holds another key")
+                    loaded = load(*entry)
+                except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+                    cache.discard(path, f"{type(err).__name__}: {err}".split("\n")[0])
+            yield path, loaded
 
     # ------------------------------------------------------------------ training
     def _record(self, idx: torch.Tensor, deltas: list[torch.Tensor]) -> None:
@@ -120,16 +129,22 @@ class AmnesiacService(UnlearningService):
     def fit(self) -> AmnesiacService:
         """Train the model recording the watched samples' updates (or load both)."""
         start = time.perf_counter()
+        def load(tensors, meta):
+            model = self._new_model()
+            model.load_state_dict({k[6:]: v for k, v in tensors.items()
+                                   if k.startswith("model/")})
+            shapes = [p.shape for p in model.parameters() if p.requires_grad]
+            delta = {int(i): [tensors[f"delta/{i}/{j}"].to(self.device)
+                              for j in range(len(shapes))] for i in meta["recorded"]}
+            if any(d.shape != s for ds in delta.values() for d, s in zip(ds, shapes)):
+                raise ValueError("a recorded update has the wrong shape")
+            return model, delta, float(meta["seconds"])
+
         model = self._new_model()
-        with self._entry(self._fit_key) as (path, entry):
+        with self._entry(self._fit_key, load) as (path, entry):
             if entry is not None:
-                tensors, meta = entry
-                model.load_state_dict({k[6:]: v for k, v in tensors.items()
-                                       if k.startswith("model/")})
-                n_params = sum(1 for p in model.parameters() if p.requires_grad)
-                self._delta = {i: [tensors[f"delta/{i}/{j}"].to(self.device)
-                                   for j in range(n_params)] for i in meta["recorded"]}
-                seconds, hits = meta["seconds"], 1
+                model, self._delta, seconds = entry
+                hits = 1
             else:
                 self._delta = {}
                 mask = torch.zeros(len(self.y), dtype=torch.bool)
@@ -143,7 +158,7 @@ class AmnesiacService(UnlearningService):
                     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
                     for i, deltas in self._delta.items():
                         tensors.update({f"delta/{i}/{j}": d for j, d in enumerate(deltas)})
-                    cache.save(path, tensors, {"key": self._fit_key, "seconds": seconds,
+                    cache.keep(path, tensors, {"key": self._fit_key, "seconds": seconds,
                                                "recorded": sorted(self._delta)})
         self.model = model.to(self.device).eval()
         self.fit_cost = RequestCost(0, 0, 1 - hits, 1 - hits, (1 - hits) * len(self.y)
@@ -161,11 +176,16 @@ class AmnesiacService(UnlearningService):
         keep = np.flatnonzero(~self.removed)
         keep = torch.from_numpy(keep[~np.isin(keep, accepted)])
         n_ft = int(round(self.finetune_epochs * len(keep)))
+        def load(tensors, meta):
+            loaded = copy.deepcopy(self.model)
+            loaded.load_state_dict(tensors)
+            return loaded, float(meta["seconds"])
+
         model = copy.deepcopy(self.model)
-        with self._entry(key) as (path, entry):
+        with self._entry(key, load) as (path, entry):
             if entry is not None:
-                model.load_state_dict(entry[0])
-                seconds, cost.cache_hits = entry[1]["seconds"], 1
+                model, seconds = entry
+                cost.cache_hits = 1
             else:
                 start = time.perf_counter()
                 params = [p for p in model.parameters() if p.requires_grad]
@@ -182,7 +202,7 @@ class AmnesiacService(UnlearningService):
                         device=self.device)
                 seconds = time.perf_counter() - start
                 if path is not None:
-                    cache.save(path, model.state_dict(), {"key": key, "seconds": seconds})
+                    cache.keep(path, model.state_dict(), {"key": key, "seconds": seconds})
         model.eval()
         cost.shards_retrained, cost.sample_epochs, cost.seconds = 1, n_ft, seconds
 

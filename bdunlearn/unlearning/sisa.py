@@ -161,10 +161,18 @@ class SisaService(UnlearningService):
             if entry is None:
                 return None
             state, meta = entry
-            if meta.get("key") != key or set(state) != set(model.state_dict()):
-                path.unlink(missing_ok=True)  # a foreign file under this name: retrain
+            try:  # anything that does not load into a correct model is damage: retrain
+                if meta.get("key") != key:
+                    raise ValueError("it holds another key")
+                records = [[float(v) for v in r] for r in meta["history"]]
+                if not records or any(len(r) != 2 for r in records):
+                    raise ValueError("its history is malformed")
+                model.load_state_dict(state)
+            except (KeyError, TypeError, ValueError, RuntimeError) as err:
+                cache.discard(path, f"{type(err).__name__}: {err}".split("\n")[0])
                 return None
             self._memory[key] = (state, meta)
+            return records
         state, meta = self._memory[key]
         model.load_state_dict(state)
         return [list(r) for r in meta["history"]]
@@ -177,7 +185,7 @@ class SisaService(UnlearningService):
                 "history": history}
         path = self._path(key)
         if path is not None:
-            cache.save(path, state, meta)
+            cache.keep(path, state, meta)  # a read-only cache: kept in memory only
         self._memory[key] = (state, meta)
 
     def _resume(self, shard: int, removed: np.ndarray) -> _Job:
