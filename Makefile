@@ -49,8 +49,9 @@ reproduce: setup
 	$(if $(RAY),$(BIN)/python -m bdunlearn.sweep --profile $(PROFILE) --ray $(RAY) --no-notebooks $(ARGS))
 	$(BIN)/python -m bdunlearn.reproduce --profile $(PROFILE) $(ARGS)
 
+# As root (a container) Jupyter needs --allow-root; SUDO is empty exactly then.
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(if $(SUDO),,--allow-root)
 
 bench: setup
 	$(BIN)/python -m bdunlearn.bench $(ARGS)

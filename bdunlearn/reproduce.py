@@ -85,6 +85,10 @@ def check_parameters(profile: str, params: dict, todo: list[Path], datasets) -> 
     for any of ``datasets``."""
     valid = set().union(*(notebook_parameters(nb) for nb in todo)) - set(RUNNER_SET)
     for name in params:
+        if name in RUNNER_SET:
+            flag = {"profile": "--profile", "results_dir": "--results",
+                    "figures_dir": "--figures"}[name]
+            raise SystemExit(f"-p {name}: the runner sets it; use {flag} instead")
         if name not in valid:
             raise SystemExit(f"-p {name}: unknown parameter for "
                              f"{', '.join(p.stem for p in todo)}; choose from "
@@ -219,8 +223,9 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
 
     params = dict(params or {})
     absolute_env_paths()
-    if isinstance(params.get("data_root"), str):  # kernels run in notebooks/, not here
-        params["data_root"] = str(Path(params["data_root"]).expanduser().absolute())
+    for key in ("data_root", "store_dir"):  # kernels run in notebooks/, not here
+        if isinstance(params.get(key), str) and params[key].strip():
+            params[key] = str(Path(params[key]).expanduser().absolute())
     profile = config.profile_name(profile)
     todo = notebooks(folder, only)
     datasets = [params["dataset"]] if "dataset" in params else list(
@@ -396,7 +401,14 @@ def main(argv=None) -> None:
     ap.add_argument("--figures", help="figures folder (default: see above)")
     args = ap.parse_args(argv)
     params = {k: _value(v) for k, v in args.parameter}
-    only = args.only.split(",") if args.only else None
+    only = None if args.only is None else [o.strip() for o in args.only.split(",")]
+    if only is not None and not all(only):
+        raise SystemExit(f"--only {args.only!r} names no notebook; give numbers or stems "
+                         "such as 01,04")
+    try:
+        config.profile_name(args.profile)
+    except ValueError as exc:
+        raise SystemExit(f"BDUNLEARN_PROFILE: {exc}") from None
     timings = run(args.profile, only, params, args.results, args.figures)
     print(timings[["notebook", "dataset", "seconds"]].to_string(index=False))
 

@@ -246,12 +246,18 @@ def main(argv=None) -> None:
                     help="only train the plan; do not run the notebooks afterwards")
     args = ap.parse_args(argv)
     params = {k: _value(v) for k, v in args.parameter}
-    profile = profile_name(args.profile)
+    try:
+        profile = profile_name(args.profile)
+    except ValueError as exc:
+        raise SystemExit(f"BDUNLEARN_PROFILE: {exc}") from None
     if not params.get("dataset"):
         for why in available(profile_datasets(profile), params.get("data_root"))[1]:
             print(f"not planned: {why}", flush=True)
     try:
-        only = args.only.split(",") if args.only else None
+        only = None if args.only is None else [o.strip() for o in args.only.split(",")]
+        if only is not None and not all(only):
+            raise ValueError(f"--only {args.only!r} names no notebook; give numbers or stems "
+                             "such as 01,04")
         jobs = plan(profile, only=only, **params)
         backend = backend_for(args.ray, args.workers)
     except ValueError as err:

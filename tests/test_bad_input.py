@@ -399,6 +399,24 @@ DETECTORS = [
 
 # ------------------------------------------------------------------ configuration and runner
 
+def _runner_env(env):
+    """The runner under the environment variables ``env``."""
+    def call(ctx):
+        import os
+
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            _runner()(ctx)
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return call
+
+
 def _runner(*argv):
     """``reproduce.main(argv)`` with notebook execution replaced by a failure, so a check
     that regressed fails here at once instead of running notebooks."""
@@ -444,6 +462,16 @@ CONFIG = [
      "request_steps 1000000 asks for more request batches than the 300"),
     ("store_dir 5", lambda c: config.resolve("smoke", store_dir=5), ValueError, "store_dir 5"),
     ("runner: epochs 2.5", _runner("--only", "01", "-p", "epochs", "2.5"), SystemExit, "2.5"),
+    ("runner: --only ''", _runner("--only", ""), SystemExit, "--only '' names no notebook"),
+    ("runner: -p profile", _runner("-p", "profile", "smoke"), SystemExit, "use --profile"),
+    ("runner: -p results_dir", _runner("-p", "results_dir", "/x"), SystemExit,
+     "use --results"),
+    ("runner: -p data_root ''", _runner("--only", "01", "-p", "data_root", "''"), SystemExit,
+     "data_root '' must be a folder path"),
+    ("runner: --results /proc/nope", _runner("--only", "01", "--results", "/proc/nope/x"),
+     SystemExit, "--results /proc/nope/x"),
+    ("runner: BDUNLEARN_PROFILE=huge", _runner_env({"BDUNLEARN_PROFILE": "huge"}), SystemExit,
+     "BDUNLEARN_PROFILE: unknown profile 'huge'"),
 ]
 
 CASES = ([("data", *c) for c in DATA] + [("attack", *c) for c in ATTACK]
