@@ -288,3 +288,14 @@ def test_make_lab_allows_root_only_for_root():
                          text=True).stdout
     lab = next(line for line in out.splitlines() if "jupyter lab" in line)
     assert ("--allow-root" in lab) == (os.geteuid() == 0)
+
+
+def test_staging_folders_of_killed_runners_go_at_the_next_start(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    orphan = tmp_path / f".01_attack-{dead}-abcd"
+    running = tmp_path / f".02_unlearning_trajectory-{os.getpid()}-efgh"
+    for folder in (orphan, running):
+        (folder / "results").mkdir(parents=True)
+    assert reproduce.remove_orphans(tmp_path) == 1
+    assert not orphan.exists() and running.exists()  # a live runner's folder stays
