@@ -195,3 +195,34 @@ def provenance_groups(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     for (precision, device), rows in table.groupby(list(GROUP), sort=False):
         groups.append((f"{precision}, {device}", rows))
     return sorted(groups, key=lambda g: (-g[1].seed.nunique() if "seed" in g[1] else 0, g[0]))
+
+
+def main(argv=None) -> None:
+    """``python -m bdunlearn.store merge SOURCE TARGET``: copy the runs of a store folder
+    or of a ``.tar.gz`` of one (the device kit's ``runs.tar.gz``) into ``TARGET``."""
+    import argparse
+    import tarfile
+
+    ap = argparse.ArgumentParser(description=main.__doc__.split(":")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("merge", help="copy another store's runs into this one")
+    m.add_argument("source", help="a store folder, or a .tar.gz of one")
+    m.add_argument("target", help="the store to merge into, e.g. results/runs")
+    args = ap.parse_args(argv)
+    source = Path(args.source)
+    if not source.exists():
+        raise SystemExit(f"merge: {source} does not exist; give a store folder or a .tar.gz")
+    with tempfile.TemporaryDirectory() as scratch:
+        if source.is_file():
+            try:
+                with tarfile.open(source, "r:gz") as tar:
+                    tar.extractall(scratch, filter="data")  # no links out, no devices
+            except (tarfile.TarError, OSError) as err:
+                raise SystemExit(f"merge: {source} is not a readable .tar.gz ({err})") from None
+            source = Path(scratch)
+        copied, kept = merge(source, args.target)
+    print(f"merge: {copied} runs copied into {args.target}, {kept} already there (kept)")
+
+
+if __name__ == "__main__":
+    main()

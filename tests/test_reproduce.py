@@ -299,3 +299,26 @@ def test_staging_folders_of_killed_runners_go_at_the_next_start(tmp_path):
         (folder / "results").mkdir(parents=True)
     assert reproduce.remove_orphans(tmp_path) == 1
     assert not orphan.exists() and running.exists()  # a live runner's folder stays
+
+
+@pytest.mark.skipif(not FMNIST, reason="dataset-fashion-mnist is not installed")
+def test_the_device_kit_runs_on_the_cpu_and_its_runs_merge_in(tmp_path):
+    out, store = tmp_path / "out", tmp_path / "merged"
+    env = {**os.environ, "BDUNLEARN_CACHE": str(tmp_path / "cache"), "PYTHON": sys.executable,
+           "DEADLINE": "600"}
+    env.pop("BDUNLEARN_RESULTS", None)
+    env.pop("BDUNLEARN_FIGURES", None)
+    run = subprocess.run(["bash", str(reproduce.ROOT / "tools" / "device" / "run.sh"), str(out),
+                          "--profile", "smoke", "--only", "01", "-p", "device", "cpu"],
+                         capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert {"runs.tar.gz", "notebooks.tar.gz", "timings.csv", "env.txt", "log.txt"} <= set(files)
+    assert len(files) <= 8 and "job 1 exit 0" in (out / "log.txt").read_text()
+    merged = subprocess.run([sys.executable, "-m", "bdunlearn.store", "merge",
+                             str(out / "runs.tar.gz"), str(store)], capture_output=True,
+                            text=True, cwd=reproduce.ROOT)
+    assert "merge: 1 runs copied" in merged.stdout, merged.stdout + merged.stderr
+    (row_file,) = store.glob("01_attack/*/*.csv")
+    rows = pd.read_csv(row_file)
+    assert set(rows.device) == {"cpu"} and rows.processor.notna().all()
