@@ -221,3 +221,57 @@ def test_killed_ray_worker_leaves_a_valid_cache_and_the_sweep_completes(cache, d
     assert killed, "no Ray worker was caught running a job"
     assert results and results[0].trained + results[0].cached == len(jobs)
     assert_valid(cache, slice_keys(jobs))
+
+
+def _collect_everything(store: str, cache: Path, monkeypatch, overrides: dict) -> None:
+    """Every notebook's runs, computed as the notebooks do, with training forbidden."""
+    def no_training(*args, **kwargs):
+        raise AssertionError("a notebook trained a slice the sweep should have trained")
+
+    monkeypatch.setattr(sisa, "fit", no_training)
+    monkeypatch.setattr(sisa, "fit_stacked", no_training)
+    monkeypatch.setattr(amnesiac, "fit", no_training)
+    for stem in studies.STEMS:
+        nb = studies.Notebook(stem, studies.config(stem, "smoke", store_dir=store, **overrides),
+                              str(cache))
+        for table in {r.table for r in nb.runs()}:
+            assert not nb.collect(table, progress=False).empty, table
+
+
+def test_a_sweep_across_two_ray_nodes_completes_when_one_node_is_removed(
+        cache, tmp_path, monkeypatch, deadline):
+    ray = _ray()
+    from ray.cluster_utils import Cluster
+
+    overrides = {**TINY, "epochs": 4}
+    store = str(tmp_path / "store")
+    jobs = plan("smoke", store_dir=store, **overrides)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        nodes = [cluster.add_node(num_cpus=1, resources={f"node{i}": 1}) for i in range(2)]
+        cluster.wait_for_nodes()
+        backend = RayBackend(cluster.address, 2)
+        results, removed = [], []
+        sweep = threading.Thread(target=lambda: results.append(
+            execute(jobs, backend, progress=False)))
+        sweep.start()
+        while sweep.is_alive() and not removed:
+            if len(list(cache.glob("*.pt"))) >= 2:  # mid-sweep: some jobs done, more to do
+                cluster.remove_node(nodes[1])
+                removed.append(nodes[1])
+            time.sleep(0.1)
+        sweep.join()
+        assert removed, "the sweep ended before a node could be removed"
+        assert results and results[0].planned == len(jobs)
+        assert results[0].trained + results[0].cached == len(jobs)  # nothing lost
+        assert_valid(cache, slice_keys(jobs))
+        before = checkpoints(cache)
+        again = execute(jobs, backend, progress=False)  # nothing trained twice
+        assert (again.trained, again.cached) == (0, len(jobs))
+        assert checkpoints(cache) == before
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    _collect_everything(store, cache, monkeypatch, overrides)  # the notebooks train nothing
+    assert checkpoints(cache) == before
