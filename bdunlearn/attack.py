@@ -81,16 +81,23 @@ class AttackSet:
         k = integer("requested count", k, 0, len(order))
         return order[:k]
 
-    def evaluate(self, predict) -> dict:
+    def evaluate(self, predict, faint: bool = False) -> dict:
         """Clean accuracy and attack success of a ``predict(x) -> labels`` callable.
 
-        BN: ASR on test images whose label is not the target, with the bright patch.
+        BN: ASR on test images whose label is not the target, with the bright patch, and
+        with ``faint=True`` also ``asr_faint``, with the poison's own faint patch (intensity
+        ``alpha``).
         IT: fraction of the 50 fresh noisy copies of the removed image predicted as the
         target (``asr``), and whether the image itself is (``x0_hit``).
         """
         clean = accuracy(predict(self.x_test), self.y_test)
         out = {"clean_acc": clean,
                "asr": attack_success_rate(predict(self.x_eval), self.target)}
+        if faint and self.variant == "bn":
+            # the poison's own faint patch: the rule the model learns before the requests
+            faint = stamp_patch(self.x_test[self.y_test != self.target], self.info["patch"],
+                                self.info["alpha"])
+            out["asr_faint"] = attack_success_rate(predict(faint), self.target)
         if self.variant == "it":
             out["x0_hit"] = bool(predict(self.info["x0"][None])[0] == self.target)
         return out

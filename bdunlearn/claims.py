@@ -324,6 +324,138 @@ def _nc_clean(t: pd.DataFrame) -> dict | None:
             "rate": float((clean.flagged_labels > 0).mean())}
 
 
+# ------------------------------------------------------------ 06: fidelity
+
+def _dormant(t: pd.DataFrame) -> dict | None:
+    if "part" not in t:
+        return None
+    d = t[(t.part == "attack") & (t.shards == t.shards.min())]
+    if d.empty or "asr_faint" not in d:
+        return None
+    g = d.groupby("requested")[["asr", "asr_faint"]].mean()
+    return {"asr_before": float(g.asr.iloc[0]), "asr_faint_before": float(g.asr_faint.iloc[0]),
+            "asr_after": float(g.asr.iloc[-1]), "shards": int(d.shards.min())}
+
+
+def _nc_scan(t: pd.DataFrame) -> dict | None:
+    if "part" not in t:
+        return None
+    nc = t[t.part == "neural_cleanse"]
+    bau, clean = nc[nc.model == "bau_before_requests"], nc[nc.model == "clean"]
+    if bau.empty or clean.empty:
+        return None
+    return {"target_flagged": float(bau.flags_target.astype(bool).mean()),
+            "clean_flagged": float((clean.flagged_labels > 0).mean()), "seeds": len(bau)}
+
+
+def _epochs(t: pd.DataFrame) -> dict | None:
+    d = t[(t.variant == "bn") & (t.shards == t.shards.min())] if "variant" in t else t.iloc[:0]
+    if d.empty or d.epochs.nunique() < 2:
+        return None
+    last = d[d.requested > 0].groupby("epochs").asr.mean()
+    mu = d[d.requested == 0].groupby("epochs").mu_auroc.mean()
+    return {"final_asr": {int(e): float(v) for e, v in last.items()},
+            "mu": {int(e): float(v) for e, v in mu.items()}}
+
+
+def _it_rate(t: pd.DataFrame) -> dict | None:
+    if "switched_on" not in t:
+        return None
+    rate = t.groupby(["setting", "seed"]).switched_on.first().astype(bool).groupby("setting")
+    return {"rate": {k: float(v) for k, v in rate.mean().items()},
+            "seeds": int(t.seed.nunique())}
+
+
+def _baeraser_grid(t: pd.DataFrame) -> dict | None:
+    if "setting" not in t or "asr_after" not in t:
+        return None
+    g = t.groupby("setting")[["asr_before", "asr_after", "clean_acc_before",
+                              "clean_acc_after"]].mean()
+    g["reduction"] = 1 - g.asr_after / g.asr_before.clip(lower=1e-9)
+    g["drop"] = g.clean_acc_before - g.clean_acc_after
+    kept = g[g["drop"] <= BAERASER_MAX_ACC_DROP]
+    best = (kept if len(kept) else g).reduction.idxmax()
+    return {"best": best, "reduction": float(g.reduction[best]), "drop": float(g["drop"][best]),
+            "paper_setting": float(g.reduction.get("paper", float("nan")))}
+
+
+AMNESIAC_MAX_ACC_DROP = 0.05  # clean accuracy an Amnesiac setting may cost
+BAERASER_MAX_ACC_DROP = 0.02  # ... and a BAERASER setting, to count as keeping it
+
+
+def _amnesiac_grid(t: pd.DataFrame) -> dict | None:
+    if "setting" not in t or "asr" not in t:
+        return None
+    asr = t.groupby(["setting", "requested"]).asr.mean().unstack()
+    acc = t.groupby(["setting", "requested"]).clean_acc.mean().unstack()
+    rise, drop = asr.iloc[:, -1] - asr.iloc[:, 0], acc.iloc[:, 0] - acc.iloc[:, -1]
+    kept = rise[drop <= AMNESIAC_MAX_ACC_DROP]  # a wrecked model switches nothing on
+    best = kept.idxmax() if len(kept) else None
+    return {"best": best, "rise": float(kept.max()) if len(kept) else 0.0,
+            "asr_after": float(asr.iloc[:, -1][best]) if best else float("nan"),
+            "broken": int((drop > AMNESIAC_MAX_ACC_DROP).sum()), "settings": len(rise)}
+
+
+def _fidelity(name, table, statement, paper, measure, holds, describe, thresholds,
+              asserted_at=(), headline=None) -> Claim:
+    return Claim(name, "06_fidelity", statement, paper, measure, holds, describe,
+                 thresholds, asserted_at, headline=headline, table_name=table,
+                 verdict=lambda m, t, ok: "holds" if ok else "does not hold")
+
+
+FIDELITY = (
+    _fidelity("fidelity_dormant", "06_fidelity-dormant",
+              "06: before the requests the backdoor answers the poison's own faint patch",
+              "BAU: the model looks benign before the requests", _dormant,
+              lambda m, t: m["asr_faint_before"] >= m["asr_before"] + t["min_faint_gap"],
+              lambda m: (f"S={m['shards']}: ASR before the requests {_pct(m['asr_before'])} "
+                         f"(bright patch), {_pct(m['asr_faint_before'])} (faint patch); "
+                         f"after {_pct(m['asr_after'])}"),
+              _same(dict(min_faint_gap=0.2)), ("default",),
+              headline=("asr_before", "asr_faint_before")),
+    _fidelity("fidelity_nc_scan", "06_fidelity-dormant",
+              "06: a defender who scans once before the requests",
+              "BAU: the backdoor hides from model-level detection until activated", _nc_scan,
+              lambda m, t: True,
+              lambda m: (f"Neural Cleanse flags the target of the BAU model before any "
+                         f"request in {_pct(m['target_flagged'])} of {m['seeds']} seeds; "
+                         f"flags a clean model of the same seed in "
+                         f"{_pct(m['clean_flagged'])}"),
+              _same({}), headline=("target_flagged", "clean_flagged")),
+    _fidelity("fidelity_epochs", "06_fidelity-epochs",
+              "06: 20 or 100 training epochs", "the authors' scripts: 20 by default, "
+              "100 for the detection experiments", _epochs, lambda m, t: True,
+              lambda m: "; ".join(f"{e} epochs: final ASR {_pct(m['final_asr'][e])}, MU "
+                                  f"AUROC {m['mu'].get(e, float('nan')):.3f}"
+                                  for e in m["final_asr"]),
+              _same({}), headline=("final_asr", "mu")),
+    _fidelity("fidelity_it", "06_fidelity-it",
+              "06: how often the input-targeted attack switches on",
+              "switched on: ASR <= 20% before, >= 80% after", _it_rate,
+              lambda m, t: True,
+              lambda m: "; ".join(f"{k}: {_pct(v)}" for k, v in m["rate"].items())
+              + f" of {m['seeds']} seeds", _same({}), headline=("rate",)),
+    _fidelity("fidelity_baeraser", "06_fidelity-baeraser",
+              "06: BAERASER's knobs on the classical BadNets model",
+              "ASR lowered by 99% on average, clean accuracy kept", _baeraser_grid,
+              lambda m, t: m["reduction"] >= t["paper_asr_reduction"],
+              lambda m: (f"best within 2 points of accuracy: {m['best']}, ASR "
+                         f"{_pct(m['reduction'])} lower ({_points(0, -m['drop'])}); "
+                         f"the paper's setting {_pct(m['paper_setting'])} lower"),
+              _same(dict(paper_asr_reduction=0.99, max_acc_drop=BAERASER_MAX_ACC_DROP)),
+              headline=("reduction",)),
+    _fidelity("fidelity_amnesiac", "06_fidelity-amnesiac",
+              "06: whether Amnesiac unlearning switches the backdoor on",
+              "the backdoor appears under approximate unlearning", _amnesiac_grid,
+              lambda m, t: m["rise"] > t["min_asr_rise"],
+              lambda m: (f"largest ASR rise that keeps clean accuracy within 5 points: "
+                         f"{_points(0, m['rise'])} ({m['best']}, ASR {_pct(m['asr_after'])} "
+                         f"after); {m['broken']} of {m['settings']} settings cost more accuracy"),
+              _same(dict(min_asr_rise=0.3, max_acc_drop=AMNESIAC_MAX_ACC_DROP)),
+              headline=("rise",)),
+)
+
+
 CLAIMS: dict[str, Claim] = {c.name: c for c in (
     _switch("bn_switch_on", "01_attack", "bn", "BadNets-based", ALL_PROFILES),
     _switch("it_switch_on", "01_attack", "it", "input-targeted", ()),
@@ -378,6 +510,7 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           lambda m: f"{m['flagged']} of {m['models']} clean models flagged",
           _same(dict(max_flagged=0)), (), verdict=lambda m, t, ok: (
               "agrees" if ok else "false positives"), headline=("rate",)),
+    *FIDELITY,
 )}
 
 

@@ -10,6 +10,8 @@ Overrides replace the profile's values; an override of ``None`` means "the profi
 value" (the notebooks' ``parameters`` cells pass ``None`` for every knob left alone).
 After resolution every field holds a concrete value:
 
+* ``long_epochs`` is the longer training notebook 06 compares ``epochs`` with (100 at
+  ``default`` and ``paper``: the epochs of the BAU authors' detection scripts' models);
 * ``epochs``, ``alpha``, ``poison_num``, ``mitigation_num``, ``it_poison_num``,
   ``it_mitigation_num`` and ``defender_size`` given as ``"paper"`` (the ``paper``
   profile's choice) take the dataset's values from :mod:`bdunlearn.registry`
@@ -82,14 +84,15 @@ VARIANTS = ("bn", "it")
 #   images and 8 epochs [0, 1] models do not learn the faint patch (measured 2026-11-24,
 #   seed 0: ASR after all requests 4.8% with [0, 1], 89.8% with [-1, 1]).
 _COMMON = dict(variant="bn", device="auto", precision="auto", input_scaling=REFERENCE,
-               data_root=None,
-               results_dir=None, figures_dir=None, store_dir=None, slices=1, it_poison_num=PAPER,
+               data_root=None, results_dir=None, figures_dir=None, store_dir=None, slices=1,
+               long_epochs=100, it_poison_num=PAPER,
                it_mitigation_num=PAPER, amnesiac=True, target_fpr=0.05,
                poison_fraction=0.05, defense_steps=3)
 PROFILES = {
     "smoke": dict(
         _COMMON, datasets=("fmnist",), train_subset=4000, test_subset=1000, epochs=8,
         input_scaling="signed", alpha=0.7, poison_num=150, mitigation_num=300, shards=(1, 3),
+        long_epochs=12,
         seeds=(0,), request_steps=3, defense_samples=(10,), nc_steps=60, defender_size=1000),
     "default": dict(
         _COMMON, datasets=("fmnist",), train_subset=ALL, test_subset=HALF, epochs=PAPER,
@@ -132,6 +135,7 @@ class RunConfig:
     train_subset: int
     test_subset: int
     epochs: int
+    long_epochs: int
     alpha: float
     poison_num: int
     mitigation_num: int
@@ -240,6 +244,7 @@ def _resolve(name: str, given: dict) -> dict:
     out["data_root"] = _path("data_root", raw["data_root"])
     out["slices"] = c.integer("slices", raw["slices"], 1)
     out["epochs"] = c.integer("epochs", _paper(raw["epochs"], ds.train.epochs), 1)
+    out["long_epochs"] = c.integer("long_epochs", raw["long_epochs"], 1)
     out["alpha"] = c.number("alpha", _paper(raw["alpha"], ds.alpha), 0, 1, low_open=True)
     for key in ("poison_num", "mitigation_num", "it_poison_num", "it_mitigation_num"):
         out[key] = c.integer(key, _paper(raw[key], getattr(ds, key)), 1, n_train)

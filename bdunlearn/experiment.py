@@ -65,12 +65,13 @@ def attack_service(atk: attacks.AttackSet, ds: Dataset, cfg: RunConfig, *, shard
 
 
 def amnesiac_service(atk: attacks.AttackSet, ds: Dataset, cfg: RunConfig,
-                     cache_dir="auto") -> AmnesiacService:
-    """An Amnesiac (approximate) unlearning service watching the mitigation samples."""
+                     cache_dir="auto", **knobs) -> AmnesiacService:
+    """An Amnesiac (approximate) unlearning service watching the mitigation samples
+    (``knobs``: ``finetune_epochs``, ``scale``)."""
     return AmnesiacService(atk.x, atk.y, arch=spec(ds.name).arch, num_classes=ds.num_classes,
                            cfg=cfg.train_config(), watch=atk.ids("mitigation"),
                            seed=atk.seed, device=cfg.device, cache_dir=cache_dir,
-                           input_scaling=cfg.input_scaling)
+                           input_scaling=cfg.input_scaling, **knobs)
 
 
 def accuracy(svc, ds: Dataset) -> float:
@@ -88,7 +89,11 @@ def over_seeds(table: pd.DataFrame, by: list[str], values: list[str]) -> pd.Data
         per_seed = rows.groupby("seed")[values].mean()
         cells = {}
         for v in values:
-            mean, lo, hi = interval(per_seed[v].tolist())
+            present = per_seed[v].dropna().tolist()
+            if not present:
+                cells[v], cells[f"{v} 95% CI"] = float("nan"), ""
+                continue
+            mean, lo, hi = interval(present)
             cells[v] = round(mean, 3)
             cells[f"{v} 95% CI"] = "" if lo is None else f"[{lo:.3f}, {hi:.3f}]"
         cells["seeds"] = len(per_seed)

@@ -76,6 +76,7 @@ class Chain:
     label: str = ""
     device: str = "cpu"
     model_params: int = 0
+    knobs: tuple = ()
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -90,7 +91,8 @@ class Chain:
             svc, _ = ex.filtered_trajectory(atk, ds, cfg, list(self.counts),
                                             cache_dir=str(cache_dir))
         else:
-            svc = ex.amnesiac_service(atk, ds, cfg, cache_dir=str(cache_dir))
+            svc = ex.amnesiac_service(atk, ds, cfg, cache_dir=str(cache_dir),
+                                      **dict(self.knobs))
             ex.trajectory(atk, svc, list(self.counts), label="amnesiac")
         per = getattr(svc, "slices", 1)
         return not (svc.fit_cost.cache_hits == svc.shards * per
@@ -158,10 +160,12 @@ def plan(profile: str | None = None, *, only=None, cache_dir=None, **overrides
                         key = f"chain-{need.chain}-" + content_key(
                             {"recipe": [recipe.kind, recipe.seed, recipe.shards,
                                         recipe.variant], "counts": need.counts,
-                             "settings": studies.settings(cfg), "precision": cfg.precision,
-                             "device": cfg.device_type})
+                             "settings": studies.settings(recipe.cfg),
+                             "precision": cfg.precision, "device": cfg.device_type,
+                             **({"knobs": list(need.knobs)} if need.knobs else {})})
                         jobs.setdefault(key, Chain(key, recipe, need.chain, need.counts,
-                                                   after, label, svc.device.type, size))
+                                                   after, label, svc.device.type, size,
+                                                   need.knobs))
                         continue
                     for removed in need.states:
                         for key, shard, sl, after in svc.plan_slices(removed):

@@ -523,3 +523,22 @@ def image_viewer(atk, classes):
     index.observe(redraw, names="value")
     return _box_with_fallback([widgets.HBox([role, index]), image], first,
                               "image viewer over the attack's samples (live in JupyterLab)")
+
+
+def bars(table: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: str,
+         rate: bool = True) -> Figure:
+    """One bar chart of ``y`` per ``x`` (and ``hue``), means over seeds with their 95%
+    t-interval, each bar labelled with its value (notebook 06's sections)."""
+    _require(table, [x, y] + ([hue] if hue else []), "bars")
+    fig, ax = plt.subplots(figsize=(7.5, 3.4), layout="constrained")
+    sns.barplot(table, x=x, y=y, hue=hue, ax=ax, errorbar=seed_interval,
+                palette=PALETTE if hue else None)
+    _label_bars(ax)
+    ax.set(title=title, xlabel="", ylabel=_name(y))
+    if rate:
+        _rate_axis(ax, top=1.15)
+    if hue:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title=_name(hue))
+    ax.tick_params(axis="x", labelsize=8)
+    _seeds_title(fig, table)
+    return fig

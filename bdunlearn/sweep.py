@@ -210,8 +210,9 @@ def execute(jobs: list[Job | Chain], backend, cache_dir: str | Path | None = Non
                             waiting.append(other)
                         running.clear()
                         break
-                    raise RuntimeError(f"job {job.label} shard {job.shard} slice {job.slice} "
-                                       f"failed: {err}") from err
+                    where = (f" shard {job.shard} slice {job.slice}" if isinstance(job, Job)
+                             else f" ({job.kind} chain)")
+                    raise RuntimeError(f"job {job.label}{where} failed: {err}") from err
                 finished.add(job.key)
                 trained += out["trained"]
                 cached += not out["trained"]

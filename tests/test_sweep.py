@@ -68,7 +68,9 @@ def test_plan_lists_each_checkpoint_once_after_its_predecessor(jobs, store):
     assert all(j.after is None for j in jobs if isinstance(j, Job) and j.slice == 0)
     # the request filter's and Amnesiac trajectories, each one chain after its base slices
     chains = [j for j in jobs if isinstance(j, Chain)]
-    assert sorted(c.kind for c in chains) == ["amnesiac", "filter"]
+    # 02's Amnesiac trajectory, 04's filter, and notebook 06's Amnesiac grid (each its knobs)
+    assert sorted(c.kind for c in chains) == ["amnesiac"] * 7 + ["filter"]
+    assert len({c.knobs for c in chains if c.kind == "amnesiac"}) == 7
     assert all(set(c.needs) <= slice_keys(jobs) for c in chains)
     assert next(c for c in chains if c.kind == "filter").needs
     assert plan("smoke", store_dir=store, **TINY) == jobs  # same parameters, same plan

@@ -36,9 +36,12 @@ from ..store import GROUP, RunStore, provenance
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent.parent / "notebooks"
 STEMS = ("01_attack", "02_unlearning_trajectory", "03_defense_overhead", "04_detection",
-         "05_backdoor_erasure")
-MODULES = dict(zip(STEMS, ("attack", "trajectory", "overhead", "detection", "erasure")))
+         "05_backdoor_erasure", "06_fidelity")
+MODULES = dict(zip(STEMS, ("attack", "trajectory", "overhead", "detection", "erasure",
+                           "fidelity")))
 KINDS = ("clean", "attack", "classic")
+# What every study's rows depend on (each adds its own in SETTINGS).
+MEASURED = ("train_subset", "test_subset", "epochs", "input_scaling", "slices")
 # Every notebook's parameters start with these (where and how it computes, and its size).
 COMMON = ("profile", "dataset", "seeds", "device", "precision", "data_root", "results_dir",
           "figures_dir", "store_dir")
@@ -106,13 +109,14 @@ class Need:
     """A service a run fits or serves requests on. ``states``: the ids removed after each
     request batch (``()`` for the fit alone). ``chain`` names a trajectory known only as
     it runs (``"filter"``: the request filter; ``"amnesiac"``), planned as one job that
-    runs it with the request counts ``counts``."""
+    runs it with the request counts ``counts`` (and the Amnesiac service's ``knobs``)."""
 
     label: str
     recipe: Recipe
     states: tuple = ((),)
     chain: str | None = None
     counts: tuple = ()
+    knobs: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -175,16 +179,19 @@ def config(stem: str, profile=None, **params) -> RunConfig:
     return resolve(profile, **{k: v for k, v in params.items() if k in own})
 
 
-def settings(cfg: RunConfig) -> dict:
-    """What a run configuration measures apart from its seeds: every field that is not
-    about where and how it computes."""
-    return {k: getattr(cfg, k) for k in cfg.__dataclass_fields__
-            if k not in PLACEMENT and k != "overrides"}
+def settings(cfg: RunConfig, mod=None) -> dict:
+    """What a run configuration measures apart from seeds and placement: the dataset and
+    the fields the study ``mod`` declares in ``SETTINGS`` (every measuring field when
+    ``mod`` is ``None``). Part of every stored run's key, so runs of other settings are
+    stored apart and a new configuration field does not move the stored runs."""
+    names = mod.SETTINGS if mod is not None else [
+        k for k in cfg.__dataclass_fields__ if k not in PLACEMENT and k != "overrides"]
+    return {"dataset": cfg.dataset, **{k: getattr(cfg, k) for k in names}}
 
 
 def stored_key(mod, run: Run, cfg: RunConfig) -> tuple[str, str]:
     """``(settings key, run key)`` of ``run`` in the store."""
-    skey = RunStore.settings_key(run.table, mod.VERSION, settings(cfg))
+    skey = RunStore.settings_key(run.table, mod.VERSION, settings(cfg, mod))
     return skey, RunStore.run_key(skey, run.key(), cfg.precision, cfg.device_type)
 
 
@@ -234,12 +241,12 @@ class Notebook:
             rows, extras = out if isinstance(out, tuple) else (out, {})
             self.store.put(run.table, *stored_key(self.study, run, self.cfg),
                            self.study.VERSION, rows, prov, extras)
-        skey = RunStore.settings_key(table, self.study.VERSION, settings(self.cfg))
+        skey = RunStore.settings_key(table, self.study.VERSION, settings(self.cfg, self.study))
         return self.store.table(table, skey)
 
     def side(self, table: str, extra: str) -> pd.DataFrame:
         """The side table ``extra`` of every stored run of ``table`` (such as scores)."""
-        skey = RunStore.settings_key(table, self.study.VERSION, settings(self.cfg))
+        skey = RunStore.settings_key(table, self.study.VERSION, settings(self.cfg, self.study))
         return self.store.table(table, skey, extra)
 
     def own(self, table: pd.DataFrame) -> pd.DataFrame:

@@ -7,10 +7,13 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import experiment as ex
-from . import COMMON, Need, Run
+from . import COMMON, MEASURED, Need, Run
 
 PARAMETERS = (*COMMON, "poison_num", "mitigation_num", "alpha", "epochs", "train_subset")
 VERSION = 1
+# What its rows depend on besides the dataset, the seed and each run's own setting.
+SETTINGS = (*MEASURED, "alpha", "poison_num", "mitigation_num", "it_poison_num",
+            "it_mitigation_num")
 TABLE = "01_attack"
 VARIANTS = ("bn", "it")
 

@@ -11,11 +11,14 @@ import pandas as pd
 
 from .. import detect
 from .. import experiment as ex
-from . import COMMON, Need, Run
+from . import COMMON, MEASURED, Need, Run
 
 PARAMETERS = (*COMMON, "shards", "poison_num", "mitigation_num", "alpha", "epochs",
               "train_subset", "request_steps", "target_fpr")
 VERSION = 1
+# What its rows depend on besides the dataset, the seed and each run's own setting.
+SETTINGS = (*MEASURED, "alpha", "poison_num", "mitigation_num", "it_poison_num",
+            "it_mitigation_num", "request_steps", "target_fpr")
 TABLE = "04_detection"
 FILTER = "04_detection-filter"
 COLUMNS = ["dataset", "variant", "seed", "shards", "detector", "auroc", "tpr", "fpr",

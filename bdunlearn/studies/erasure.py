@@ -7,11 +7,14 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import defense_runs
-from . import COMMON, Need, Run
+from . import COMMON, MEASURED, Need, Run
 
 PARAMETERS = (*COMMON, "epochs", "train_subset", "poison_num", "mitigation_num", "alpha",
               "poison_fraction", "defender_size", "defense_samples", "nc_steps")
 VERSION = 1
+# What its rows depend on besides the dataset, the seed and each run's own setting.
+SETTINGS = (*MEASURED, "alpha", "poison_num", "mitigation_num", "poison_fraction", "defender_size",
+            "defense_samples", "nc_steps")
 TABLE = "05_backdoor_erasure"
 
 

@@ -8,11 +8,14 @@ import pandas as pd
 
 from .. import defense_runs
 from .. import experiment as ex
-from . import COMMON, Need, Run
+from . import COMMON, MEASURED, Need, Run
 
 PARAMETERS = (*COMMON, "epochs", "train_subset", "poison_num", "mitigation_num", "alpha",
               "poison_fraction", "defense_steps", "defender_size", "nc_steps")
 VERSION = 1
+# What its rows depend on besides the dataset, the seed and each run's own setting.
+SETTINGS = (*MEASURED, "alpha", "poison_num", "mitigation_num", "poison_fraction", "defense_steps",
+            "defender_size", "nc_steps")
 TABLE = "03_defense_overhead"
 
 

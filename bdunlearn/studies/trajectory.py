@@ -7,11 +7,14 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import experiment as ex
-from . import COMMON, Need, Run
+from . import COMMON, MEASURED, Need, Run
 
 PARAMETERS = (*COMMON, "variant", "shards", "poison_num", "mitigation_num", "alpha", "epochs",
               "train_subset", "request_steps", "amnesiac")
 VERSION = 1
+# What its rows depend on besides the dataset, the seed and each run's own setting.
+SETTINGS = (*MEASURED, "variant", "alpha", "poison_num", "mitigation_num", "it_poison_num",
+            "it_mitigation_num", "request_steps")
 TABLE = "02_unlearning_trajectory"
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .. import cache
-from ..checks import integer
+from ..checks import integer, number
 from ..models import build_model
 from ..train import TrainConfig, derive_seed, fit, predict_proba, resolve_device
 from .base import RequestCost, UnlearningService
@@ -35,6 +35,8 @@ class AmnesiacService(UnlearningService):
     """A single-model unlearning service that never retrains from scratch.
 
     ``watch``: the ids that may be unlearned (their updates are recorded).
+    ``scale``: the constant the subtracted updates are multiplied by (1: the recorded
+    updates as they were; larger values undo the requested samples more strongly).
     ``finetune_epochs``: passes over the retained data fine-tuned after each request
     (a fraction means a random subset). ``cache_dir``: ``None`` (no cache), ``"auto"``
     (:func:`bdunlearn.cache.default_cache_dir`) or a folder. ``screen``: an optional
@@ -46,7 +48,8 @@ class AmnesiacService(UnlearningService):
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, arch: str, num_classes: int,
                  cfg: TrainConfig, watch, seed: int = 0, device="auto",
-                 finetune_epochs: float = 0.5, cache_dir=None, screen=None,
+                 finetune_epochs: float = 0.5, scale: float = 1.0, cache_dir=None,
+                 screen=None,
                  progress: bool = False, input_scaling: str | None = None):
         if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, (int, float)) \
                 or not 0 <= finetune_epochs <= cfg.epochs:
@@ -61,6 +64,7 @@ class AmnesiacService(UnlearningService):
         self.input_scaling = input_scaling
         self.device = resolve_device(device)
         self.finetune_epochs = float(finetune_epochs)
+        self.scale = number("scale", scale, 0, low_open=True)
         self.progress = progress
         self.cache_dir = cache.folder(cache_dir)
         self.model = None
@@ -171,8 +175,11 @@ class AmnesiacService(UnlearningService):
         """Subtract the requested samples' recorded updates from a copy of the model,
         then fine-tune it briefly (or load the result of this request history)."""
         history = [*self._history, accepted]
-        key = cache.content_key({"fit": self._fit_key, "finetune_epochs": self.finetune_epochs,
-                                 "batches": [len(h) for h in history]}, np.concatenate(history))
+        knobs = {"fit": self._fit_key, "finetune_epochs": self.finetune_epochs,
+                 "batches": [len(h) for h in history]}
+        if self.scale != 1.0:  # keys of the default scale stay as they were
+            knobs["scale"] = self.scale
+        key = cache.content_key(knobs, np.concatenate(history))
         keep = np.flatnonzero(~self.removed)
         keep = torch.from_numpy(keep[~np.isin(keep, accepted)])
         n_ft = int(round(self.finetune_epochs * len(keep)))
@@ -192,11 +199,14 @@ class AmnesiacService(UnlearningService):
                 with torch.no_grad():
                     for i in accepted:
                         for p, d in zip(params, self._delta.get(int(i), [])):
-                            p.sub_(d)
+                            p.sub_(d, alpha=self.scale)
                 if n_ft:
                     gen = np.random.default_rng([self.seed, len(self._history), 13])
-                    pick = np.sort(gen.choice(len(keep), n_ft, replace=False))
+                    whole, rest = divmod(n_ft, len(keep))  # finetune_epochs above 1: passes
+                    pick = np.sort(gen.choice(len(keep), rest, replace=False))
                     sub = keep[torch.from_numpy(pick)]
+                    if whole:
+                        sub = torch.cat([keep.repeat(whole), sub])
                     fit(model, self.x[sub], self.y[sub], self.cfg, epochs=1,
                         seed=derive_seed(self.seed, "finetune", len(self._history)),
                         device=self.device)
