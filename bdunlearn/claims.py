@@ -553,7 +553,8 @@ def check(name: str, table: pd.DataFrame, run: RunConfig | str) -> dict:
                   "apart (results CSV), not pooled here")
     numbers = claim.measure(table)
     if numbers is None:
-        assert not asserted, f"claim {name}: the table has no rows to measure it"
+        rendering = not isinstance(run, str) and not run.compute  # only stored runs shown
+        assert not asserted or rendering, f"claim {name}: the table has no rows to measure it"
         print(f"{name}: no rows to measure")
         return {}
     ok = claim.holds(numbers, t)

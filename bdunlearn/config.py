@@ -36,6 +36,7 @@ After resolution every field holds a concrete value:
 * ``seeds`` is a list of integers, one integer, or a string of ranges such as ``"0-9"``
   or ``"0-4,7"``; a seed or shard count given twice is refused (it would count twice in
   an interval);
+* ``compute`` ``False`` renders a notebook from the runs already stored, computing none;
 * ``store_dir`` (where runs are stored, :mod:`bdunlearn.store`) left unset is
   ``$BDUNLEARN_RESULTS/runs`` when that is set, else the committed ``results/runs/`` for
   ``default`` (runs are stored by what they measure, so a run with other settings sits
@@ -84,7 +85,8 @@ VARIANTS = ("bn", "it")
 #   images and 8 epochs [0, 1] models do not learn the faint patch (measured 2026-11-24,
 #   seed 0: ASR after all requests 4.8% with [0, 1], 89.8% with [-1, 1]).
 _COMMON = dict(variant="bn", device="auto", precision="auto", input_scaling=REFERENCE,
-               data_root=None, results_dir=None, figures_dir=None, store_dir=None, slices=1,
+               data_root=None, results_dir=None, figures_dir=None, store_dir=None, compute=True,
+               slices=1,
                long_epochs=100, it_poison_num=PAPER,
                it_mitigation_num=PAPER, amnesiac=True, target_fpr=0.05,
                poison_fraction=0.05, defense_steps=3)
@@ -129,6 +131,7 @@ class RunConfig:
     results_dir: str
     figures_dir: str
     store_dir: str
+    compute: bool
     variant: str
     shards: tuple[int, ...]
     slices: int
@@ -172,7 +175,7 @@ FIELDS = tuple(f.name for f in fields(RunConfig) if f.name != "overrides")
 # Seeds too: a run over other seeds measures the same thing, and its runs are stored and
 # aggregated with the profile's own (bdunlearn.store).
 PLACEMENT = ("profile", "dataset", "seeds", "device", "precision", "data_root", "results_dir",
-             "figures_dir", "store_dir")
+             "figures_dir", "store_dir", "compute")
 
 
 def profile_name(name: str | None = None) -> str:
@@ -259,6 +262,7 @@ def _resolve(name: str, given: dict) -> dict:
     out["defender_size"] = c.integer(
         "defender_size", _paper(raw["defender_size"], ds.train_size // 20), 1)
     out["amnesiac"] = c.flag("amnesiac", raw["amnesiac"])
+    out["compute"] = c.flag("compute", raw["compute"])
     out["target_fpr"] = c.number("target_fpr", raw["target_fpr"], 0, 1, low_open=True,
                                  high_open=True)
     out["poison_fraction"] = c.number("poison_fraction", raw["poison_fraction"], 0, 1,

@@ -84,6 +84,8 @@ def over_seeds(table: pd.DataFrame, by: list[str], values: list[str]) -> pd.Data
     display of a stored table; :func:`bdunlearn.metrics.interval`)."""
     from .metrics import interval
 
+    if table.empty:
+        return pd.DataFrame({"stored runs": [0]})
     out = {}
     for key, rows in table.groupby(by, sort=True):
         per_seed = rows.groupby("seed")[values].mean()

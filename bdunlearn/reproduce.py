@@ -100,7 +100,8 @@ def check_parameters(profile: str, params: dict, todo: list[Path], datasets) -> 
         raise SystemExit(f"-p: {exc}") from None
 
 
-SAME_RUN = ("seeds", "store_dir")  # overrides that keep a run's folder: more of the same runs
+# Overrides that keep a run's folder: more of the same runs, or the same runs re-rendered.
+SAME_RUN = ("seeds", "store_dir", "compute")
 
 
 def run_name(profile: str, params: dict) -> str:

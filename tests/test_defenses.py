@@ -242,3 +242,10 @@ def test_a_cached_result_missing_a_field_is_recomputed_with_a_warning(setup, tmp
         again = call()
     assert not again.info.get("from_cache") and again.steps == first.steps
     assert "steps" in cache.load(path)[1]  # rewritten whole
+
+
+def test_a_view_takes_numpy_integer_classes(setup):
+    import numpy as np
+
+    view = DefenderView(setup["backdoored"], setup["x"], setup["y"], np.int64(10))
+    assert view.num_classes == 10 and type(view.num_classes) is int

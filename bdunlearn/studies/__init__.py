@@ -44,7 +44,7 @@ KINDS = ("clean", "attack", "classic")
 MEASURED = ("train_subset", "test_subset", "epochs", "input_scaling", "slices")
 # Every notebook's parameters start with these (where and how it computes, and its size).
 COMMON = ("profile", "dataset", "seeds", "device", "precision", "data_root", "results_dir",
-          "figures_dir", "store_dir")
+          "figures_dir", "store_dir", "compute")
 
 
 @dataclass(frozen=True)
@@ -227,14 +227,18 @@ class Notebook:
 
     def collect(self, table: str | None = None, progress: bool = True) -> pd.DataFrame:
         """Compute the runs of ``table`` (the notebook's own by default) that the store
-        does not hold, store each as it finishes, and return every stored run of the same
-        settings (all seeds stored so far, every precision and device, with provenance
-        columns)."""
+        does not hold (none when ``cfg.compute`` is False), store each as it finishes, and
+        return every stored run of the same settings (all seeds stored so far, every
+        precision and device, with provenance columns)."""
         from tqdm.auto import tqdm
 
         table = table or self.stem
         todo = [r for r in self.runs(table)
                 if not self.store.has(r.table, *stored_key(self.study, r, self.cfg))]
+        if todo and not self.cfg.compute:
+            print(f"{table}: {len(todo)} of {len(self.runs(table))} runs not stored; compute "
+                  "is False, so the table holds the stored runs only")
+            todo = []
         prov = provenance(self.cfg.precision, self.cfg.device_type)
         for run in tqdm(todo, desc=f"{table}: runs to compute", disable=not (progress and todo)):
             out = self.study.compute(run, self.ctx)

@@ -173,6 +173,8 @@ def _before_after(recipe, base: dict, *, faint: bool = False,
 
 def show(table: pd.DataFrame, name: str) -> pd.DataFrame:
     """Each section's display over seeds (mean, t-interval, seed count)."""
+    if table.empty:
+        return pd.DataFrame({"stored runs": [0]}, index=[name])
     if name == DORMANT:
         attack = table[table.part == "attack"].astype({"shards": int, "requested": int})
         return ex.over_seeds(attack, ["shards", "requested"], ["asr", "asr_faint", "clean_acc"])
@@ -193,7 +195,21 @@ def show(table: pd.DataFrame, name: str) -> pd.DataFrame:
 def neural_cleanse(table: pd.DataFrame) -> pd.DataFrame:
     """How often Neural Cleanse flags the target before any request, and flags a clean
     model at all (its false-positive rate), over seeds."""
+    if table.empty:
+        return pd.DataFrame({"stored runs": [0]})
     nc = table[table.part == "neural_cleanse"]
     flagged = nc.assign(any_flag=nc.flagged_labels > 0)
     return flagged.groupby("model")[["flags_target", "any_flag"]].agg(["sum", "count"])
 
+
+
+def by_patch(table: pd.DataFrame) -> pd.DataFrame:
+    """The dormant section's ASR under each test patch, one row per seed, shard count,
+    request stage and patch (``setting`` labels the bars)."""
+    attack = table[table.part == "attack"].astype({"shards": int})
+    long = attack.melt(id_vars=["seed", "shards", "requested"], value_vars=["asr", "asr_faint"],
+                       var_name="test patch", value_name="ASR")
+    long["test patch"] = long["test patch"].map({"asr": "bright (test)",
+                                                 "asr_faint": "faint (poison)"})
+    stage = long.requested.map(lambda k: "before" if k == 0 else "after")
+    return long.assign(setting="S=" + long.shards.astype(str) + ", " + stage + " the requests")
