@@ -551,7 +551,7 @@ def check(name: str, table: pd.DataFrame, run: RunConfig | str) -> dict:
         if others:
             print(f"{name}: {others} stored rows of another precision or device are shown "
                   "apart (results CSV), not pooled here")
-    numbers = claim.measure(table)
+    numbers = None if table.empty else claim.measure(table)
     if numbers is None:
         rendering = not isinstance(run, str) and not run.compute  # only stored runs shown
         assert not asserted or rendering, f"claim {name}: the table has no rows to measure it"
@@ -589,7 +589,7 @@ def readme_rows(tables: Mapping[str, pd.DataFrame], profile: str = "default"
             continue
         groups = provenance_groups(tables[claim.table])
         for label, table in groups:
-            numbers = claim.measure(table)
+            numbers = None if table.empty else claim.measure(table)
             if numbers is None:
                 continue
             where = f" [{label}]" if label and len(groups) > 1 else ""
