@@ -36,13 +36,29 @@ def table(results: Path) -> str:
     lines = ["| claim | paper | measured here (mean over seeds) | per seed: mean [95% t-interval] "
              "| verdict |", "|---|---|---|---|---|"]
     lines += [f"| {c} | {p} | {m} | {s} | {v} |" for c, p, m, s, v in rows]
+    lines += ["", provenance_line(_tables(results))]
     if timings.is_file():
         t = pd.read_csv(timings)
-        lines += ["", f"Run of {t.date.max()} on {t.machine.iloc[0]}, profile "
+        lines += ["", f"Tables rendered on {t.date.max()} on {t.machine.iloc[0]}, profile "
                   f"`{t.profile.iloc[0]}`; wall time per notebook: "
                   + ", ".join(f"{r.notebook} {r.seconds / 60:.1f} min" for r in t.itertuples())
-                  + f" (total {t.seconds.sum() / 60:.0f} min)."]
+                  + f" (total {t.seconds.sum() / 60:.1f} min)."]
     return "\n".join(lines)
+
+
+def provenance_line(tables: dict[str, pd.DataFrame]) -> str:
+    """Where and when the stored runs behind the tables were computed, per precision and
+    device: dates, processors and commits (from the rows' provenance columns)."""
+    rows = [t for t in tables.values() if {"precision", "device", "date"} <= set(t.columns)]
+    if not rows:
+        return "The tables carry no provenance columns."
+    every = pd.concat(rows, ignore_index=True)
+    parts = []
+    for (precision, device), g in every.groupby(["precision", "device"]):
+        parts.append(f"{precision} on {device}: computed {g.date.min()} to {g.date.max()} on "
+                     f"{'; '.join(sorted(g.processor.dropna().unique()))} "
+                     f"(commits {', '.join(sorted(g.commit.dropna().astype(str).unique()))})")
+    return "Stored runs behind these rows: " + "; ".join(parts) + "."
 
 
 def crosscheck(columns=("asr_before", "asr_after", "mu_auroc", "sms_auroc"),
