@@ -119,10 +119,6 @@ class SisaService(UnlearningService):
     def models(self) -> list:
         return self._models
 
-    @property
-    def size(self) -> int:
-        return int((~self.removed).sum())
-
     def model_of(self, ids) -> np.ndarray:
         return self.shard_of[np.asarray(ids, dtype=np.int64)]
 
