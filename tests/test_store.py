@@ -1,0 +1,102 @@
+"""The run store: content keys, provenance, side tables, merging, groups kept apart."""
+
+import subprocess
+import sys
+import tarfile
+
+import pandas as pd
+import pytest
+
+from bdunlearn import config, studies
+from bdunlearn.store import RunStore, StoreError, merge, provenance, provenance_groups
+
+
+def rows(seed: int, asr: float) -> pd.DataFrame:
+    return pd.DataFrame({"seed": [seed, seed], "requested": [0, 300], "asr": [0.05, asr]})
+
+
+def test_runs_are_stored_under_their_key_with_provenance(tmp_path):
+    store = RunStore(tmp_path)
+    skey = RunStore.settings_key("01_attack", 1, {"epochs": 20})
+    assert skey == RunStore.settings_key("01_attack", 1, {"epochs": 20})
+    assert skey != RunStore.settings_key("01_attack", 2, {"epochs": 20})  # code version
+    assert skey != RunStore.settings_key("01_attack", 1, {"epochs": 100})
+    keys = {RunStore.run_key(skey, {"seed": s}, p, d)
+            for s in (0, 1) for p in ("bf16", "fp32") for d in ("cpu", "cuda")}
+    assert len(keys) == 8  # seed, precision and device each make another run
+    rkey = RunStore.run_key(skey, {"seed": 0}, "bf16", "cpu")
+    assert not store.has("01_attack", skey, rkey) and store.get("01_attack", skey, rkey) is None
+    stored = store.put("01_attack", skey, rkey, 1, rows(0, 0.9), provenance("bf16", "cpu"),
+                       {"scores": pd.DataFrame({"score": [0.1, 0.2]})})
+    assert store.has("01_attack", skey, rkey)
+    back = store.get("01_attack", skey, rkey)
+    assert back.asr.tolist() == [0.05, 0.9] and (back.run_key == rkey).all()
+    for column in ("precision", "device", "processor", "torch", "date", "commit",
+                   "study_version"):
+        assert back[column].notna().all(), column
+    assert (stored.precision == "bf16").all() and (stored.device == "cpu").all()
+    assert store.table("01_attack", skey, "scores").score.tolist() == [0.1, 0.2]
+    assert len(store.table("01_attack", skey)) == 2  # side tables stay out of the rows
+    assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_a_side_table_without_its_run_does_not_count(tmp_path):
+    store = RunStore(tmp_path)
+    folder = tmp_path / "04_detection" / "s"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"score": [1.0]}).to_csv(folder / "r.scores.csv", index=False)  # a cut write
+    assert store.table("04_detection", "s", "scores").empty
+
+
+def test_an_unwritable_store_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="give a writable store_dir"):
+        RunStore(blocker / "store").put("t", "s", "r", 1, rows(0, 0.9), {})
+    with pytest.raises(ValueError, match="store folder 5 must be a non-empty path"):
+        RunStore(5)
+
+
+def test_merge_copies_new_runs_and_keeps_existing_ones(tmp_path):
+    a, b = RunStore(tmp_path / "a"), RunStore(tmp_path / "b")
+    a.put("t", "s", "r0", 1, rows(0, 0.9), {"precision": "bf16", "device": "cuda"},
+          {"scores": pd.DataFrame({"score": [0.5]})})
+    a.put("t", "s", "r1", 1, rows(1, 0.8), {"precision": "bf16", "device": "cuda"})
+    b.put("t", "s", "r1", 1, rows(1, 0.7), {"precision": "bf16", "device": "cuda"})
+    assert merge(a.folder, b.folder) == (1, 1)
+    assert sorted(b.table("t", "s").asr.tolist()) == [0.05, 0.05, 0.7, 0.9]  # r1 kept as is
+    assert b.table("t", "s", "scores").score.tolist() == [0.5]
+    with tarfile.open(tmp_path / "runs.tar.gz", "w:gz") as tar:
+        tar.add(a.folder, arcname=".")
+    out = subprocess.run([sys.executable, "-m", "bdunlearn.store", "merge",
+                          str(tmp_path / "runs.tar.gz"), str(tmp_path / "c")],
+                         capture_output=True, text=True)
+    assert "merge: 2 runs copied" in out.stdout, out.stderr
+    bad = subprocess.run([sys.executable, "-m", "bdunlearn.store", "merge",
+                          str(tmp_path / "nope.tar.gz"), str(tmp_path / "c")],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "does not exist" in bad.stderr
+
+
+def test_groups_of_precision_and_device_are_told_apart():
+    t = pd.concat([rows(0, 0.9).assign(precision="bf16", device="cpu"),
+                   rows(1, 0.9).assign(precision="bf16", device="cpu"),
+                   rows(0, 0.5).assign(precision="bf16", device="cuda")])
+    labels = [label for label, _ in provenance_groups(t)]
+    assert labels == ["bf16, cpu", "bf16, cuda"]  # the group with more seeds first
+    assert provenance_groups(rows(0, 0.9))[0][0] == ""
+
+
+def test_every_study_keys_its_runs_by_what_they_measure():
+    cfg = studies.config("04_detection", "default")
+    mod = studies.study("04_detection")
+    run = mod.runs(cfg)[0]
+    key = studies.stored_key(mod, run, cfg)
+    # where and how it computes, and more seeds, do not move a run
+    for other in (dict(seeds="0-9"), dict(results_dir="/x"), dict(store_dir="/y"),
+                  dict(compute=False)):
+        assert studies.stored_key(mod, run, studies.config("04_detection", "default",
+                                                           **other)) == key, other
+    # what it measures does, and so does the dataset
+    for other in (dict(target_fpr=0.01), dict(epochs=100), dict(dataset="mnist")):
+        assert studies.stored_key(mod, run, config.resolve("default", **other)) != key, other
