@@ -339,16 +339,18 @@ def auroc_vs_shards(det: pd.DataFrame, ax=None) -> Figure:
     return ax.figure
 
 
-def detection(det: pd.DataFrame, curves: dict, seed: int) -> Figure:
+def detection(det: pd.DataFrame, curves: dict, seed: int | None = None) -> Figure:
     """Notebook 04's three panels: MU score histograms, ROC curves, AUROC against shards.
 
     ``curves`` maps ``(variant, seed, shards, detector)`` to ``(positive_scores,
     negative_scores)``; the histogram shows the BN attack's MU scores at the fewest shards
-    of ``seed``, the ROC panel every BN curve of ``seed``; the third panel is
-    :func:`auroc_vs_shards`.
+    of ``seed`` (default: the lowest seed with BN scores), the ROC panel every BN curve of
+    ``seed``; the third panel is :func:`auroc_vs_shards`.
     """
     from sklearn.metrics import roc_curve
 
+    if seed is None:  # the first seed whose scores are stored
+        seed = min((k[1] for k in curves if k[0] == "bn"), default=None)
     bn = {k: v for k, v in curves.items() if k[0] == "bn" and k[1] == seed}
     if not bn:
         raise ValueError(f"curves hold no BN scores for seed {seed!r}; seeds present: "

@@ -88,6 +88,7 @@ def test_detection_figure_draws_the_auroc_panel_with_shard_ticks():
     assert "MU scores, BN attack, 1 shard" in all_labels(fig)
     with pytest.raises(ValueError, match="seed 7"):
         plots.detection(det, curves, seed=7)
+    assert "MU scores, BN attack, 1 shard" in all_labels(plots.detection(det, curves))
 
 
 def test_erasure_has_readable_titles_labels_and_no_colliding_ticks():

@@ -100,3 +100,15 @@ def test_every_study_keys_its_runs_by_what_they_measure():
     # what it measures does, and so does the dataset
     for other in (dict(target_fpr=0.01), dict(epochs=100), dict(dataset="mnist")):
         assert studies.stored_key(mod, run, config.resolve("default", **other)) != key, other
+
+
+def test_a_notebook_draws_only_what_is_stored(tmp_path, capsys):
+    cfg = studies.config("01_attack", "smoke", results_dir=str(tmp_path / "r"),
+                         figures_dir=str(tmp_path / "f"), store_dir=str(tmp_path / "s"),
+                         compute=False)
+    nb = studies.Notebook("01_attack", cfg)
+    assert nb.collect(progress=False).empty  # nothing stored, nothing computed
+    assert "1 of 1 runs not stored; compute is False" in capsys.readouterr().out
+    assert nb.draw("before-after", lambda t: 1 / 0, pd.DataFrame()) is None
+    assert "no stored run to draw yet" in capsys.readouterr().out
+    assert not list((tmp_path / "f").glob("*.png"))

@@ -262,9 +262,20 @@ class Notebook:
         return ex.save_table(table, name or self.stem, self.res_dir, columns)
 
     def figure(self, fig, name: str) -> Path:
+        """Save ``fig`` as ``<figures_dir>/<stem>-<name>.png``."""
         from .. import plots
 
         return plots.save(fig, self.fig_dir, self.stem, name)
+
+    def draw(self, name: str, plot, *tables, **kw):
+        """``plot(*tables, **kw)`` saved as :meth:`figure` ``name``; skipped with one line
+        when a table is empty (a notebook rendered from a store that lacks those runs)."""
+        if any(isinstance(t, pd.DataFrame) and t.empty for t in tables):
+            print(f"figure {name}: no stored run to draw yet")
+            return None
+        fig = plot(*tables, **kw)
+        self.figure(fig, name)
+        return fig
 
 
 def own_group(table: pd.DataFrame, cfg: RunConfig) -> pd.DataFrame:
