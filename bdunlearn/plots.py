@@ -178,6 +178,7 @@ def trajectory(traj: pd.DataFrame, hue: str = "setting") -> Figure:
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels),
                title="means over seeds; bands: 95% t-interval" if bands else None,
                title_fontsize=8)
+    _seeds_title(fig, traj)
     return fig
 
 
@@ -371,6 +372,7 @@ def detection(det: pd.DataFrame, curves: dict, seed: int | None = None) -> Figur
                 ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1.01))
     axes[1].legend(fontsize=7, loc="lower right")
     auroc_vs_shards(det, ax=axes[2])
+    _seeds_title(fig, det)
     return fig
 
 
