@@ -619,13 +619,17 @@ def per_seed(claim: Claim, table: pd.DataFrame) -> str:
         return "n/a"
     names = [k for k in runs[0] if claim.headline is None
              or any(k == h or k.startswith(h + " ") for h in claim.headline)]
+    counts = {k: sum(r.get(k) is not None for r in runs) for k in names}
+    uneven = len(set(counts.values())) > 1  # then each number says its own n
     cells = []
     for k in names:
-        mean, lo, hi = interval([r.get(k) for r in runs])
+        mean, lo, hi = interval([r[k] for r in runs if r.get(k) is not None])
         f = ("{:.3f}".format if k.startswith("auroc") else _pct
              if any(w in k for w in ("asr", "acc", "reduction")) else "{:.4g}".format)
-        cells.append(f"{k} {f(mean)}" + ("" if lo is None else f" [{f(lo)}, {f(hi)}]"))
-    return "; ".join(cells) + f" (n={len(runs)} seed{'s' * (len(runs) > 1)})"
+        cells.append(f"{k} {f(mean)}" + ("" if lo is None else f" [{f(lo)}, {f(hi)}]")
+                     + (f" (n={counts[k]})" if uneven else ""))
+    return "; ".join(cells) + ("" if uneven else
+                               f" (n={len(runs)} seed{'s' * (len(runs) > 1)})")
 
 
 def threshold_values() -> set[float]:

@@ -22,7 +22,13 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 def _tables(results: Path) -> dict[str, pd.DataFrame]:
     """The notebooks' CSVs found in ``results``, keyed by notebook stem."""
-    return {p.stem: pd.read_csv(p) for p in sorted(results.glob("[0-9][0-9]_*.csv"))}
+    tables = {}
+    for p in sorted(results.glob("[0-9][0-9]_*.csv")):
+        try:
+            tables[p.stem] = pd.read_csv(p)
+        except pd.errors.EmptyDataError:  # a table with no stored run yet
+            tables[p.stem] = pd.DataFrame()
+    return tables
 
 
 def table(results: Path) -> str:

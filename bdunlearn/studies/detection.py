@@ -104,4 +104,6 @@ def show(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def show_filter(table: pd.DataFrame) -> pd.DataFrame:
+    if table.empty:
+        return pd.DataFrame({"stored runs": [0]})
     return ex.over_seeds(table, ["unlearning", "requested"], ["asr", "clean_acc", "refused"])

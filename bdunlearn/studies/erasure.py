@@ -53,12 +53,16 @@ def compute(run: Run, ctx) -> pd.DataFrame:
 
 def models(table: pd.DataFrame) -> pd.DataFrame:
     """The two backdoored models before any defense, over seeds."""
+    if table.empty:
+        return pd.DataFrame({"stored runs": [0]})
     first = table[table.attack != "none"].groupby(["attack", "seed"]).first()
     return first.groupby("attack")[["asr_before", "clean_acc_before"]].agg(
         ["mean", "min", "max"]).round(3)
 
 
 def show(table: pd.DataFrame) -> pd.DataFrame:
+    if table.empty:
+        return pd.DataFrame({"stored runs": [0]})
     from .. import experiment as ex
 
     d = table[table.attack != "none"]

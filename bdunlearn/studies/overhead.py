@@ -52,6 +52,8 @@ def compute(run: Run, ctx) -> tuple[pd.DataFrame, dict]:
 def show(table: pd.DataFrame) -> pd.DataFrame:
     """Per defense: the one-time run on the classical model and each re-run along the
     attack, in optimiser steps (counted work) and seconds, over seeds."""
+    if table.empty:
+        return pd.DataFrame({"stored runs": [0]})
     d = table[table.defense != "screen_mu"]
     return ex.over_seeds(d, ["defense", "setting", "requested"], ["steps", "seconds"])
 
@@ -63,6 +65,8 @@ def defenses(cfg) -> list[str]:
 
 def screening(table: pd.DataFrame) -> str:
     """The cost of screening a request with MU beside serving it, over seeds."""
+    if table.empty:
+        return "no screening was timed"
     screen = table[table.defense == "screen_mu"]
     if screen.empty:
         return "no screening was timed"

@@ -69,6 +69,8 @@ def show(table: pd.DataFrame) -> pd.DataFrame:
 
 def before_after(table: pd.DataFrame) -> pd.DataFrame:
     """ASR and clean accuracy before the requests and after all of them, per setting."""
+    if table.empty:
+        return pd.DataFrame({"stored runs": [0]})
     final = table[table.requested == table.requested.max()]
     start = table[table.requested == 0]
     return pd.concat({"before": start.groupby("setting")[["asr", "clean_acc"]].mean(),
