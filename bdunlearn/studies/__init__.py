@@ -189,9 +189,14 @@ def settings(cfg: RunConfig, mod=None) -> dict:
     return {"dataset": cfg.dataset, **{k: getattr(cfg, k) for k in names}}
 
 
+def settings_key(mod, table: str, cfg: RunConfig) -> str:
+    """The store folder of ``table``'s runs at ``cfg``'s settings."""
+    return RunStore.settings_key(table, mod.VERSION, settings(cfg, mod))
+
+
 def stored_key(mod, run: Run, cfg: RunConfig) -> tuple[str, str]:
     """``(settings key, run key)`` of ``run`` in the store."""
-    skey = RunStore.settings_key(run.table, mod.VERSION, settings(cfg, mod))
+    skey = settings_key(mod, run.table, cfg)
     return skey, RunStore.run_key(skey, run.key(), cfg.precision, cfg.device_type)
 
 
@@ -245,13 +250,11 @@ class Notebook:
             rows, extras = out if isinstance(out, tuple) else (out, {})
             self.store.put(run.table, *stored_key(self.study, run, self.cfg),
                            self.study.VERSION, rows, prov, extras)
-        skey = RunStore.settings_key(table, self.study.VERSION, settings(self.cfg, self.study))
-        return self.store.table(table, skey)
+        return self.store.table(table, settings_key(self.study, table, self.cfg))
 
     def side(self, table: str, extra: str) -> pd.DataFrame:
         """The side table ``extra`` of every stored run of ``table`` (such as scores)."""
-        skey = RunStore.settings_key(table, self.study.VERSION, settings(self.cfg, self.study))
-        return self.store.table(table, skey, extra)
+        return self.store.table(table, settings_key(self.study, table, self.cfg), extra)
 
     def own(self, table: pd.DataFrame) -> pd.DataFrame:
         """The rows computed at this run's precision and device (what a claim checks)."""
