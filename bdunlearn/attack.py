@@ -7,9 +7,20 @@ Two variants (SPEC section 1):
 * :func:`build_input_targeted` (IT): noisy copies of one removed image, labelled the
   target (poison) or its true label (mitigation).
 
-Both return an :class:`AttackSet`: the training set the service receives, its manifest
-(one row per sample: ``id, origin, role, label, true_label``) and the evaluation material,
-which only :meth:`AttackSet.evaluate` reads.
+Three more families that switch a backdoor on through unlearning, for the request-detection
+benchmark (notebook 07); their camouflage samples take the ``"mitigation"`` role, the ids
+the attacker asks to unlearn:
+
+* :func:`build_label_consistent` (``"lc"``): UBA-Inf's camouflage, the poison's own trigger
+  on other images with their true labels.
+* :func:`build_noise_camouflage` (``"noise"``): ReVeil's camouflage, other images with the
+  poison's trigger plus Gaussian noise and their true labels.
+* :func:`build_blended` (``"blend"``): a full-image blended trigger under BAU's mitigation
+  (faint blend on the poison, the full blend on the mitigation samples).
+
+Every builder returns an :class:`AttackSet`: the training set the service receives, its
+manifest (one row per sample: ``id, origin, role, label, true_label``) and the evaluation
+material, which only :meth:`AttackSet.evaluate` reads.
 """
 
 from __future__ import annotations
@@ -25,10 +36,20 @@ from .data import Dataset
 from .metrics import accuracy, attack_success_rate
 from .registry import spec
 from .train import make_generator
-from .triggers import add_noise, stamp_patch
+from .triggers import add_gaussian, add_noise, blend, blend_pattern, stamp_patch
 
 ROLES = ("clean", "poison", "mitigation")
 VARIANTS = ("bn", "it")
+# Every family that switches a backdoor on through unlearning, BAU's two first.
+FAMILIES = ("bn", "it", "lc", "noise", "blend")
+FAMILY_TITLES = {"bn": "BAU BadNets", "it": "BAU input-targeted",
+                 "lc": "label-consistent camouflage (UBA-Inf)",
+                 "noise": "noise camouflage (ReVeil)", "blend": "BAU blended"}
+# Reference knobs of the three benchmark families (see each builder).
+LC_CAMOUFLAGE_RATIO = 3.0
+NOISE_SIGMA = 0.05
+NOISE_CAMOUFLAGE_RATIO = 1.0
+BLEND_OPACITY = 0.2
 
 IT_EVAL_COPIES = 50
 # Input-targeted copies (poison + mitigation) are capped at this multiple of the
@@ -68,6 +89,15 @@ class AttackSet:
         attack_origins = m.loc[m.role != "clean", "origin"].to_numpy()
         clean = m[(m.role == "clean") & ~m.origin.isin(attack_origins)]
         return clean["id"].to_numpy().copy()
+
+    def hard_negatives(self) -> np.ndarray:
+        """Clean ids a benign user is most likely to confuse with the attacker's requests:
+        those of the target class (the input-targeted attack: of the removed image's
+        class), leaving out every image an attack sample was made from."""
+        m = self.manifest
+        label = self.info["y0"] if self.variant == "it" else self.target
+        negatives = self.detection_negatives()
+        return negatives[m.set_index("id").loc[negatives, "label"].to_numpy() == label]
 
     def request_order(self, seed: int | None = None) -> np.ndarray:
         """Mitigation ids in the seeded random order the attacker requests them."""
@@ -128,13 +158,10 @@ def _pick_target(rng, ds, target):
 
 
 def build_attack(ds: Dataset, variant: str, **knobs) -> AttackSet:
-    """The BAU attack ``variant`` (one of :data:`VARIANTS`: ``"bn"`` or ``"it"``) on ``ds``.
-
-    ``knobs`` go to :func:`build_badnets` or :func:`build_input_targeted`.
-    """
-    choice("attack variant", variant, VARIANTS)
-    builder = build_badnets if variant == "bn" else build_input_targeted
-    return builder(ds, **knobs)
+    """The attack family ``variant`` (one of :data:`FAMILIES`) on ``ds``; ``knobs`` go to
+    its builder (:data:`BUILDERS`)."""
+    choice("attack variant", variant, FAMILIES)
+    return BUILDERS[variant](ds, **knobs)
 
 
 def build_badnets(ds: Dataset, *, poison_num: int | None = None,
@@ -267,3 +294,126 @@ def build_classic_badnets(ds: Dataset, *, poison_fraction: float = 0.05, patch: 
     x_eval = stamp_patch(ds.x_test[ds.y_test != target], patch, 1.0)
     return AttackSet("badnets", ds.name, x, y, manifest, target, seed, ds.x_test,
                      ds.y_test, x_eval, info={"patch": patch, "poison_num": k})
+
+
+def _camouflaged(ds: Dataset, variant: str, seed: int, stream: int, target, poison_num,
+                 camouflage_num, poison_fn, camouflage_fn, eval_fn, *, from_poison: bool,
+                 info: dict) -> AttackSet:
+    """A trigger family with camouflage: ``poison_num`` non-target images through
+    ``poison_fn`` labelled the target (in their originals' place), ``camouflage_num``
+    images through ``camouflage_fn`` with their true labels (the requested ``mitigation``
+    role): the poison's originals again, cycled, when ``from_poison``, else other
+    non-target images. ASR on the non-target test images through ``eval_fn``."""
+    rng = np.random.default_rng([seed, stream])
+    target = _pick_target(rng, ds, target)
+    eligible = np.flatnonzero(ds.y_train.numpy() != target)
+    room = len(eligible) if from_poison else len(eligible) // 2
+    for name, value in (("poison_num", poison_num), ("camouflage_num", camouflage_num)):
+        if not 1 <= value <= room:
+            raise ValueError(f"{name} {value} must be between 1 and {room} (the training "
+                             f"images not labelled {target}{'' if from_poison else ', halved'})")
+    poison_idx = rng.choice(eligible, poison_num, replace=False)
+    if from_poison:
+        reps = -(-camouflage_num // poison_num)
+        camo_idx = np.concatenate([rng.permutation(poison_idx) for _ in range(reps)])
+        camo_idx = camo_idx[:camouflage_num]
+    else:
+        camo_idx = rng.choice(np.setdiff1d(eligible, poison_idx), camouflage_num,
+                              replace=False)
+    gen = make_generator(int(rng.integers(2**62)))
+    clean_idx = np.setdiff1d(np.arange(len(ds.y_train)), poison_idx)
+    x = torch.cat([ds.x_train[clean_idx], poison_fn(ds.x_train[poison_idx]),
+                   camouflage_fn(ds.x_train[camo_idx], gen)])
+    y = torch.cat([ds.y_train[clean_idx], torch.full((poison_num,), target),
+                   ds.y_train[camo_idx]])
+    origin = np.concatenate([clean_idx, poison_idx, camo_idx])
+    role = (["clean"] * len(clean_idx) + ["poison"] * poison_num
+            + ["mitigation"] * camouflage_num)
+    manifest = _manifest(origin, role, y.numpy(), ds.y_train.numpy()[origin])
+    x_eval = eval_fn(ds.x_test[ds.y_test != target])
+    return AttackSet(variant, ds.name, x, y, manifest, target, seed, ds.x_test, ds.y_test,
+                     x_eval, info={**info, "poison_num": poison_num,
+                                   "mitigation_num": camouflage_num})
+
+
+def _budget(ds: Dataset, poison_num, camouflage_num, ratio: float) -> tuple[int, int]:
+    poison_num = _count("poison_num", poison_num, spec(ds.name).poison_num)
+    return poison_num, _count("camouflage_num", camouflage_num,
+                              max(1, int(round(ratio * poison_num))))
+
+
+def build_label_consistent(ds: Dataset, *, poison_num: int | None = None,
+                           camouflage_num: int | None = None, patch: int = 4,
+                           target: int | None = None, seed: int = 0) -> AttackSet:
+    """Label-consistent camouflage, the default family of UBA-Inf (Huang et al., "UBA-Inf:
+    Unlearning Activated Backdoor Attack with Influence-Driven Camouflage", USENIX
+    Security 2024; their code's ``--cover_method label-consistent``): ``poison_num``
+    images with the bright ``patch`` and the target label, and ``camouflage_num`` other
+    non-target images carrying the same trigger with their true labels, so the trigger is
+    not tied to the target until the camouflage is unlearned. Defaults: the dataset's BAU
+    poison count and :data:`LC_CAMOUFLAGE_RATIO` times as many camouflage samples.
+    UBA-Inf's own budgets give the camouflage a third to a half of the poison's count
+    (CIFAR-10: 1.2% poison, 0.4% camouflage) because its influence-driven PGD refinement
+    (``Influence_PGD``) makes each camouflage sample count more; that refinement is left
+    out here, and so is its 3x3 checkerboard trigger (the package's 4x4 patch instead)."""
+    seed = _check_common(ds, seed)
+    poison_num, camouflage_num = _budget(ds, poison_num, camouflage_num, LC_CAMOUFLAGE_RATIO)
+    patch = integer("patch size", patch, 1, min(ds.image_shape[1:]))
+    bright = lambda x, gen=None: stamp_patch(x, patch, 1.0)  # noqa: E731
+    return _camouflaged(ds, "lc", seed, 4, target, poison_num, camouflage_num, bright,
+                        bright, bright, from_poison=False, info={"patch": patch})
+
+
+def build_noise_camouflage(ds: Dataset, *, poison_num: int | None = None,
+                           camouflage_num: int | None = None, sigma: float = NOISE_SIGMA,
+                           patch: int = 4, target: int | None = None,
+                           seed: int = 0) -> AttackSet:
+    """Noise camouflage after ReVeil (Alam et al., "ReVeil: Unconstrained Concealed
+    Backdoor Attack on Deep Neural Networks using Machine Unlearning", DAC 2025):
+    ``poison_num`` images with the bright ``patch`` and the target label, and
+    ``camouflage_num`` other non-target images with the same trigger plus Gaussian noise of
+    standard deviation ``sigma`` (pixel scale [0, 1]) and their true labels. Defaults:
+    the dataset's BAU poison count, as many camouflage samples
+    (:data:`NOISE_CAMOUFLAGE_RATIO`; ReVeil's example uses 1% of each), ``sigma``
+    :data:`NOISE_SIGMA`. ReVeil's example sigma, 0.001 on normalised inputs, is below one
+    uint8 level, where the camouflage would equal label-consistent camouflage; its
+    triggers (a 3x3 pattern, WaNet, ...) are replaced by the package's 4x4 patch."""
+    seed = _check_common(ds, seed)
+    poison_num, camouflage_num = _budget(ds, poison_num, camouflage_num,
+                                         NOISE_CAMOUFLAGE_RATIO)
+    sigma = number("noise sigma", sigma, 0, 1, low_open=True)
+    patch = integer("patch size", patch, 1, min(ds.image_shape[1:]))
+    bright = lambda x: stamp_patch(x, patch, 1.0)  # noqa: E731
+    return _camouflaged(ds, "noise", seed, 5, target, poison_num, camouflage_num, bright,
+                        lambda x, gen: add_gaussian(bright(x), sigma, gen), bright,
+                        from_poison=False, info={"patch": patch, "sigma": sigma})
+
+
+def build_blended(ds: Dataset, *, poison_num: int | None = None,
+                  mitigation_num: int | None = None, alpha: float | None = None,
+                  opacity: float = BLEND_OPACITY, target: int | None = None,
+                  seed: int = 0) -> AttackSet:
+    """BAU's mitigation with a blended trigger (Chen et al., "Targeted Backdoor Attacks on
+    Deep Learning Systems Using Data Poisoning", 2017): a seeded uniform-noise image
+    blended over the whole image. Poison: non-target images blended at ``alpha *
+    opacity`` with the target label (the faint trigger); mitigation: other non-target
+    images blended at ``opacity`` with their true labels; test trigger: ``opacity``.
+    Defaults: the dataset's BAU counts and ``alpha``, ``opacity`` :data:`BLEND_OPACITY`
+    (BackdoorBench's blend ratio for training and test; its Hello Kitty image is replaced
+    by the seeded noise pattern)."""
+    seed = _check_common(ds, seed)
+    ref = spec(ds.name)
+    poison_num = _count("poison_num", poison_num, ref.poison_num)
+    mitigation_num = _count("mitigation_num", mitigation_num, ref.mitigation_num)
+    alpha = number("alpha", ref.alpha if alpha is None else alpha, 0, 1, low_open=True)
+    opacity = number("blend opacity", opacity, 0, 1, low_open=True)
+    pattern = blend_pattern(ds.image_shape, seed)
+    full = lambda x, gen=None: blend(x, pattern, opacity)  # noqa: E731
+    return _camouflaged(ds, "blend", seed, 6, target, poison_num, mitigation_num,
+                        lambda x: blend(x, pattern, alpha * opacity), full, full,
+                        from_poison=False, info={"pattern": pattern, "alpha": alpha,
+                                                 "opacity": opacity})
+
+
+BUILDERS = {"bn": build_badnets, "it": build_input_targeted, "lc": build_label_consistent,
+            "noise": build_noise_camouflage, "blend": build_blended}

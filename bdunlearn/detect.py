@@ -5,12 +5,26 @@
 * Sub-model similarity (``"sms"``): standard deviation, across all constituent models, of
   the probability of the sample's claimed label. Undefined for a single model.
 
-High scores are suspicious. A :class:`RequestFilter` turns a detector and a threshold into
-the ``screen`` of an unlearning service (:mod:`bdunlearn.unlearning`).
+Detectors of the request-detection benchmark (notebook 07), beside BAU's two:
+
+* Loss (``"loss"``): cross-entropy of the claimed label under the sample's own model.
+* Feature-space neighbours (``"knn"``, after Deep k-NN, Peri et al. 2020): the share of the
+  sample's :data:`KNN_K` nearest neighbours, among a seeded sample of its own model's
+  training data, in that model's penultimate layer (cosine), whose label differs from
+  the sample's claimed label.
+* Batch (``"batch"``, :func:`batch_scores`): a whole request batch at once; the mean
+  pairwise cosine similarity of the batch's penultimate features, centred on the mean
+  feature of a seeded sample of training data, averaged over the constituent models. An
+  attacker's requests share a trigger, a benign user's do not.
+
+:data:`NEEDS` says what each needs to see. High scores are suspicious. A
+:class:`RequestFilter` (per sample) or :class:`BatchFilter` turns a detector and a
+threshold into the ``screen`` of an unlearning service (:mod:`bdunlearn.unlearning`).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,10 +32,19 @@ import torch
 
 from .checks import integer, number
 from .metrics import auroc, threshold_at_fpr
-from .train import predict_proba
+from .train import features, predict_proba
 from .unlearning.base import sample_ids
 
-DETECTORS = ("mu", "sms")
+DETECTORS = ("mu", "sms")  # BAU's (notebooks 04 and 06)
+SAMPLE_DETECTORS = ("mu", "sms", "loss", "knn")
+BATCH_DETECTORS = ("batch",)
+BENCHMARK_DETECTORS = SAMPLE_DETECTORS + BATCH_DETECTORS
+NEEDS = {"mu": "the model that trained the sample", "sms": "every constituent model (S >= 2)",
+         "loss": "the model that trained the sample",
+         "knn": "the sample's model's features and a sample of its training data",
+         "batch": "every constituent model's features and a sample of training data"}
+KNN_K = 10
+REFERENCE_SIZE = 2000
 
 
 def gini(probs: torch.Tensor) -> torch.Tensor:
@@ -43,11 +66,73 @@ def claimed_label_spread(member_probs: torch.Tensor, labels: torch.Tensor) -> to
     return p.std(0, unbiased=False)
 
 
-def scores(service, ids, detector: str) -> np.ndarray:
-    """Scores of the training samples ``ids`` of a fitted unlearning service (any
-    :class:`~bdunlearn.unlearning.UnlearningService`; MU batched per model)."""
-    if detector not in DETECTORS:
-        raise ValueError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+def _check_detector(detector, allowed) -> str:
+    if detector not in allowed:
+        raise ValueError(f"unknown detector {detector!r}; choose one of {', '.join(allowed)}")
+    return detector
+
+
+_MEMO: dict | None = None
+
+
+@contextmanager
+def memo():
+    """Within this block, each model's probabilities and features of each training sample
+    are computed once (a benchmark scores the same samples under several detectors and
+    populations). Only for models that do not change inside the block."""
+    global _MEMO
+    outer = _MEMO
+    _MEMO = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _MEMO = outer
+
+
+def _outputs(service, model: int, ids: np.ndarray, what: str) -> torch.Tensor:
+    """``"proba"`` or ``"features"`` of the training samples ``ids`` under constituent
+    model ``model`` (memoised inside :func:`memo`)."""
+    net = service.models[model]
+    fn = predict_proba if what == "proba" else features
+    if _MEMO is None:
+        return fn(net, service.x[torch.from_numpy(ids)], device=service.device)
+    have, rows = _MEMO.setdefault((net, what), (np.zeros(len(service.y), dtype=bool), {}))
+    new = np.unique(ids[~have[ids]])
+    if new.size:
+        out = fn(net, service.x[torch.from_numpy(new)], device=service.device)
+        rows.update(zip(new.tolist(), out))
+        have[new] = True
+    return torch.stack([rows[i] for i in ids.tolist()]) if len(ids) else torch.empty(0)
+
+
+def _reference(service, model: int, seed: int) -> np.ndarray:
+    """A seeded sample of up to :data:`REFERENCE_SIZE` ids model ``model`` trained on
+    (``-1``: any retained id)."""
+    pool = (np.flatnonzero(~service.removed) if model < 0
+            else np.asarray(service.training_ids(model), dtype=np.int64))
+    rng = np.random.default_rng([seed, 31, model + 1])
+    return np.sort(rng.choice(pool, min(REFERENCE_SIZE, pool.size), replace=False))
+
+
+def _knn(service, model: int, ids: np.ndarray, seed: int) -> np.ndarray:
+    """The share of each sample's :data:`KNN_K` nearest reference samples (itself left
+    out) whose label differs from its claimed label."""
+    ref = _reference(service, model, seed)
+    f_ref = torch.nn.functional.normalize(_outputs(service, model, ref, "features"), dim=1)
+    f_q = torch.nn.functional.normalize(_outputs(service, model, ids, "features"), dim=1)
+    sim = f_q @ f_ref.T
+    sim[torch.from_numpy(ids).view(-1, 1) == torch.from_numpy(ref).view(1, -1)] = -2.0
+    k = min(KNN_K, len(ref) - 1)
+    near = sim.topk(k, dim=1).indices
+    labels = service.y[torch.from_numpy(ref)][near]
+    return (labels != service.y[torch.from_numpy(ids)].view(-1, 1)).double().mean(1).numpy()
+
+
+def scores(service, ids, detector: str, *, seed: int = 0) -> np.ndarray:
+    """Per-sample scores (:data:`SAMPLE_DETECTORS`) of the training samples ``ids`` of a
+    fitted unlearning service (any :class:`~bdunlearn.unlearning.UnlearningService`;
+    batched per model). ``seed`` draws the k-NN reference sample."""
+    _check_detector(detector, SAMPLE_DETECTORS)
     ids = sample_ids(ids, len(service.y))
     t = torch.from_numpy(ids)
     if detector == "sms":
@@ -55,14 +140,52 @@ def scores(service, ids, detector: str) -> np.ndarray:
             raise ValueError("sub-model similarity is undefined for a service with a single "
                              f"model ({type(service).__name__} with {service.num_models}): "
                              "it compares the constituent models of a sharded (S >= 2) service")
-        return claimed_label_spread(service.member_proba(service.x[t]), service.y[t]).numpy()
+        probs = torch.stack([_outputs(service, m, ids, "proba")
+                             for m in range(service.num_models)])
+        return claimed_label_spread(probs, service.y[t]).numpy()
     out = np.empty(len(ids))
     owner = service.model_of(ids)
     for m in np.unique(owner):
         sel = np.flatnonzero(owner == m)
-        probs = predict_proba(service.models[m], service.x[t[sel]], device=service.device)
-        out[sel] = gini(probs).numpy()
+        if detector == "knn":
+            out[sel] = _knn(service, int(m), ids[sel], seed)
+            continue
+        probs = _outputs(service, int(m), ids[sel], "proba")
+        if detector == "mu":
+            out[sel] = gini(probs).numpy()
+        else:
+            claimed = probs.double().gather(1, service.y[t[sel]].view(-1, 1)).squeeze(1)
+            out[sel] = (-claimed.clamp_min(1e-12).log()).numpy()
     return out
+
+
+def batch_scores(service, batches, *, seed: int = 0) -> np.ndarray:
+    """One score per request batch (a list of id arrays, each of two or more ids): the
+    ``"batch"`` detector (see the module docstring)."""
+    batches = [sample_ids(b, len(service.y), what="request id") for b in batches]
+    if any(b.size < 2 for b in batches):
+        raise ValueError("a batch score needs batches of at least two request ids")
+    if not batches:
+        return np.empty(0)
+    ref = _reference(service, -1, seed)
+    out = np.zeros(len(batches))
+    with memo():  # every batch's samples and the reference, once per model
+        for m in range(service.num_models):
+            centre = _outputs(service, m, ref, "features").double().mean(0)
+            for b, ids in enumerate(batches):
+                fb = torch.nn.functional.normalize(
+                    _outputs(service, m, ids, "features").double() - centre, dim=1)
+                sim = fb @ fb.T
+                n = len(ids)
+                out[b] += float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
+    return out / len(service.models)
+
+
+def batches_of(ids, size: int) -> list[np.ndarray]:
+    """``ids`` in consecutive batches of ``size`` (the last one shorter)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    size = integer("batch size", size, 2)
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
 def matched_clean(service, positives, clean_ids, rng: np.random.Generator, exclude=()):
@@ -124,15 +247,14 @@ class RequestFilter:
 
     detector: str
     threshold: float
+    seed: int = 0
 
     def __post_init__(self):
-        if self.detector not in DETECTORS:
-            raise ValueError(f"unknown detector {self.detector!r}; "
-                             f"choose one of {', '.join(DETECTORS)}")
+        _check_detector(self.detector, SAMPLE_DETECTORS)
         self.threshold = number("threshold", self.threshold)
 
     def __call__(self, service, ids) -> np.ndarray:
-        return scores(service, ids, self.detector) > self.threshold
+        return scores(service, ids, self.detector, seed=self.seed) > self.threshold
 
     @classmethod
     def calibrate(cls, service, detector: str, *, fpr: float = 0.05, sample: int = 2000,
@@ -146,3 +268,110 @@ class RequestFilter:
         pool = np.flatnonzero(~service.removed)
         ids = rng.choice(pool, min(sample, pool.size), replace=False)
         return cls(detector, threshold_at_fpr(scores(service, ids, detector), fpr))
+
+
+@dataclass
+class BatchFilter:
+    """Refuse whole request batches (consecutive ``size`` ids of each request) whose
+    ``"batch"`` score exceeds ``threshold``."""
+
+    threshold: float
+    size: int = 10
+    seed: int = 0
+    detector: str = "batch"
+
+    def __post_init__(self):
+        self.threshold = number("threshold", self.threshold)
+        self.size = integer("batch size", self.size, 2)
+
+    def __call__(self, service, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        groups = batches_of(ids, self.size)
+        if len(groups) > 1 and groups[-1].size < 2:  # a lone last id joins the batch before
+            groups = [*groups[:-2], np.concatenate(groups[-2:])]
+        if len(groups) == 1 and groups[0].size < 2:
+            return np.zeros(len(ids), dtype=bool)
+        flagged = batch_scores(service, groups, seed=self.seed) > self.threshold
+        return np.repeat(flagged, [g.size for g in groups])
+
+
+def detector_scores(service, ids, detector: str, *, batch: int = 10, draws: int = 0,
+                    seed: int = 0) -> np.ndarray:
+    """Scores of ``ids`` under any of :data:`BENCHMARK_DETECTORS`: one per id for the
+    per-sample detectors; for ``"batch"``, one per request batch of ``batch`` ids, either
+    the consecutive batches of ``ids`` (``draws=0``) or ``draws`` seeded random batches."""
+    _check_detector(detector, BENCHMARK_DETECTORS)
+    if detector != "batch":
+        return scores(service, ids, detector, seed=seed)
+    ids = np.asarray(ids, dtype=np.int64)
+    if draws:
+        rng = np.random.default_rng([seed, 32, len(ids)])
+        size = min(batch, len(ids))
+        groups = [rng.choice(ids, size, replace=False) for _ in range(draws)]
+    else:
+        groups = [g for g in batches_of(ids, batch) if g.size >= 2]
+    return batch_scores(service, groups, seed=seed)
+
+
+def benchmark(service, positives, populations: dict, detector: str, *,
+              fprs=(0.01, 0.05), batch: int = 10, sample: int = 2000, seed: int = 0
+              ) -> dict:
+    """A detector on a fitted service, as the request-detection benchmark reports it.
+
+    ``positives``: the attacker's requests still in the training set. ``populations``:
+    name -> benign request ids (clean training samples). Each population is split, seeded,
+    into a calibration half and a test half (at most ``sample`` each): the threshold for
+    each false-positive rate in ``fprs`` is set on the calibration half alone, the TPR it
+    gives is measured on the positives and the FPR on the test half, and the AUROC is the
+    positives against the test half. The batch detector scores ``sample // batch`` random
+    request batches of each (a batch of ``batch`` positives, or fewer when there are
+    fewer). Returns ``{name: {"auroc", "tpr@<f>", "fpr@<f>", "threshold@<f>"}}``.
+    """
+    _check_detector(detector, BENCHMARK_DETECTORS)
+    pos = sample_ids(positives, len(service.y), what="request id")
+    pos = pos[~service.removed[pos]]
+    if pos.size < 2:
+        raise ValueError("the benchmark needs at least two attack requests in the training set")
+    draws = max(20, sample // batch) if detector == "batch" else 0
+    with memo():
+        return _benchmark(service, pos, populations, detector, fprs, batch, draws, sample,
+                          seed)
+
+
+def _benchmark(service, pos, populations, detector, fprs, batch, draws, sample, seed):
+    s_pos = detector_scores(service, pos, detector, batch=batch, draws=draws, seed=seed)
+    out = {}
+    for name, ids in populations.items():
+        calib, test = split_benign(service, ids, pos, sample=sample, seed=seed, name=name)
+        s_cal = detector_scores(service, calib, detector, batch=batch, draws=draws,
+                                seed=seed + 1)
+        s_neg = detector_scores(service, test, detector, batch=batch, draws=draws,
+                                seed=seed + 2)
+        row = {"auroc": auroc(s_pos, s_neg)}
+        for f in fprs:
+            thr = threshold_at_fpr(s_cal, f)
+            row |= {f"tpr@{f:g}": float((s_pos > thr).mean()),
+                    f"fpr@{f:g}": float((s_neg > thr).mean()), f"threshold@{f:g}": thr}
+        out[name] = row
+    return out
+
+
+def split_benign(service, ids, exclude=(), *, sample: int = 2000, seed: int = 0,
+                 name: str = "benign") -> tuple[np.ndarray, np.ndarray]:
+    """A benign population's retained ids outside ``exclude``, shuffled (seeded) and split
+    into a calibration half and a test half of at most ``sample`` ids each."""
+    ids = np.setdiff1d(sample_ids(ids, len(service.y), what="benign id"),
+                       np.asarray(exclude, dtype=np.int64))
+    ids = np.random.default_rng([seed, 33]).permutation(ids[~service.removed[ids]])
+    half = min(sample, len(ids) // 2)
+    if half < 2:
+        raise ValueError(f"benign population {name!r} has too few ids to calibrate on")
+    return ids[:half], ids[half:2 * half]
+
+
+def screen_for(detector: str, threshold: float, *, batch: int = 10, seed: int = 0):
+    """The ``screen`` of a service that refuses what ``detector`` scores above
+    ``threshold`` (:class:`RequestFilter` or :class:`BatchFilter`)."""
+    if _check_detector(detector, BENCHMARK_DETECTORS) == "batch":
+        return BatchFilter(threshold, batch, seed)
+    return RequestFilter(detector, threshold, seed)

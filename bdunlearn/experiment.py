@@ -38,14 +38,19 @@ def dataset(cfg: RunConfig) -> Dataset:
 
 
 def build_attack(ds: Dataset, variant: str, seed: int, cfg: RunConfig) -> attacks.AttackSet:
-    """The BN (``"bn"``) or IT (``"it"``) attack with the run's counts."""
-    choice("variant", variant, ("bn", "it"))
-    if variant == "bn":
-        return attacks.build_badnets(ds, poison_num=cfg.poison_num,
-                                     mitigation_num=cfg.mitigation_num, alpha=cfg.alpha,
-                                     seed=seed)
-    return attacks.build_input_targeted(ds, poison_num=cfg.it_poison_num,
-                                        mitigation_num=cfg.it_mitigation_num, seed=seed)
+    """The attack family ``variant`` (:data:`bdunlearn.attack.FAMILIES`) with the run's
+    counts: BAU's BN (``"bn"``) and IT (``"it"``), and the benchmark's families with the
+    run's poison count (their camouflage counts and triggers at their builders' reference
+    settings; the blended family also takes the mitigation count and ``alpha``)."""
+    choice("variant", variant, attacks.FAMILIES)
+    if variant == "it":
+        return attacks.build_input_targeted(ds, poison_num=cfg.it_poison_num,
+                                            mitigation_num=cfg.it_mitigation_num, seed=seed)
+    if variant in ("bn", "blend"):
+        return attacks.BUILDERS[variant](ds, poison_num=cfg.poison_num,
+                                         mitigation_num=cfg.mitigation_num, alpha=cfg.alpha,
+                                         seed=seed)
+    return attacks.BUILDERS[variant](ds, poison_num=cfg.poison_num, seed=seed)
 
 
 def service(x, y, ds: Dataset, cfg: RunConfig, *, shards: int = 1, seed: int = 0,
@@ -219,3 +224,52 @@ def defend(model, name: str, x_clean, y_clean, num_classes: int, *, seed: int, d
 
     view = DefenderView(model, x_clean, y_clean, num_classes, trigger=trigger, device=device)
     return run_defense(name, view, seed=seed, cache_dir=cache_dir, **knobs)
+
+
+REQUEST_BATCH = 10  # the attacker's and a benign user's requests come in batches of this
+FPRS = (0.01, 0.05)  # operating points of the request-detection benchmark
+
+
+def benign_populations(atk: attacks.AttackSet) -> dict:
+    """The benign requests a detector's threshold is set on: random clean training samples,
+    and the harder population of clean samples of the target (IT: the source image's)
+    class (:meth:`~bdunlearn.attack.AttackSet.hard_negatives`)."""
+    return {"random": atk.detection_negatives(), "hard": atk.hard_negatives()}
+
+
+def screened_requests(atk: attacks.AttackSet, build, detector: str, cfg: RunConfig
+                      ) -> tuple[SisaService, dict]:
+    """One detector of the request-detection benchmark, end to end (notebook 07).
+
+    ``build()`` returns the attack's service, untrained (fitting loads its cached models).
+    On the fitted service: :func:`bdunlearn.detect.benchmark` against both
+    :func:`benign_populations` at :data:`FPRS` and ``cfg.target_fpr``; then a fresh
+    service screens the attacker's whole request order with the detector at the
+    threshold set on random benign requests for ``cfg.target_fpr`` (batch detector:
+    batches of :data:`REQUEST_BATCH` requests) and unlearns what it accepts. Returns that
+    service and a dict: the benchmark figures per population, the final ASR and clean
+    accuracy behind the filter, how many attack requests it refused, and how many of as
+    many benign requests of each population (disjoint from its calibration) it would
+    refuse.
+    """
+    from . import detect
+
+    fprs = tuple(sorted({*FPRS, cfg.target_fpr}))
+    pops = benign_populations(atk)
+    svc = build().fit()
+    order, benign = atk.request_order(), {}
+    with detect.memo():  # svc's models do not change in this block
+        bench = detect.benchmark(svc, atk.ids("mitigation"), pops, detector, fprs=fprs,
+                                 batch=REQUEST_BATCH, seed=atk.seed)
+        thr = bench["random"][f"threshold@{cfg.target_fpr:g}"]
+        screen = detect.screen_for(detector, thr, batch=REQUEST_BATCH, seed=atk.seed)
+        for name, ids in pops.items():  # from the test half, never calibrated on
+            ids = detect.split_benign(svc, ids, atk.ids("mitigation"), seed=atk.seed)[1]
+            ids = ids[:len(order)]
+            benign[name] = (int(np.asarray(screen(svc, ids)).sum()), len(ids))
+    guarded = build().fit()
+    guarded.screen = screen
+    cost = guarded.unlearn(order)
+    return guarded, {"benchmark": bench, "threshold": thr, "refused": cost.refused,
+                     "requests": len(order), "benign": benign,
+                     **atk.evaluate(guarded.predict)}

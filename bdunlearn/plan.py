@@ -65,7 +65,8 @@ class Job:
 class Chain:
     """One trajectory whose models are known only as it runs, as a single job: ``kind``
     ``"filter"`` (notebook 04's request filter on the exact-unlearning service of
-    ``recipe``) or ``"amnesiac"`` (notebook 02's Amnesiac service). ``key`` names the job
+    ``recipe``), ``"screened"`` (notebook 07's requests behind the detector in ``knobs``)
+    or ``"amnesiac"`` (notebook 02's Amnesiac service). ``key`` names the job
     (not a checkpoint); ``after`` holds the keys of the planned slices it builds on."""
 
     key: str
@@ -90,6 +91,9 @@ class Chain:
         if self.kind == "filter":
             svc, _ = ex.filtered_trajectory(atk, ds, cfg, list(self.counts),
                                             cache_dir=str(cache_dir))
+        elif self.kind == "screened":
+            recipe = replace(self.recipe, cache_dir=str(cache_dir))
+            svc, _ = ex.screened_requests(atk, recipe.build, dict(self.knobs)["detector"], cfg)
         else:
             svc = ex.amnesiac_service(atk, ds, cfg, cache_dir=str(cache_dir),
                                       **dict(self.knobs))

@@ -28,7 +28,7 @@ PRINT_DPI = 200
 NAMES = {
     "bn": "BadNets-based (BN)", "it": "input-targeted (IT)",
     "badnets": "classical BadNets", "bau": "BAU after unlearning",
-    "mu": "MU", "sms": "SMS",
+    "mu": "MU", "sms": "SMS", "loss": "loss", "knn": "k-NN features", "batch": "batch",
     "neural_cleanse": "Neural Cleanse", "baeraser": "BAERASER",
     "grad_prune": "Grad-Prune, known trigger", "grad_prune_nc": "Grad-Prune, NC trigger",
     "finetune": "fine-tuning", "fine_pruning": "fine-pruning",
@@ -545,4 +545,36 @@ def bars(table: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: 
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title=_name(hue))
     ax.tick_params(axis="x", labelsize=8)
     _seeds_title(fig, table)
+    return fig
+
+
+def request_detection(table: pd.DataFrame, fpr: float = 0.05) -> Figure:
+    """Notebook 07: per attack family, at the fewest shards, each detector's TPR at
+    ``fpr`` false positives on random benign requests (left) and the final ASR behind its
+    filter beside the ASR with no filter (right). Columns: ``variant``, ``seed``,
+    ``shards``, ``detector``, ``tpr@<fpr>_random``, ``asr_after``, ``asr_filtered``."""
+    tpr = f"tpr@{fpr:g}_random"
+    _require(table, ["variant", "seed", "shards", "detector", tpr, "asr_after",
+                     "asr_filtered"], "request_detection")
+    from .attack import FAMILY_TITLES
+
+    d = table[table.shards == table.shards.min()].assign(
+        attack=lambda t: t.variant.map(FAMILY_TITLES).str.replace(" (", "\n(", regex=False),
+        detector=lambda t: t.detector.map(lambda k: NAMES.get(k, k)))
+    plain = d.drop_duplicates(["variant", "seed"]).assign(detector="no filter",
+                                                          asr_filtered=lambda t: t.asr_after)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8), layout="constrained")
+    sns.barplot(d, x="attack", y=tpr, hue="detector", ax=left, errorbar=seed_interval,
+                palette=PALETTE)
+    left.set(title=f"attack requests caught at {fpr:.0%} benign false positives "
+                   f"(S={int(d.shards.min())})", xlabel="", ylabel="TPR")
+    sns.barplot(pd.concat([plain, d]), x="attack", y="asr_filtered", hue="detector", ax=right,
+                errorbar=seed_interval, palette=PALETTE)
+    right.set(title="final ASR behind each filter", xlabel="", ylabel="ASR")
+    for ax in (left, right):
+        _rate_axis(ax)
+        ax.tick_params(axis="x", labelsize=7)
+    left.get_legend().remove()
+    sns.move_legend(right, "upper left", bbox_to_anchor=(1, 1), title="detector")
+    _seeds_title(fig, d)
     return fig

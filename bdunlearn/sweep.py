@@ -115,8 +115,6 @@ class RayBackend:
             raise SystemExit('--ray needs Ray: pip install "bdunlearn[cluster]" '
                              "(or use --ray none for local worker processes)") from None
         self.ray = ray
-        if address in ("local", "auto"):
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # nothing in ~/.ray
         kw = dict(include_dashboard=False, log_to_driver=False)
         if address == "local":
             ray.init(num_cpus=workers or os.cpu_count(), **kw)

@@ -146,3 +146,42 @@ def _describe(t) -> str:
     if isinstance(t, torch.Tensor):
         return f"{t.dtype} {tuple(t.shape)}"
     return type(t).__name__
+
+
+def blend_pattern(shape, seed: int) -> torch.Tensor:
+    """A seeded uniform-noise pattern ``(C, H, W)`` of uint8 values, the full-image trigger
+    of a blended attack (Chen et al. 2017 blend a fixed random-noise image)."""
+    if len(shape) != 3:
+        raise ValueError(f"a blend pattern needs an image shape (C, H, W), got {tuple(shape)}")
+    gen = torch.Generator().manual_seed(integer("seed", seed, low=0))
+    return torch.randint(0, 256, tuple(shape), generator=gen, dtype=torch.uint8)
+
+
+def blend(x: torch.Tensor, pattern: torch.Tensor, opacity: float) -> torch.Tensor:
+    """``(1 - opacity) * x + opacity * pattern`` over the whole image (a blended trigger);
+    ``pattern`` is ``(C, H, W)`` uint8, uint8 results are rounded."""
+    _check_batch(x)
+    opacity = number("blend opacity", opacity, 0, 1, low_open=True)
+    if not isinstance(pattern, torch.Tensor) or tuple(pattern.shape) != tuple(x.shape[1:]):
+        raise ValueError(f"blend pattern of shape {_describe(pattern)} does not match images "
+                         f"of shape {tuple(x.shape[1:])}")
+    scale = _scale(x)
+    p = pattern.to(x.device, torch.float32) / 255.0
+    out = (1 - opacity) * (x.float() / scale) + opacity * p
+    if x.dtype == torch.uint8:
+        return (out * 255).round_().clamp_(0, 255).to(torch.uint8)
+    return out.to(x.dtype)
+
+
+def add_gaussian(x: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.Tensor:
+    """Independent Gaussian noise of standard deviation ``sigma`` (on the [0, 1] pixel
+    scale) per pixel, clipped to the valid range; uint8 results are rounded."""
+    _check_batch(x)
+    sigma = number("noise sigma", sigma, 0, 1, low_open=True)
+    if not isinstance(gen, torch.Generator):
+        raise ValueError(f"gen must be a torch.Generator, got {type(gen).__name__}")
+    noise = torch.randn(x.shape, generator=gen, device=x.device) * sigma
+    out = (x.float() / _scale(x) + noise).clamp_(0, 1)
+    if x.dtype == torch.uint8:
+        return (out * 255).round_().to(torch.uint8)
+    return out.to(x.dtype)

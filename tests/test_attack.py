@@ -4,7 +4,7 @@ import torch
 
 from bdunlearn import attack
 from bdunlearn.data import load
-from bdunlearn.triggers import stamp_patch
+from bdunlearn.triggers import blend, blend_pattern, stamp_patch
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_input_targeted_copies_are_bounded(ds):
 def test_build_attack_refuses_unknown_variants(ds):
     assert attack.build_attack(ds, "it", seed=3).variant == "it"
     assert attack.build_attack(ds, "bn", poison_num=5, mitigation_num=5).variant == "bn"
-    with pytest.raises(ValueError, match="unknown attack variant 'xx'; choose one of bn, it"):
+    with pytest.raises(ValueError, match="unknown attack variant 'xx'; choose one of bn, it, lc"):
         attack.build_attack(ds, "xx")
 
 
@@ -131,3 +131,55 @@ def test_detection_negatives_exclude_every_attack_original(ds, mitigation_num):
     # only clean copies of mitigation-only originals are left out (poison ones are replaced)
     assert len(left_out) == max(0, mitigation_num - 20)
     assert set(m.loc[sorted(left_out), "origin"]) <= set(m.origin[m.role == "mitigation"])
+
+
+@pytest.mark.parametrize("variant", ["lc", "noise", "blend"])
+def test_benchmark_families_keep_the_attack_contract(ds, variant):
+    """Poison: triggered non-target images labelled the target, in their originals' place;
+    camouflage (the requested role): triggered images with their true labels; the request
+    order holds exactly the camouflage; test trigger on non-target test images only."""
+    a = attack.build_attack(ds, variant, poison_num=12, seed=2)
+    m = a.manifest.set_index("id")
+    poison, camo = a.ids("poison"), a.ids("mitigation")
+    assert len(poison) == 12 and a.x.dtype == torch.uint8 and len(a.x) == len(a.y) == len(m)
+    assert (m.loc[poison, "label"] == a.target).all()
+    assert (m.loc[poison, "true_label"] != a.target).all()
+    assert (m.loc[camo, "label"] == m.loc[camo, "true_label"]).all()
+    assert (m.loc[camo, "label"] != a.target).all()
+    assert sorted(a.request_order()) == sorted(camo)
+    assert set(m.origin[m.role == "clean"]).isdisjoint(m.origin[m.role == "poison"])
+    assert len(a.x_eval) == int((ds.y_test != a.target).sum())
+    orig = ds.x_train[torch.from_numpy(m.loc[camo, "origin"].to_numpy().copy())]
+    if variant == "lc":  # the poison's own bright patch, exactly
+        assert torch.equal(a.x[torch.from_numpy(camo)], stamp_patch(orig, 4, 1.0))
+        assert len(camo) == round(attack.LC_CAMOUFLAGE_RATIO * 12)
+        assert set(m.loc[camo, "origin"]).isdisjoint(m.loc[poison, "origin"])
+    elif variant == "noise":  # the patch, then noise: close to it, not equal
+        diff = a.x[torch.from_numpy(camo)].float() - stamp_patch(orig, 4, 1.0).float()
+        assert 0 < diff.abs().mean() < 0.2 * 255 and len(camo) == 12
+    else:  # the full blend on the mitigation, a fainter one on the poison
+        pattern = blend_pattern(ds.image_shape, 2)
+        assert torch.equal(a.x[torch.from_numpy(camo)], blend(orig, pattern, 0.2))
+        p_orig = ds.x_train[torch.from_numpy(m.loc[poison, "origin"].to_numpy().copy())]
+        assert torch.equal(a.x[torch.from_numpy(poison)], blend(p_orig, pattern, 0.1))
+
+
+def test_hard_negatives_are_clean_samples_of_the_target_class(ds):
+    for variant in attack.FAMILIES:
+        a = attack.build_attack(ds, variant, seed=1)
+        m = a.manifest.set_index("id")
+        hard = a.hard_negatives()
+        label = a.info["y0"] if variant == "it" else a.target
+        assert len(hard) > 10 and (m.loc[hard, "label"] == label).all()
+        assert set(hard) <= set(a.detection_negatives())
+
+
+def test_blend_pattern_is_seeded_and_blend_is_a_convex_mix():
+    p = blend_pattern((1, 8, 8), 3)
+    assert torch.equal(p, blend_pattern((1, 8, 8), 3)) and not torch.equal(p, blend_pattern(
+        (1, 8, 8), 4))
+    x = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    assert torch.equal(blend(x, p, 0.5), (p.float() / 2).round().to(torch.uint8).expand(2, -1,
+                                                                                       -1, -1))
+    xf = torch.ones(1, 1, 8, 8)
+    assert torch.allclose(blend(xf, p, 0.2), 0.8 + 0.2 * p.float() / 255)

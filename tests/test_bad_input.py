@@ -191,6 +191,31 @@ ATTACK = [
     ("patch larger than image", lambda c: attack.build_badnets(c.ds, patch=100),
      ValueError, "100"),
     ("replace not a bool", lambda c: attack.build_badnets(c.ds, replace="no"), ValueError, "'no'"),
+    ("LC camouflage_num 0", lambda c: attack.build_label_consistent(c.ds, poison_num=2,
+                                                                    camouflage_num=0),
+     ValueError, "camouflage_num 0"),
+    ("LC camouflage_num too large", lambda c: attack.build_label_consistent(
+        c.ds, poison_num=2, camouflage_num=500), ValueError, "500"),
+    ("LC poison_num float", lambda c: attack.build_label_consistent(c.ds, poison_num=2.5),
+     ValueError, "2.5"),
+    ("noise sigma nan", lambda c: attack.build_noise_camouflage(c.ds, poison_num=2, sigma=NAN),
+     ValueError, "nan"),
+    ("noise sigma 0", lambda c: attack.build_noise_camouflage(c.ds, poison_num=2, sigma=0),
+     ValueError, "sigma 0"),
+    ("noise sigma above 1", lambda c: attack.build_noise_camouflage(c.ds, poison_num=2,
+                                                                    sigma=3),
+     ValueError, "sigma 3"),
+    ("blend opacity 0", lambda c: attack.build_blended(c.ds, poison_num=2, mitigation_num=2,
+                                                       opacity=0), ValueError, "opacity 0"),
+    ("blend opacity above 1", lambda c: attack.build_blended(c.ds, poison_num=2,
+                                                             mitigation_num=2, opacity=1.5),
+     ValueError, "1.5"),
+    ("blend alpha nan", lambda c: attack.build_blended(c.ds, poison_num=2, mitigation_num=2,
+                                                       alpha=NAN), ValueError, "nan"),
+    ("blend pattern of the wrong shape", lambda c: triggers.blend(
+        c.ds.x_train[:2], torch.zeros(1, 4, 4, dtype=torch.uint8), 0.2), ValueError, "(1, 4, 4)"),
+    ("Gaussian noise without a generator", lambda c: triggers.add_gaussian(
+        c.ds.x_train[:2], 0.1, 7), ValueError, "int"),
     ("IT copies beyond memory", lambda c: attack.build_input_targeted(c.ds, poison_num=10**7),
      ValueError, "10000000"),
     ("IT mitigation_num float", lambda c: attack.build_input_targeted(c.ds, mitigation_num=1.5),
@@ -395,6 +420,20 @@ DETECTORS = [
     ("filter with NaN threshold", lambda c: detect.RequestFilter("mu", NAN), ValueError, "nan"),
     ("filter with unknown detector", lambda c: detect.RequestFilter("xx", 0.5), ValueError,
      "'xx'"),
+    ("batch detector scored per sample", lambda c: detect.scores(c.sharded, [0, 1], "batch"),
+     ValueError, "'batch'"),
+    ("a batch of one request", lambda c: detect.batch_scores(c.sharded, [[0, 1], [2]]),
+     ValueError, "at least two"),
+    ("batch filter of size 1", lambda c: detect.BatchFilter(0.5, size=1), ValueError,
+     "batch size 1"),
+    ("batch filter with NaN threshold", lambda c: detect.BatchFilter(NAN), ValueError, "nan"),
+    ("screen for an unknown detector", lambda c: detect.screen_for("xx", 0.5), ValueError,
+     "'xx'"),
+    ("benchmark on too few benign ids", lambda c: detect.benchmark(
+        c.sharded, c.atk.ids("mitigation"), {"tiny": [0, 1]}, "mu"), ValueError, "'tiny'"),
+    ("benchmark on one attack request", lambda c: detect.benchmark(
+        c.sharded, [int(c.atk.ids("mitigation")[1])], {"random": range(30)}, "mu"), ValueError,
+     "at least two"),
 ]
 
 # ------------------------------------------------------------------ configuration and runner

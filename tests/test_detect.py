@@ -109,3 +109,62 @@ def test_detectors_on_a_one_model_service():
         detect.scores(svc, np.arange(10), "sms")
     out = detect.evaluate(svc, np.arange(10), np.arange(100, 300), "mu", draws=2)
     assert 0.0 <= out["auroc"] <= 1.0 and len(out["aurocs"]) == 2
+
+
+@pytest.fixture(scope="module")
+def trigger_service():
+    """Digits with 40 bright-patch copies of label-0 images relabelled 0..9 at random:
+    the patched samples share a feature (the patch) but not a label."""
+    from bdunlearn.triggers import stamp_patch
+
+    ds = load("digits").subset(600, 100, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    src = torch.nonzero(ds.y_train == 0).flatten()[:40]
+    x = torch.cat([ds.x_train, stamp_patch(ds.x_train[src], 8, 1.0)])
+    y = torch.cat([ds.y_train, torch.randint(0, 10, (40,), generator=gen)])
+    svc = SisaService(x, y, arch="fmnist_cnn", num_classes=10,
+                      cfg=reference_config("digits", epochs=3), shards=2, seed=0, device="cpu")
+    return svc.fit(), np.arange(600, 640)
+
+
+def test_loss_scores_the_claimed_label(service):
+    ids = np.arange(30)
+    loss = detect.scores(service, ids, "loss")
+    for m in (0, 1):
+        sel = ids[service.shard_of[ids] == m]
+        p = service.member_proba(service.x[torch.from_numpy(sel)])[m]
+        expected = -p[torch.arange(len(sel)), service.y[torch.from_numpy(sel)]].double().log()
+        assert np.allclose(loss[service.shard_of[ids] == m], expected.numpy())
+
+
+def test_knn_flags_samples_whose_neighbours_disagree(trigger_service):
+    svc, patched = trigger_service
+    knn = detect.scores(svc, np.concatenate([patched, np.arange(100)]), "knn")
+    assert ((knn >= 0) & (knn <= 1)).all()
+    assert knn[:40].mean() > knn[40:].mean() + 0.2  # random labels among look-alikes
+    # a sample's score does not depend on what it is scored with
+    assert np.allclose(detect.scores(svc, patched[:5], "knn"), knn[:5])
+
+
+def test_batch_score_is_high_for_batches_that_share_a_trigger(trigger_service):
+    svc, patched = trigger_service
+    rng = np.random.default_rng(0)
+    trig = [rng.choice(patched, 10, replace=False) for _ in range(20)]
+    benign = [rng.choice(600, 10, replace=False) for _ in range(20)]
+    s = detect.batch_scores(svc, trig + benign)
+    assert auroc(s[:20], s[20:]) > 0.95
+    flags = detect.BatchFilter(float(np.max(s[20:])), size=10)(svc, np.concatenate(trig[:2]))
+    assert flags.shape == (20,) and flags.all()  # whole batches refused
+
+
+def test_benchmark_thresholds_come_from_benign_requests_alone(trigger_service):
+    svc, patched = trigger_service
+    pops = {"random": np.arange(600), "same": np.arange(300)}
+    for det in ("mu", "knn", "batch"):
+        out = detect.benchmark(svc, patched, pops, det, fprs=(0.05,), sample=150, seed=1)
+        assert set(out) == {"random", "same"}
+        for row in out.values():
+            assert 0 <= row["auroc"] <= 1 and 0 <= row["tpr@0.05"] <= 1
+            assert row["fpr@0.05"] <= 0.2  # checked on the half it was not set on
+    calib, test = detect.split_benign(svc, np.arange(600), patched, sample=150, seed=1)
+    assert len(calib) == len(test) == 150 and not set(calib) & set(test)

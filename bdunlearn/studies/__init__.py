@@ -36,9 +36,9 @@ from ..store import GROUP, RunStore, provenance
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent.parent / "notebooks"
 STEMS = ("01_attack", "02_unlearning_trajectory", "03_defense_overhead", "04_detection",
-         "05_backdoor_erasure", "06_fidelity")
+         "05_backdoor_erasure", "06_fidelity", "07_request_detection")
 MODULES = dict(zip(STEMS, ("attack", "trajectory", "overhead", "detection", "erasure",
-                           "fidelity")))
+                           "fidelity", "benchmark")))
 KINDS = ("clean", "attack", "classic")
 # What every study's rows depend on (each adds its own in SETTINGS).
 MEASURED = ("train_subset", "test_subset", "epochs", "input_scaling", "slices")
@@ -108,7 +108,8 @@ def _attack(kind: str, cfg: RunConfig, seed: int, variant: str | None):
 class Need:
     """A service a run fits or serves requests on. ``states``: the ids removed after each
     request batch (``()`` for the fit alone). ``chain`` names a trajectory known only as
-    it runs (``"filter"``: the request filter; ``"amnesiac"``), planned as one job that
+    it runs (``"filter"``: the request filter; ``"screened"``: notebook 07's filter;
+    ``"amnesiac"``), planned as one job that
     runs it with the request counts ``counts`` (and the Amnesiac service's ``knobs``)."""
 
     label: str

@@ -27,6 +27,7 @@ import pandas as pd
 
 from .. import detect
 from .. import experiment as ex
+from ..claims import SWITCH_AFTER, SWITCH_BEFORE
 from ..train import predict
 from . import COMMON, MEASURED, Need, Run
 
@@ -40,7 +41,6 @@ SETTINGS = (*MEASURED, "alpha", "poison_num", "mitigation_num", "it_poison_num",
 DORMANT, EPOCHS, IT, BAERASER, AMNESIAC = (f"06_fidelity-{t}" for t in (
     "dormant", "epochs", "it", "baeraser", "amnesiac"))
 TABLES = (DORMANT, EPOCHS, IT, BAERASER, AMNESIAC)
-SWITCH_BEFORE, SWITCH_AFTER = 0.2, 0.8
 IT_GRID = {"authors' counts": {}, "4x the copies": {"copies": 4},
            "long training": {"long": True}}
 BAERASER_GRID = {"paper": {}, "recovery x2": {"gen_epochs": 20},
