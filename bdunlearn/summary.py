@@ -3,7 +3,8 @@
 Each row is one claim of the three papers (defined once in :mod:`bdunlearn.claims`): what
 the paper reports, what this package measured, and whether they agree. The table is
 written between the markers ``<!-- results:start -->`` and ``<!-- results:end -->`` of
-README.md.
+README.md; the request-detection benchmark's leaderboard (notebook 07) between
+``<!-- benchmark:start -->`` and ``<!-- benchmark:end -->``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from . import claims
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+BENCH_START, BENCH_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
 
 def _tables(results: Path) -> dict[str, pd.DataFrame]:
@@ -81,13 +83,59 @@ def crosscheck(columns=("asr_before", "asr_after", "mu_auroc", "sms_auroc"),
     return out.round(3)
 
 
+def _cell(values, pct: bool = True) -> str:
+    """``mean [lo, hi]`` over seeds (:func:`bdunlearn.metrics.interval`)."""
+    from .metrics import interval
+
+    values = [v for v in values if pd.notna(v)]
+    if not values:
+        return "n/a"
+    mean, lo, hi = interval(values)
+    f = "{:.0%}".format if pct else "{:.2f}".format
+    return f(mean) + ("" if lo is None else f" [{f(lo)}, {f(hi)}]")
+
+
+def benchmark_table(results: Path) -> str:
+    """The README's request-detection leaderboard from ``07_request_detection.csv``: per
+    attack family, shard count and detector, over seeds (mean [95% t-interval])."""
+    from .attack import FAMILY_TITLES
+    from .store import provenance_groups
+
+    path = results / "07_request_detection.csv"
+    t = _tables(results).get(path.stem, pd.DataFrame()) if path.is_file() else pd.DataFrame()
+    if t.empty:
+        return "_No stored runs yet: run notebook 07 (`make reproduce ARGS=\"--only 07\"`)._"
+    lines = []
+    for label, g in provenance_groups(t):
+        per_seed = g.groupby(["variant", "shards", "detector", "seed"]).first().reset_index()
+        lines += [f"Computed in {label}:" if label else "", "",
+                  "| attack | S | detector | AUROC (random) | TPR at 1% FPR | TPR at 5% FPR "
+                  "| AUROC (hard) | final ASR: no filter / behind it | benign refused "
+                  "(random, hard) | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for (v, s, d), r in per_seed.groupby(["variant", "shards", "detector"]):
+            lines.append(
+                f"| {FAMILY_TITLES.get(v, v)} | {s} | {d} | {_cell(r.auroc_random, False)} | "
+                f"{_cell(r['tpr@0.01_random'])} | {_cell(r['tpr@0.05_random'])} | "
+                f"{_cell(r.auroc_hard, False)} | {_cell(r.asr_after)} / "
+                f"{_cell(r.asr_filtered)} | {r.benign_refused_random.mean():.1f}, "
+                f"{r.benign_refused_hard.mean():.1f} of {int(r.benign_requests.max())} | "
+                f"{r.seed.nunique()} |")
+        lines.append("")
+    return "\n".join(lines).strip()
+
+
+def _between(text: str, start: str, end: str, body: str, readme: Path) -> str:
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no {start} ... {end} markers")
+    return re.sub(re.escape(start) + ".*?" + re.escape(end),
+                  lambda _: f"{start}\n{body}\n{end}", text, flags=re.S)
+
+
 def update_readme(readme: Path, results: Path) -> None:
-    text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme} has no {START} ... {END} markers")
-    new = re.sub(re.escape(START) + ".*?" + re.escape(END),
-                 lambda _: f"{START}\n{table(results)}\n{END}", text, flags=re.S)
-    readme.write_text(new)
+    text = _between(readme.read_text(), START, END, table(results), readme)
+    if BENCH_START in text:
+        text = _between(text, BENCH_START, BENCH_END, benchmark_table(results), readme)
+    readme.write_text(text)
 
 
 def main(argv=None) -> None:
@@ -98,6 +146,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.print:
         print(table(Path(args.results)))
+        print(benchmark_table(Path(args.results)))
     else:
         update_readme(Path(args.readme), Path(args.results))
 

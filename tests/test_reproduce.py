@@ -55,6 +55,28 @@ def test_summary_table_reads_the_csvs(tmp_path):
     assert "old" not in readme.read_text() and "93.0%" in readme.read_text()
 
 
+def test_benchmark_leaderboard_is_generated_from_the_csv(tmp_path):
+    rows = [{"variant": v, "seed": seed, "shards": 1, "detector": d,
+             "auroc_random": 0.9 if d == "batch" else 0.6, "tpr@0.01_random": 0.5,
+             "tpr@0.05_random": 0.8, "auroc_hard": 0.4, "asr_after": 0.95,
+             "asr_filtered": 0.1 + 0.01 * seed, "benign_refused_random": 15,
+             "benign_refused_hard": 40, "benign_requests": 300,
+             "precision": "bf16", "device": "cpu"}
+            for v in ("bn", "lc") for seed in (0, 1, 2) for d in ("mu", "batch")]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{summary.START}\n{summary.END}\nx\n{summary.BENCH_START}\nold\n"
+                      f"{summary.BENCH_END}\n")
+    assert summary.benchmark_table(tmp_path).startswith("_No stored runs yet")
+    pd.DataFrame(rows).to_csv(tmp_path / "07_request_detection.csv", index=False)
+    summary.update_readme(readme, tmp_path)
+    text = readme.read_text()
+    assert "old" not in text and "Computed in bf16, cpu:" in text
+    line = next(r for r in text.splitlines()
+                if r.startswith("| label-consistent") and "batch" in r)
+    assert "| 0.90 [0.90, 0.90] |" in line and "95% [95%, 95%] / 11% [9%, 13%]" in line
+    assert "15.0, 40.0 of 300 | 3 |" in line
+
+
 def test_crosscheck_is_aggregated_once_for_the_notebook_and_the_tool(tmp_path):
     csv = tmp_path / "crosscheck.csv"
     pd.DataFrame({"source": ["authors", "authors", "package", "authors"],

@@ -68,6 +68,7 @@ if [ $# -gt 0 ]; then
   JOBS=("$*")
 else  # by value: what the 2-core CPU cannot afford first
   JOBS=("--profile default --only 06 -p seeds 0-9 -p device cuda"
+        "--profile default --only 07 -p device cuda"
         "--profile default --only 01,02,04 -p seeds 0-9 -p device cuda"
         "--profile default --only 03,05 -p seeds 0-4 -p device cuda")
   log "bench"
