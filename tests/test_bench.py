@@ -75,3 +75,12 @@ def test_command_line_refuses_an_unknown_dataset():
     out = subprocess.run([sys.executable, "-m", "bdunlearn.bench", "--quick", "--datasets",
                           "imagenet"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "unknown dataset 'imagenet'" in out.stderr
+
+
+def test_training_flops_count_the_paper_model_by_hand():
+    # fmnist_cnn forward multiply-adds: three 5x5 convolutions and two linear layers
+    macs = (16 * 25 * 28 * 28 + 32 * 16 * 25 * 14 * 14 + 32 * 32 * 25 * 7 * 7
+            + 288 * 512 + 512 * 10)
+    model = build_model("fmnist_cnn", (1, 28, 28), 10)
+    assert harness.training_flops(model, (1, 28, 28)) == 6 * macs  # ~25.4 MFLOP per sample
+    assert harness.matmul_rate(torch.device("cpu"), n=256, repeats=1) > 0

@@ -9,6 +9,10 @@ For the reference model of each dataset, at batch 100:
     and augmentation) beside a bare forward/backward/step loop of the same model, same
     optimiser and same memory layout on a float tensor already in memory; the difference
     is the engine's data and bookkeeping overhead in %.
+``engine compute rate`` and ``matrix product rate``
+    the engine's samples/s times the model's training FLOPs per sample
+    (:func:`training_flops`) against a 2048 x 2048 matrix product in the engine's
+    precision on the same device (:func:`matmul_rate`), and the share it reaches.
 ``bf16 vs fp32`` and ``1 thread``
     the engine with bf16 autocast against fp32 (the precision ``"auto"`` picks is the one
     the engine rows use), and the engine at one torch thread.
@@ -177,6 +181,39 @@ def _size_for(rate: float, budget: float, cap: int, min_batches: int = 2) -> int
     return int(max(min_batches * BATCH, min(n, cap)))
 
 
+def training_flops(model: torch.nn.Module, shape) -> float:
+    """FLOPs of one training sample through ``model``: three times the forward pass's
+    multiply-adds of its convolutions and linear layers, two FLOPs each (the backward
+    pass costs about twice the forward one)."""
+    macs = []
+
+    def count(mod, inputs, out):
+        if isinstance(mod, torch.nn.Conv2d):
+            per_out = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+            macs.append(out[0].numel() * per_out)
+        else:
+            macs.append(mod.in_features * mod.out_features)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return 3 * 2 * float(sum(macs))
+
+
+def matmul_rate(dev, dtype=torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an ``n`` x ``n`` matrix product on ``dev`` (best of ``repeats``): the
+    processor's own dense rate, what the engine's compute rate is compared with."""
+    a = torch.randn(n, n, device=dev).to(dtype)
+    b = torch.randn(n, n, device=dev).to(dtype)
+    a @ b  # warm-up
+    return 2 * n ** 3 / min(_timed(lambda: a @ b, dev) for _ in range(repeats)) / 1e9
+
+
 def throughput_rows(name: str, dev, st: Settings, cap: int = 60000) -> tuple[list[Row], float]:
     arch = spec(name).arch
     shape, k = _SHAPES[name]
@@ -247,7 +284,15 @@ def throughput_rows(name: str, dev, st: Settings, cap: int = 60000) -> tuple[lis
     if channels_last:
         rows.append(Row(name, arch, "bare loop, default layout", n / min(t_plain),
                         "samples/s", "the same loop without channels-last"))
+    flops = training_flops(build_model(arch, shape, k), shape)
+    peak = matmul_rate(dev, torch.bfloat16 if precision == "bf16" else torch.float32)
     rows += [
+        Row(name, arch, "engine compute rate", eng * flops / 1e9, "GFLOP/s",
+            f"{flops / 1e6:.1f} MFLOP per training sample x engine samples/s"),
+        Row(name, arch, f"matrix product rate, {precision}", peak, "GFLOP/s",
+            "2048 x 2048 on this device: the processor's own dense rate"),
+        Row(name, arch, "engine vs matrix product", 100 * eng * flops / 1e9 / peak, "%",
+            f"share of the {precision} matrix-product rate the engine reaches"),
         Row(name, arch, "engine overhead", 100 * (bare / eng - 1), "%",
             "time over the bare loop (target <= 10 on CPU)"),
         Row(name, arch, "engine vs DataLoader", eng / dl, "x",
