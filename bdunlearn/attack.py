@@ -91,9 +91,11 @@ class AttackSet:
         return clean["id"].to_numpy().copy()
 
     def hard_negatives(self) -> np.ndarray:
-        """Clean ids a benign user is most likely to confuse with the attacker's requests:
-        those of the target class (the input-targeted attack: of the removed image's
-        class), leaving out every image an attack sample was made from."""
+        """The harder benign population of the request-detection benchmark: clean ids of
+        the target class (the input-targeted attack: of the removed image's class),
+        leaving out every image an attack sample was made from. A benign user deleting
+        many samples of one class sends look-alike requests, which a batch-level test
+        must not take for a shared trigger."""
         m = self.manifest
         label = self.info["y0"] if self.variant == "it" else self.target
         negatives = self.detection_negatives()
@@ -296,30 +298,25 @@ def build_classic_badnets(ds: Dataset, *, poison_fraction: float = 0.05, patch: 
                      ds.y_test, x_eval, info={"patch": patch, "poison_num": k})
 
 
-def _camouflaged(ds: Dataset, variant: str, seed: int, stream: int, target, poison_num,
-                 camouflage_num, poison_fn, camouflage_fn, eval_fn, *, from_poison: bool,
-                 info: dict) -> AttackSet:
-    """A trigger family with camouflage: ``poison_num`` non-target images through
-    ``poison_fn`` labelled the target (in their originals' place), ``camouflage_num``
-    images through ``camouflage_fn`` with their true labels (the requested ``mitigation``
-    role): the poison's originals again, cycled, when ``from_poison``, else other
-    non-target images. ASR on the non-target test images through ``eval_fn``."""
+def _camouflaged(ds: Dataset, variant: str, seed: int, stream: int, target, counts: dict,
+                 poison_fn, camouflage_fn, eval_fn, info: dict) -> AttackSet:
+    """A trigger family with camouflage. ``counts``: the poison count and the camouflage
+    count, each under its builder's parameter name. The poison: that many non-target
+    images through ``poison_fn``, labelled the target, in their originals' place; the
+    camouflage (the requested ``mitigation`` role): other non-target images through
+    ``camouflage_fn(x, generator)`` with their true labels. ASR on the non-target test
+    images through ``eval_fn``."""
     rng = np.random.default_rng([seed, stream])
     target = _pick_target(rng, ds, target)
     eligible = np.flatnonzero(ds.y_train.numpy() != target)
-    room = len(eligible) if from_poison else len(eligible) // 2
-    for name, value in (("poison_num", poison_num), ("camouflage_num", camouflage_num)):
+    room = len(eligible) // 2
+    for name, value in counts.items():
         if not 1 <= value <= room:
-            raise ValueError(f"{name} {value} must be between 1 and {room} (the training "
-                             f"images not labelled {target}{'' if from_poison else ', halved'})")
+            raise ValueError(f"{name} {value} must be between 1 and {room} (half the training "
+                             f"images not labelled {target})")
+    poison_num, camouflage_num = counts.values()
     poison_idx = rng.choice(eligible, poison_num, replace=False)
-    if from_poison:
-        reps = -(-camouflage_num // poison_num)
-        camo_idx = np.concatenate([rng.permutation(poison_idx) for _ in range(reps)])
-        camo_idx = camo_idx[:camouflage_num]
-    else:
-        camo_idx = rng.choice(np.setdiff1d(eligible, poison_idx), camouflage_num,
-                              replace=False)
+    camo_idx = rng.choice(np.setdiff1d(eligible, poison_idx), camouflage_num, replace=False)
     gen = make_generator(int(rng.integers(2**62)))
     clean_idx = np.setdiff1d(np.arange(len(ds.y_train)), poison_idx)
     x = torch.cat([ds.x_train[clean_idx], poison_fn(ds.x_train[poison_idx]),
@@ -360,8 +357,9 @@ def build_label_consistent(ds: Dataset, *, poison_num: int | None = None,
     poison_num, camouflage_num = _budget(ds, poison_num, camouflage_num, LC_CAMOUFLAGE_RATIO)
     patch = integer("patch size", patch, 1, min(ds.image_shape[1:]))
     bright = lambda x, gen=None: stamp_patch(x, patch, 1.0)  # noqa: E731
-    return _camouflaged(ds, "lc", seed, 4, target, poison_num, camouflage_num, bright,
-                        bright, bright, from_poison=False, info={"patch": patch})
+    return _camouflaged(ds, "lc", seed, 4, target, {"poison_num": poison_num,
+                                                    "camouflage_num": camouflage_num},
+                        bright, bright, bright, info={"patch": patch})
 
 
 def build_noise_camouflage(ds: Dataset, *, poison_num: int | None = None,
@@ -384,9 +382,10 @@ def build_noise_camouflage(ds: Dataset, *, poison_num: int | None = None,
     sigma = number("noise sigma", sigma, 0, 1, low_open=True)
     patch = integer("patch size", patch, 1, min(ds.image_shape[1:]))
     bright = lambda x: stamp_patch(x, patch, 1.0)  # noqa: E731
-    return _camouflaged(ds, "noise", seed, 5, target, poison_num, camouflage_num, bright,
-                        lambda x, gen: add_gaussian(bright(x), sigma, gen), bright,
-                        from_poison=False, info={"patch": patch, "sigma": sigma})
+    return _camouflaged(ds, "noise", seed, 5, target, {"poison_num": poison_num,
+                                                       "camouflage_num": camouflage_num},
+                        bright, lambda x, gen: add_gaussian(bright(x), sigma, gen), bright,
+                        info={"patch": patch, "sigma": sigma})
 
 
 def build_blended(ds: Dataset, *, poison_num: int | None = None,
@@ -409,10 +408,10 @@ def build_blended(ds: Dataset, *, poison_num: int | None = None,
     opacity = number("blend opacity", opacity, 0, 1, low_open=True)
     pattern = blend_pattern(ds.image_shape, seed)
     full = lambda x, gen=None: blend(x, pattern, opacity)  # noqa: E731
-    return _camouflaged(ds, "blend", seed, 6, target, poison_num, mitigation_num,
+    return _camouflaged(ds, "blend", seed, 6, target, {"poison_num": poison_num,
+                                                       "mitigation_num": mitigation_num},
                         lambda x: blend(x, pattern, alpha * opacity), full, full,
-                        from_poison=False, info={"pattern": pattern, "alpha": alpha,
-                                                 "opacity": opacity})
+                        info={"pattern": pattern, "alpha": alpha, "opacity": opacity})
 
 
 BUILDERS = {"bn": build_badnets, "it": build_input_targeted, "lc": build_label_consistent,

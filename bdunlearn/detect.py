@@ -9,12 +9,12 @@ Detectors of the request-detection benchmark (notebook 07), beside BAU's two:
 
 * Loss (``"loss"``): cross-entropy of the claimed label under the sample's own model.
 * Feature-space neighbours (``"knn"``, after Deep k-NN, Peri et al. 2020): the share of the
-  sample's :data:`KNN_K` nearest neighbours, among a seeded sample of its own model's
+  sample's :data:`KNN_K` nearest neighbours, among a fixed sample of its own model's
   training data, in that model's penultimate layer (cosine), whose label differs from
   the sample's claimed label.
 * Batch (``"batch"``, :func:`batch_scores`): a whole request batch at once; the mean
   pairwise cosine similarity of the batch's penultimate features, centred on the mean
-  feature of a seeded sample of training data, averaged over the constituent models. An
+  feature of a fixed sample of training data, averaged over the constituent models. An
   attacker's requests share a trigger, a benign user's do not.
 
 :data:`NEEDS` says what each needs to see. High scores are suspicious. A
@@ -32,7 +32,7 @@ import torch
 
 from .checks import integer, number
 from .metrics import auroc, threshold_at_fpr
-from .train import features, predict_proba
+from .train import features, predict_logits, predict_proba
 from .unlearning.base import sample_ids
 
 DETECTORS = ("mu", "sms")  # BAU's (notebooks 04 and 06)
@@ -90,10 +90,10 @@ def memo():
 
 
 def _outputs(service, model: int, ids: np.ndarray, what: str) -> torch.Tensor:
-    """``"proba"`` or ``"features"`` of the training samples ``ids`` under constituent
-    model ``model`` (memoised inside :func:`memo`)."""
+    """``"proba"``, ``"logits"`` or ``"features"`` of the training samples ``ids`` under
+    constituent model ``model`` (memoised inside :func:`memo`)."""
     net = service.models[model]
-    fn = predict_proba if what == "proba" else features
+    fn = {"proba": predict_proba, "logits": predict_logits, "features": features}[what]
     if _MEMO is None:
         return fn(net, service.x[torch.from_numpy(ids)], device=service.device)
     have, rows = _MEMO.setdefault((net, what), (np.zeros(len(service.y), dtype=bool), {}))
@@ -105,19 +105,20 @@ def _outputs(service, model: int, ids: np.ndarray, what: str) -> torch.Tensor:
     return torch.stack([rows[i] for i in ids.tolist()]) if len(ids) else torch.empty(0)
 
 
-def _reference(service, model: int, seed: int) -> np.ndarray:
-    """A seeded sample of up to :data:`REFERENCE_SIZE` ids model ``model`` trained on
-    (``-1``: any retained id)."""
+def _reference(service, model: int) -> np.ndarray:
+    """A fixed sample of up to :data:`REFERENCE_SIZE` ids model ``model`` trained on
+    (``-1``: any retained id): a function of the service's state alone, so every score
+    (calibration, test, deployed filter) is taken against the same reference."""
     pool = (np.flatnonzero(~service.removed) if model < 0
             else np.asarray(service.training_ids(model), dtype=np.int64))
-    rng = np.random.default_rng([seed, 31, model + 1])
+    rng = np.random.default_rng([31, model + 1])
     return np.sort(rng.choice(pool, min(REFERENCE_SIZE, pool.size), replace=False))
 
 
-def _knn(service, model: int, ids: np.ndarray, seed: int) -> np.ndarray:
+def _knn(service, model: int, ids: np.ndarray) -> np.ndarray:
     """The share of each sample's :data:`KNN_K` nearest reference samples (itself left
     out) whose label differs from its claimed label."""
-    ref = _reference(service, model, seed)
+    ref = _reference(service, model)
     f_ref = torch.nn.functional.normalize(_outputs(service, model, ref, "features"), dim=1)
     f_q = torch.nn.functional.normalize(_outputs(service, model, ids, "features"), dim=1)
     sim = f_q @ f_ref.T
@@ -128,10 +129,10 @@ def _knn(service, model: int, ids: np.ndarray, seed: int) -> np.ndarray:
     return (labels != service.y[torch.from_numpy(ids)].view(-1, 1)).double().mean(1).numpy()
 
 
-def scores(service, ids, detector: str, *, seed: int = 0) -> np.ndarray:
+def scores(service, ids, detector: str) -> np.ndarray:
     """Per-sample scores (:data:`SAMPLE_DETECTORS`) of the training samples ``ids`` of a
     fitted unlearning service (any :class:`~bdunlearn.unlearning.UnlearningService`;
-    batched per model). ``seed`` draws the k-NN reference sample."""
+    batched per model). A sample's score does not depend on what is scored with it."""
     _check_detector(detector, SAMPLE_DETECTORS)
     ids = sample_ids(ids, len(service.y))
     t = torch.from_numpy(ids)
@@ -148,18 +149,16 @@ def scores(service, ids, detector: str, *, seed: int = 0) -> np.ndarray:
     for m in np.unique(owner):
         sel = np.flatnonzero(owner == m)
         if detector == "knn":
-            out[sel] = _knn(service, int(m), ids[sel], seed)
-            continue
-        probs = _outputs(service, int(m), ids[sel], "proba")
-        if detector == "mu":
-            out[sel] = gini(probs).numpy()
-        else:
-            claimed = probs.double().gather(1, service.y[t[sel]].view(-1, 1)).squeeze(1)
-            out[sel] = (-claimed.clamp_min(1e-12).log()).numpy()
+            out[sel] = _knn(service, int(m), ids[sel])
+        elif detector == "mu":
+            out[sel] = gini(_outputs(service, int(m), ids[sel], "proba")).numpy()
+        else:  # from the logits: a softmax near 1 would round every confident sample to 0
+            logp = torch.log_softmax(_outputs(service, int(m), ids[sel], "logits").double(), 1)
+            out[sel] = (-logp.gather(1, service.y[t[sel]].view(-1, 1)).squeeze(1)).numpy()
     return out
 
 
-def batch_scores(service, batches, *, seed: int = 0) -> np.ndarray:
+def batch_scores(service, batches) -> np.ndarray:
     """One score per request batch (a list of id arrays, each of two or more ids): the
     ``"batch"`` detector (see the module docstring)."""
     batches = [sample_ids(b, len(service.y), what="request id") for b in batches]
@@ -167,7 +166,7 @@ def batch_scores(service, batches, *, seed: int = 0) -> np.ndarray:
         raise ValueError("a batch score needs batches of at least two request ids")
     if not batches:
         return np.empty(0)
-    ref = _reference(service, -1, seed)
+    ref = _reference(service, -1)
     out = np.zeros(len(batches))
     with memo():  # every batch's samples and the reference, once per model
         for m in range(service.num_models):
@@ -182,10 +181,14 @@ def batch_scores(service, batches, *, seed: int = 0) -> np.ndarray:
 
 
 def batches_of(ids, size: int) -> list[np.ndarray]:
-    """``ids`` in consecutive batches of ``size`` (the last one shorter)."""
+    """``ids`` in consecutive batches of ``size``; the last one is shorter, and a lone last
+    id joins the batch before it (a batch score needs two ids)."""
     ids = np.asarray(ids, dtype=np.int64)
     size = integer("batch size", size, 2)
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
+    out = [ids[i:i + size] for i in range(0, len(ids), size)]
+    if len(out) > 1 and out[-1].size < 2:
+        out = [*out[:-2], np.concatenate(out[-2:])]
+    return out
 
 
 def matched_clean(service, positives, clean_ids, rng: np.random.Generator, exclude=()):
@@ -247,14 +250,13 @@ class RequestFilter:
 
     detector: str
     threshold: float
-    seed: int = 0
 
     def __post_init__(self):
         _check_detector(self.detector, SAMPLE_DETECTORS)
         self.threshold = number("threshold", self.threshold)
 
     def __call__(self, service, ids) -> np.ndarray:
-        return scores(service, ids, self.detector, seed=self.seed) > self.threshold
+        return scores(service, ids, self.detector) > self.threshold
 
     @classmethod
     def calibrate(cls, service, detector: str, *, fpr: float = 0.05, sample: int = 2000,
@@ -272,13 +274,14 @@ class RequestFilter:
 
 @dataclass
 class BatchFilter:
-    """Refuse whole request batches (consecutive ``size`` ids of each request) whose
-    ``"batch"`` score exceeds ``threshold``."""
+    """Refuse whole request batches (consecutive ``size`` ids of each request, see
+    :func:`batches_of`) whose ``"batch"`` score exceeds ``threshold``. It scores each
+    request as sent: a request of one id is never refused, so a provider must group a
+    requester's requests into batches for it to see them."""
 
     threshold: float
     size: int = 10
-    seed: int = 0
-    detector: str = "batch"
+    detector = "batch"
 
     def __post_init__(self):
         self.threshold = number("threshold", self.threshold)
@@ -286,12 +289,10 @@ class BatchFilter:
 
     def __call__(self, service, ids) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
+        if ids.size < 2:
+            return np.zeros(ids.size, dtype=bool)
         groups = batches_of(ids, self.size)
-        if len(groups) > 1 and groups[-1].size < 2:  # a lone last id joins the batch before
-            groups = [*groups[:-2], np.concatenate(groups[-2:])]
-        if len(groups) == 1 and groups[0].size < 2:
-            return np.zeros(len(ids), dtype=bool)
-        flagged = batch_scores(service, groups, seed=self.seed) > self.threshold
+        flagged = batch_scores(service, groups) > self.threshold
         return np.repeat(flagged, [g.size for g in groups])
 
 
@@ -299,18 +300,21 @@ def detector_scores(service, ids, detector: str, *, batch: int = 10, draws: int 
                     seed: int = 0) -> np.ndarray:
     """Scores of ``ids`` under any of :data:`BENCHMARK_DETECTORS`: one per id for the
     per-sample detectors; for ``"batch"``, one per request batch of ``batch`` ids, either
-    the consecutive batches of ``ids`` (``draws=0``) or ``draws`` seeded random batches."""
+    the consecutive batches of ``ids`` (:func:`batches_of`, ``draws=0``) or ``draws``
+    random batches drawn with ``seed``."""
     _check_detector(detector, BENCHMARK_DETECTORS)
     if detector != "batch":
-        return scores(service, ids, detector, seed=seed)
-    ids = np.asarray(ids, dtype=np.int64)
+        return scores(service, ids, detector)
+    ids = sample_ids(ids, len(service.y), what="request id")
+    batch = integer("batch size", batch, 2)
+    draws = integer("draws", draws, 0)
     if draws:
-        rng = np.random.default_rng([seed, 32, len(ids)])
+        rng = np.random.default_rng([integer("seed", seed, low=0), 32, len(ids)])
         size = min(batch, len(ids))
         groups = [rng.choice(ids, size, replace=False) for _ in range(draws)]
     else:
-        groups = [g for g in batches_of(ids, batch) if g.size >= 2]
-    return batch_scores(service, groups, seed=seed)
+        groups = batches_of(ids, batch)
+    return batch_scores(service, groups)
 
 
 def benchmark(service, positives, populations: dict, detector: str, *,
@@ -323,11 +327,19 @@ def benchmark(service, positives, populations: dict, detector: str, *,
     into a calibration half and a test half (at most ``sample`` each): the threshold for
     each false-positive rate in ``fprs`` is set on the calibration half alone, the TPR it
     gives is measured on the positives and the FPR on the test half, and the AUROC is the
-    positives against the test half. The batch detector scores ``sample // batch`` random
-    request batches of each (a batch of ``batch`` positives, or fewer when there are
-    fewer). Returns ``{name: {"auroc", "tpr@<f>", "fpr@<f>", "threshold@<f>"}}``.
+    positives against the test half. The batch detector scores ``max(20, sample //
+    batch)`` random request batches of each (a batch of ``batch`` positives, or fewer when
+    there are fewer). Returns ``{name: {"auroc", "tpr@<f>", "fpr@<f>",
+    "threshold@<f>"}}``.
     """
     _check_detector(detector, BENCHMARK_DETECTORS)
+    if not isinstance(populations, dict) or not populations:
+        raise ValueError("populations must be a non-empty dict of name -> benign ids, got "
+                         f"{type(populations).__name__}")
+    batch, sample = integer("batch size", batch, 2), integer("sample", sample, 2)
+    seed = integer("seed", seed, low=0)
+    fprs = [number("false-positive rate", f, 0, 1, low_open=True, high_open=True)
+            for f in fprs]
     pos = sample_ids(positives, len(service.y), what="request id")
     pos = pos[~service.removed[pos]]
     if pos.size < 2:
@@ -360,6 +372,7 @@ def split_benign(service, ids, exclude=(), *, sample: int = 2000, seed: int = 0,
                  name: str = "benign") -> tuple[np.ndarray, np.ndarray]:
     """A benign population's retained ids outside ``exclude``, shuffled (seeded) and split
     into a calibration half and a test half of at most ``sample`` ids each."""
+    sample, seed = integer("sample", sample, 2), integer("seed", seed, low=0)
     ids = np.setdiff1d(sample_ids(ids, len(service.y), what="benign id"),
                        np.asarray(exclude, dtype=np.int64))
     ids = np.random.default_rng([seed, 33]).permutation(ids[~service.removed[ids]])
@@ -369,9 +382,9 @@ def split_benign(service, ids, exclude=(), *, sample: int = 2000, seed: int = 0,
     return ids[:half], ids[half:2 * half]
 
 
-def screen_for(detector: str, threshold: float, *, batch: int = 10, seed: int = 0):
+def screen_for(detector: str, threshold: float, *, batch: int = 10):
     """The ``screen`` of a service that refuses what ``detector`` scores above
     ``threshold`` (:class:`RequestFilter` or :class:`BatchFilter`)."""
     if _check_detector(detector, BENCHMARK_DETECTORS) == "batch":
-        return BatchFilter(threshold, batch, seed)
-    return RequestFilter(detector, threshold, seed)
+        return BatchFilter(threshold, batch)
+    return RequestFilter(detector, threshold)

@@ -249,8 +249,8 @@ def screened_requests(atk: attacks.AttackSet, build, detector: str, cfg: RunConf
     batches of :data:`REQUEST_BATCH` requests) and unlearns what it accepts. Returns that
     service and a dict: the benchmark figures per population, the final ASR and clean
     accuracy behind the filter, how many attack requests it refused, and how many of as
-    many benign requests of each population (disjoint from its calibration) it would
-    refuse.
+    many benign requests of each population (none of them among the ids the threshold
+    was set on) it would refuse.
     """
     from . import detect
 
@@ -262,10 +262,12 @@ def screened_requests(atk: attacks.AttackSet, build, detector: str, cfg: RunConf
         bench = detect.benchmark(svc, atk.ids("mitigation"), pops, detector, fprs=fprs,
                                  batch=REQUEST_BATCH, seed=atk.seed)
         thr = bench["random"][f"threshold@{cfg.target_fpr:g}"]
-        screen = detect.screen_for(detector, thr, batch=REQUEST_BATCH, seed=atk.seed)
-        for name, ids in pops.items():  # from the test half, never calibrated on
-            ids = detect.split_benign(svc, ids, atk.ids("mitigation"), seed=atk.seed)[1]
-            ids = ids[:len(order)]
+        screen = detect.screen_for(detector, thr, batch=REQUEST_BATCH)
+        mitigation = atk.ids("mitigation")
+        calibrated = detect.split_benign(svc, pops["random"], mitigation, seed=atk.seed)[0]
+        for name, ids in pops.items():  # never an id the threshold was set on
+            ids = detect.split_benign(svc, ids, np.concatenate([mitigation, calibrated]),
+                                      seed=atk.seed, name=name)[1][:len(order)]
             benign[name] = (int(np.asarray(screen(svc, ids)).sum()), len(ids))
     guarded = build().fit()
     guarded.screen = screen

@@ -563,13 +563,15 @@ def request_detection(table: pd.DataFrame, fpr: float = 0.05) -> Figure:
         detector=lambda t: t.detector.map(lambda k: NAMES.get(k, k)))
     plain = d.drop_duplicates(["variant", "seed"]).assign(detector="no filter",
                                                           asr_filtered=lambda t: t.asr_after)
+    order = ["no filter", *dict.fromkeys(d.detector)]  # one colour per detector, both panels
+    colours = dict(zip(order, sns.color_palette(PALETTE, len(order))))
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8), layout="constrained")
     sns.barplot(d, x="attack", y=tpr, hue="detector", ax=left, errorbar=seed_interval,
-                palette=PALETTE)
+                hue_order=order[1:], palette=colours)
     left.set(title=f"attack requests caught at {fpr:.0%} benign false positives "
                    f"(S={int(d.shards.min())})", xlabel="", ylabel="TPR")
     sns.barplot(pd.concat([plain, d]), x="attack", y="asr_filtered", hue="detector", ax=right,
-                errorbar=seed_interval, palette=PALETTE)
+                errorbar=seed_interval, hue_order=order, palette=colours)
     right.set(title="final ASR behind each filter", xlabel="", ylabel="ASR")
     for ax in (left, right):
         _rate_axis(ax)

@@ -165,6 +165,8 @@ def blend(x: torch.Tensor, pattern: torch.Tensor, opacity: float) -> torch.Tenso
     if not isinstance(pattern, torch.Tensor) or tuple(pattern.shape) != tuple(x.shape[1:]):
         raise ValueError(f"blend pattern of shape {_describe(pattern)} does not match images "
                          f"of shape {tuple(x.shape[1:])}")
+    if pattern.dtype != torch.uint8:
+        raise ValueError(f"blend pattern must be uint8 (0-255), got {pattern.dtype}")
     scale = _scale(x)
     p = pattern.to(x.device, torch.float32) / 255.0
     out = (1 - opacity) * (x.float() / scale) + opacity * p

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from bdunlearn import attack, config, data, detect, experiment, metrics, reproduce, triggers
+from bdunlearn import attack, config, data, detect, experiment, metrics, reproduce, train, triggers
 from bdunlearn.defenses import DefenderView, run_defense
 from bdunlearn.models import build_model
 from bdunlearn.registry import reference_config
@@ -212,6 +212,10 @@ ATTACK = [
      ValueError, "1.5"),
     ("blend alpha nan", lambda c: attack.build_blended(c.ds, poison_num=2, mitigation_num=2,
                                                        alpha=NAN), ValueError, "nan"),
+    ("blend mitigation_num too large", lambda c: attack.build_blended(
+        c.ds, poison_num=2, mitigation_num=500), ValueError, "mitigation_num 500"),
+    ("blend pattern not uint8", lambda c: triggers.blend(
+        c.ds.x_train[:2], torch.zeros(1, 8, 8), 0.2), ValueError, "torch.float32"),
     ("blend pattern of the wrong shape", lambda c: triggers.blend(
         c.ds.x_train[:2], torch.zeros(1, 4, 4, dtype=torch.uint8), 0.2), ValueError, "(1, 4, 4)"),
     ("Gaussian noise without a generator", lambda c: triggers.add_gaussian(
@@ -431,6 +435,23 @@ DETECTORS = [
      "'xx'"),
     ("benchmark on too few benign ids", lambda c: detect.benchmark(
         c.sharded, c.atk.ids("mitigation"), {"tiny": [0, 1]}, "mu"), ValueError, "'tiny'"),
+    ("benchmark with batch 0", lambda c: detect.benchmark(
+        c.sharded, c.atk.ids("mitigation"), {"random": range(30)}, "batch", batch=0),
+     ValueError, "batch size 0"),
+    ("benchmark with sample 1", lambda c: detect.benchmark(
+        c.sharded, c.atk.ids("mitigation"), {"random": range(30)}, "mu", sample=1),
+     ValueError, "sample 1"),
+    ("benchmark with a negative seed", lambda c: detect.benchmark(
+        c.sharded, c.atk.ids("mitigation"), {"random": range(30)}, "mu", seed=-1),
+     ValueError, "seed -1"),
+    ("benchmark populations not a dict", lambda c: detect.benchmark(
+        c.sharded, c.atk.ids("mitigation"), [range(30)], "mu"), ValueError, "list"),
+    ("benchmark at a false-positive rate of 2", lambda c: detect.benchmark(
+        c.sharded, c.atk.ids("mitigation"), {"random": range(30)}, "mu", fprs=(2,)),
+     ValueError, "rate 2"),
+    ("inference batch size 0", lambda c: train.predict_proba(c.view.model, c.ds.x_train[:2],
+                                                             batch_size=0),
+     ValueError, "inference batch size 0"),
     ("benchmark on one attack request", lambda c: detect.benchmark(
         c.sharded, [int(c.atk.ids("mitigation")[1])], {"random": range(30)}, "mu"), ValueError,
      "at least two"),

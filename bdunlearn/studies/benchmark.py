@@ -32,8 +32,12 @@ def catalogue() -> tuple[pd.DataFrame, pd.DataFrame]:
     detectors (with what each needs to see)."""
     from .. import attack
 
+    def first_sentence(fn) -> str:
+        return " ".join(fn.__doc__.split()).split(". ")[0] + "."
+
     fams = pd.DataFrame({"attack": [FAMILY_TITLES[v] for v in FAMILIES],
-                         "builder": [attack.BUILDERS[v].__name__ for v in FAMILIES]},
+                         "builder": [attack.BUILDERS[v].__name__ for v in FAMILIES],
+                         "what it is": [first_sentence(attack.BUILDERS[v]) for v in FAMILIES]},
                         index=pd.Index(FAMILIES, name="variant"))
     dets = pd.DataFrame({"needs": [detect.NEEDS[d] for d in detect.BENCHMARK_DETECTORS]},
                         index=pd.Index(detect.BENCHMARK_DETECTORS, name="detector"))
@@ -89,6 +93,10 @@ def leaderboard(table: pd.DataFrame, fpr: float = 0.05) -> pd.DataFrame:
     filter at ``fpr``: final ASR without and with it, attack and benign requests refused."""
     if table.empty:
         return pd.DataFrame({"stored runs": [0]})
+    if f"tpr@{fpr:g}_random" not in table:
+        stored = [c[4:-7] for c in table if c.startswith("tpr@") and c.endswith("_random")]
+        raise ValueError(f"fpr {fpr!r} is not an operating point of the stored runs; use one "
+                         f"of {', '.join(stored)}")
     t = table.assign(attack=table.variant.map(FAMILY_TITLES))
     cols = ["auroc_random", "tpr@0.01_random", f"tpr@{fpr:g}_random", "auroc_hard",
             "asr_after", "asr_filtered", "refused", "benign_refused_random",
