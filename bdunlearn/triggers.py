@@ -25,6 +25,13 @@ def _scale(x: torch.Tensor) -> float:
     return 255.0 if x.dtype == torch.uint8 else 1.0
 
 
+def _as_input_dtype(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A [0, 1] float result in the dtype of the batch ``like``: uint8 rounded and clipped."""
+    if like.dtype == torch.uint8:
+        return (out * 255).round_().clamp_(0, 255).to(torch.uint8)
+    return out.to(like.dtype)
+
+
 CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
 ROUNDINGS = ("truncate", "round")
 
@@ -136,10 +143,7 @@ class MaskTrigger:
         scale = _scale(x)
         m = self.mask.to(x.device, torch.float32)
         p = self.pattern.to(x.device, torch.float32)
-        out = (1 - m) * (x.float() / scale) + m * p
-        if x.dtype == torch.uint8:
-            return (out * 255).round_().clamp_(0, 255).to(torch.uint8)
-        return out.to(x.dtype)
+        return _as_input_dtype((1 - m) * (x.float() / scale) + m * p, x)
 
 
 def _describe(t) -> str:
@@ -169,10 +173,7 @@ def blend(x: torch.Tensor, pattern: torch.Tensor, opacity: float) -> torch.Tenso
         raise ValueError(f"blend pattern must be uint8 (0-255), got {pattern.dtype}")
     scale = _scale(x)
     p = pattern.to(x.device, torch.float32) / 255.0
-    out = (1 - opacity) * (x.float() / scale) + opacity * p
-    if x.dtype == torch.uint8:
-        return (out * 255).round_().clamp_(0, 255).to(torch.uint8)
-    return out.to(x.dtype)
+    return _as_input_dtype((1 - opacity) * (x.float() / scale) + opacity * p, x)
 
 
 def add_gaussian(x: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.Tensor:
@@ -183,7 +184,4 @@ def add_gaussian(x: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.T
     if not isinstance(gen, torch.Generator):
         raise ValueError(f"gen must be a torch.Generator, got {type(gen).__name__}")
     noise = torch.randn(x.shape, generator=gen, device=x.device) * sigma
-    out = (x.float() / _scale(x) + noise).clamp_(0, 1)
-    if x.dtype == torch.uint8:
-        return (out * 255).round_().to(torch.uint8)
-    return out.to(x.dtype)
+    return _as_input_dtype((x.float() / _scale(x) + noise).clamp_(0, 1), x)
