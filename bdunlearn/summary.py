@@ -22,10 +22,11 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 BENCH_START, BENCH_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
 
-def _tables(results: Path) -> dict[str, pd.DataFrame]:
-    """The notebooks' CSVs found in ``results``, keyed by notebook stem."""
+def _tables(results: Path, pattern: str = "[0-9][0-9]_*.csv") -> dict[str, pd.DataFrame]:
+    """The notebooks' CSVs found in ``results`` (those matching ``pattern``), keyed by
+    notebook stem."""
     tables = {}
-    for p in sorted(results.glob("[0-9][0-9]_*.csv")):
+    for p in sorted(results.glob(pattern)):
         try:
             tables[p.stem] = pd.read_csv(p)
         except pd.errors.EmptyDataError:  # a table with no stored run yet
@@ -38,13 +39,14 @@ def table(results: Path) -> str:
     from the CSVs in ``results``, judged at the profile of the run that wrote them."""
     timings = results / "timings.csv"
     profile = pd.read_csv(timings).profile.iloc[0] if timings.is_file() else "default"
-    rows = claims.readme_rows(_tables(results), profile)
+    tables = _tables(results)
+    rows = claims.readme_rows(tables, profile)
     if not rows:
         return "_No results yet: run `make reproduce`._"
     lines = ["| claim | paper | measured here (mean over seeds) | per seed: mean [95% t-interval] "
              "| verdict |", "|---|---|---|---|---|"]
     lines += [f"| {c} | {p} | {m} | {s} | {v} |" for c, p, m, s, v in rows]
-    lines += ["", provenance_line(_tables(results))]
+    lines += ["", provenance_line(tables)]
     if timings.is_file():
         t = pd.read_csv(timings)
         lines += ["", f"Tables rendered on {t.date.max()} on {t.machine.iloc[0]}, profile "
@@ -101,8 +103,8 @@ def benchmark_table(results: Path) -> str:
     from .attack import FAMILY_TITLES
     from .store import provenance_groups
 
-    path = results / "07_request_detection.csv"
-    t = _tables(results).get(path.stem, pd.DataFrame()) if path.is_file() else pd.DataFrame()
+    stem = "07_request_detection"
+    t = _tables(results, f"{stem}.csv").get(stem, pd.DataFrame())
     if t.empty:
         return "_No stored runs yet: run notebook 07 (`make reproduce ARGS=\"--only 07\"`)._"
     lines = []
