@@ -3,6 +3,12 @@
 Every model takes float images in [0, 1] of shape ``(N, C, H, W)`` and applies its input
 scaling itself, so defenses such as Neural Cleanse can optimise directly in pixel space.
 
+Where a reference network applies ReLU and then max-pooling, the models here pool first:
+the two commute (ReLU is monotone), so outputs and gradients are bit-for-bit the same
+(``tests/test_models.py`` checks it against the reference order), the parameters keep
+their names (checkpoints and cache keys do not change), and ReLU and its backward pass
+touch a quarter of the values.
+
 Input scalings (:data:`INPUT_SCALINGS`), as ``(x - mean) / std`` inside the model:
 
 * ``"unit"``: [0, 1] unchanged, what the BAU authors' MNIST and Fashion-MNIST pipelines
@@ -49,8 +55,8 @@ def _flat_size(features: nn.Module, shape) -> int:
 def lenet5(shape, num_classes):
     c = shape[0]
     features = nn.Sequential(
-        nn.Conv2d(c, 6, 5, padding=2 if shape[1] == 28 else 0), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        nn.Conv2d(c, 6, 5, padding=2 if shape[1] == 28 else 0), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(6, 16, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten())
     n = _flat_size(features, shape)
     return nn.Sequential(features, nn.Linear(n, 120), nn.ReLU(), nn.Linear(120, 84),
                          nn.ReLU(), nn.Linear(84, num_classes))
@@ -60,9 +66,9 @@ def fmnist_cnn(shape, num_classes):
     """Three 5x5 conv layers (16, 32, 32 channels) with max-pooling, FC 512."""
     c = shape[0]
     features = nn.Sequential(
-        nn.Conv2d(c, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        nn.Conv2d(c, 16, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(16, 32, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(32, 32, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten())
     n = _flat_size(features, shape)
     return nn.Sequential(features, nn.Linear(n, 512), nn.ReLU(), nn.Linear(512, num_classes))
 
@@ -71,9 +77,10 @@ def gtsrb_cnn(shape, num_classes):
     """Six 3x3 conv layers (32, 32, 64, 64, 128, 128), FC 512 with dropout."""
     layers, c = [], shape[0]
     for i, w in enumerate((32, 32, 64, 64, 128, 128)):
-        layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU()]
+        layers.append(nn.Conv2d(c, w, 3, padding=1))
         if i % 2 == 1:
             layers.append(nn.MaxPool2d(2))
+        layers.append(nn.ReLU())
         c = w
     features = nn.Sequential(*layers, nn.Flatten())
     n = _flat_size(features, shape)
@@ -86,8 +93,8 @@ def vgg11_bn(shape, num_classes):
     cfg = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
     layers, c = [], shape[0]
     for v in cfg:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2))
+        if v == "M":  # before the last ReLU (see the module docstring)
+            layers.insert(len(layers) - 1, nn.MaxPool2d(2))
         else:
             layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
             c = v

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -33,6 +35,44 @@ def test_mnist_family_models_take_unit_inputs_unchanged_by_default(arch):
     model = build_model(arch, (1, 28, 28), 10, seed=0)
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(model(x), model.net(x))
+
+
+def _reference_order(seq: torch.nn.Sequential) -> torch.nn.Sequential:
+    """``seq`` with every max-pooling put back after the ReLU it precedes, the reference
+    networks' order."""
+    mods = list(seq)
+    for i in range(len(mods) - 1):
+        if isinstance(mods[i], torch.nn.MaxPool2d) and isinstance(mods[i + 1], torch.nn.ReLU):
+            mods[i], mods[i + 1] = mods[i + 1], mods[i]
+    return torch.nn.Sequential(*mods)
+
+
+@pytest.mark.parametrize("arch,shape", [("lenet5", (1, 28, 28)), ("fmnist_cnn", (1, 28, 28)),
+                                        ("gtsrb_cnn", (3, 32, 32)), ("vgg11_bn", (3, 32, 32))])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_pooling_before_relu_is_bit_for_bit_the_reference_order(arch, shape, precision):
+    """The models pool before the ReLU; the reference networks pool after it. Same outputs,
+    same gradients, same parameter names (so the same checkpoints), in both precisions."""
+    from bdunlearn.train import autocast
+
+    ours = build_model(arch, shape, 10, seed=0)
+    ref = copy.deepcopy(ours)
+    ref.net[0] = _reference_order(ref.net[0])
+    assert [type(m) for m in ref.net[0]] != [type(m) for m in ours.net[0]]
+    assert list(ref.state_dict()) == list(ours.state_dict())
+    x = torch.rand(8, *shape) - 0.3  # some pooling windows wholly negative
+    y = torch.randint(0, 10, (8,))
+    grads = []
+    for m in (ours, ref):
+        m.train()
+        with torch.random.fork_rng(), autocast(precision, torch.device("cpu")):
+            torch.manual_seed(0)  # the same dropout mask for both
+            out = m(x)
+        torch.nn.functional.cross_entropy(out.float(), y).backward()
+        grads.append((out, [p.grad for p in m.parameters()]))
+    (out_a, g_a), (out_b, g_b) = grads
+    assert torch.equal(out_a, out_b)
+    assert all(torch.equal(a, b) for a, b in zip(g_a, g_b))
 
 
 def test_cifar_reference_model_uses_the_authors_imagenet_statistics():
