@@ -292,8 +292,19 @@ def _baeraser(attack: str, asserted_at) -> Claim:
                    f"({_pct(m['reduction'])} lower), clean accuracy "
                    f"{_points(m['acc_before'], m['acc_after'])}"),
         _same(dict(min_asr_reduction=0.9, max_acc_drop=0.03, paper_asr_reduction=0.99)),
-        asserted_at, verdict=lambda m, t, ok: "agrees" if ok else "weaker",
-        headline=("asr_after", "reduction"))
+        asserted_at, verdict=_baeraser_verdict, headline=("asr_after", "reduction"))
+
+
+def _baeraser_verdict(m: dict, t: dict, ok: bool) -> str:
+    """Agrees only at the paper's own average reduction; between the package's bar and
+    that, the erasure works but less completely than the paper reports."""
+    if ok and m["reduction"] >= t["paper_asr_reduction"]:
+        return "agrees"
+    if ok:
+        return (f"weaker than the paper's {_pct(t['paper_asr_reduction'])} average; above "
+                f"this package's {_pct(t['min_asr_reduction'])} bar")
+    return "weaker"
+
 
 
 _GRAD_PRUNE = {"smoke": dict(max_asr_after=1.0, max_acc_drop=1.0),
@@ -551,7 +562,7 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           _same({}), (), verdict=lambda m, t, ok: (
               "agrees" if ok else "differs: the dormant backdoor is found"),
           headline=("flagged_before",)),
-    _baeraser("badnets", ("paper",)),  # default: 89% lower, reported (README)
+    _baeraser("badnets", ("paper",)),  # default: 92.9% lower over 5 seeds, reported (README)
     _baeraser("bau", ()),
     _grad_prune("badnets", ALL_PROFILES),
     _grad_prune("bau", ()),
