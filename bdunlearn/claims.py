@@ -306,7 +306,6 @@ def _baeraser_verdict(m: dict, t: dict, ok: bool) -> str:
     return "weaker"
 
 
-
 _GRAD_PRUNE = {"smoke": dict(max_asr_after=1.0, max_acc_drop=1.0),
                "default": dict(max_asr_after=0.10, max_acc_drop=0.10),
                "paper": dict(max_asr_after=0.10, max_acc_drop=0.10)}
