@@ -642,7 +642,8 @@ def readme_rows(tables: Mapping[str, pd.DataFrame], profile: str = "default"
 
     "measured here" is the claim measured over all seeds' rows (means over seeds);
     "per seed" gives the claim's headline numbers measured on each seed's rows alone as
-    the mean, its 95% t-interval and the number of seeds (:func:`per_seed`)."""
+    the mean, its 95% t-interval and the number of seeds (:func:`per_seed`). Both use the
+    same seeds: those stored whole for the claim (:func:`whole_seeds`)."""
     from .store import provenance_groups
 
     rows = []
@@ -651,6 +652,7 @@ def readme_rows(tables: Mapping[str, pd.DataFrame], profile: str = "default"
             continue
         groups = provenance_groups(tables[claim.table])
         for label, table in groups:
+            table = whole_seeds(claim, table)
             numbers = None if table.empty else claim.measure(table)
             if numbers is None:
                 continue
@@ -670,6 +672,19 @@ def leaves(numbers: dict, prefix: str = "") -> dict[str, float]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[f"{prefix}{k}"] = float(v)
     return out
+
+
+def whole_seeds(claim: Claim, table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the seeds whose own rows give every number the whole table gives for
+    ``claim`` (a seed half stored, such as one shard count of three, is left out, so the
+    mean over rows and the mean over seeds rest on the same seeds); all rows when no seed
+    is whole or the table has no seed column."""
+    if table.empty or "seed" not in table:
+        return table
+    every = set(leaves(claim.measure(table) or {}))
+    whole = [s for s in table.seed.unique()
+             if every <= set(leaves(claim.measure(table[table.seed == s]) or {}))]
+    return table[table.seed.isin(whole)] if whole else table
 
 
 def per_seed(claim: Claim, table: pd.DataFrame) -> str:

@@ -106,6 +106,10 @@ def test_readme_rows_give_each_seed_with_a_t_interval():
     assert "S=1: 0.720" in row[2]
     # mean 0.72, sd 0.0283, t(0.975, 1) = 12.706: half-width 0.254, clipped at 1
     assert row[3].startswith("auroc S=1 0.720 [0.466, 0.974]") and row[3].endswith("(n=2 seeds)")
+    # a seed half stored (S=1 only) joins neither column until its S=5 row is stored
+    half = pd.concat([t, pd.DataFrame({"variant": ["bn"], "detector": ["mu"], "shards": [1],
+                                       "seed": [2], "auroc": [0.99]})], ignore_index=True)
+    assert claims.readme_rows({"04_detection": half})[0][2:4] == row[2:4]
     mean, lo, hi = claims.interval([0.9, 0.95, 1.0])
     assert (round(mean, 3), hi) == (0.95, 1.0) and round(lo, 3) == 0.826
     assert claims.interval([0.5]) == (0.5, None, None)
