@@ -458,9 +458,11 @@ FIDELITY = (
               "06: whether Amnesiac unlearning switches the backdoor on",
               "the backdoor appears under approximate unlearning", _amnesiac_grid,
               lambda m, t: m["rise"] > t["min_asr_rise"],
-              lambda m: (f"largest ASR rise that keeps clean accuracy within 5 points: "
-                         f"{_points(0, m['rise'])} ({m['best']}, ASR {_pct(m['asr_after'])} "
-                         f"after); {m['broken']} of {m['settings']} settings cost more accuracy"),
+              lambda m: ((f"largest ASR rise that keeps clean accuracy within 5 points: "
+                          f"{_points(0, m['rise'])} ({m['best']}, ASR {_pct(m['asr_after'])} "
+                          "after); " if m["best"] else "no setting keeps clean accuracy "
+                          "within 5 points; ")
+                         + f"{m['broken']} of {m['settings']} settings cost more accuracy"),
               _same(dict(min_asr_rise=0.3, max_acc_drop=AMNESIAC_MAX_ACC_DROP)),
               headline=("rise",)),
 )

@@ -129,3 +129,25 @@ def test_rows_of_another_precision_or_device_are_never_pooled(capsys):
     rows = [r for r in claims.readme_rows({"01_attack": both}) if "switch" in r[0]]
     assert [r[0].rsplit("[", 1)[1] for r in rows[:2]] == ["bf16, cpu]", "fp32, cpu]"]
     assert "95.0% after" in rows[0][2] and "20.0% after" in rows[1][2]
+
+
+def test_fidelity_grid_claims_on_constructed_tables():
+    amnesiac = claims.get("fidelity_amnesiac")
+    grid = pd.DataFrame({"setting": ["wrecks"] * 2 + ["keeps"] * 2, "requested": [0, 300] * 2,
+                         "asr": [0.05, 1.0, 0.05, 0.45], "clean_acc": [0.9, 0.1, 0.9, 0.87],
+                         "seed": 0})
+    m = amnesiac.measure(grid)
+    # the wrecked model's 100% ASR is not a switched-on backdoor
+    assert (m["best"], round(m["rise"], 3), m["broken"]) == ("keeps", 0.4, 1)
+    assert amnesiac.holds(m, amnesiac.thresholds["default"])
+    m = amnesiac.measure(grid[grid.setting == "wrecks"])
+    assert m["best"] is None and not amnesiac.holds(m, amnesiac.thresholds["default"])
+    assert amnesiac.describe(m).startswith("no setting keeps clean accuracy within 5 points")
+    baeraser = claims.get("fidelity_baeraser")
+    grid = pd.DataFrame({"setting": ["paper", "strong", "ruinous"], "asr_before": 1.0,
+                         "asr_after": [0.08, 0.005, 0.0], "clean_acc_before": 0.9,
+                         "clean_acc_after": [0.9, 0.89, 0.8], "seed": 0})
+    m = baeraser.measure(grid)
+    # the best setting is the strongest one within 2 points of accuracy, not the ruinous one
+    assert (m["best"], m["reduction"], m["paper_setting"]) == ("strong", 0.995, 0.92)
+    assert baeraser.holds(m, baeraser.thresholds["default"])
