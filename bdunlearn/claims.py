@@ -399,10 +399,16 @@ def _amnesiac_grid(t: pd.DataFrame) -> dict | None:
     asr = t.groupby(["setting", "requested"]).asr.mean().unstack()
     acc = t.groupby(["setting", "requested"]).clean_acc.mean().unstack()
     rise, drop = asr.iloc[:, -1] - asr.iloc[:, 0], acc.iloc[:, 0] - acc.iloc[:, -1]
+    # settings are named "finetune <epochs>, scale <c>"; scale 0 (fine-tuning alone) is the
+    # control, never the best setting
+    control = rise.index.str.endswith(", scale 0")
+    rise, drop, controls = rise[~control], drop[~control], asr.iloc[:, -1][control]
     kept = rise[drop <= AMNESIAC_MAX_ACC_DROP]  # a wrecked model switches nothing on
     best = kept.idxmax() if len(kept) else None
+    same = f"{best.split(',')[0]}, scale 0" if best else None
     return {"best": best, "rise": float(kept.max()) if len(kept) else 0.0,
             "asr_after": float(asr.iloc[:, -1][best]) if best else float("nan"),
+            "control_asr": float(controls[same]) if same in controls else float("nan"),
             "broken": int((drop > AMNESIAC_MAX_ACC_DROP).sum()), "settings": len(rise)}
 
 
@@ -462,7 +468,10 @@ FIDELITY = (
                           f"{_points(0, m['rise'])} ({m['best']}, ASR {_pct(m['asr_after'])} "
                           "after); " if m["best"] else "no setting keeps clean accuracy "
                           "within 5 points; ")
-                         + f"{m['broken']} of {m['settings']} settings cost more accuracy"),
+                         + f"{m['broken']} of {m['settings']} settings cost more accuracy"
+                         + ("" if m["control_asr"] != m["control_asr"] else
+                            f"; fine-tuning alone as long (scale 0): ASR "
+                            f"{_pct(m['control_asr'])} after")),
               _same(dict(min_asr_rise=0.3, max_acc_drop=AMNESIAC_MAX_ACC_DROP)),
               headline=("rise",)),
 )

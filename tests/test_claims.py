@@ -140,6 +140,14 @@ def test_fidelity_grid_claims_on_constructed_tables():
     # the wrecked model's 100% ASR is not a switched-on backdoor
     assert (m["best"], round(m["rise"], 3), m["broken"]) == ("keeps", 0.4, 1)
     assert amnesiac.holds(m, amnesiac.thresholds["default"])
+    # the control (fine-tuning alone) is reported beside the best setting, never chosen
+    control = pd.DataFrame({"setting": ["finetune 2, scale 0"] * 2, "requested": [0, 300],
+                            "asr": [0.05, 0.95], "clean_acc": [0.9, 0.9], "seed": 0})
+    best = grid.assign(setting=grid.setting.map({"wrecks": "finetune 2, scale 2",
+                                                 "keeps": "finetune 2, scale 0.5"}))
+    m = amnesiac.measure(pd.concat([best, control]))
+    assert (m["best"], m["control_asr"], m["settings"]) == ("finetune 2, scale 0.5", 0.95, 2)
+    assert amnesiac.describe(m).endswith("fine-tuning alone as long (scale 0): ASR 95.0% after")
     m = amnesiac.measure(grid[grid.setting == "wrecks"])
     assert m["best"] is None and not amnesiac.holds(m, amnesiac.thresholds["default"])
     assert amnesiac.describe(m).startswith("no setting keeps clean accuracy within 5 points")

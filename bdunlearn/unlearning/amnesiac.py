@@ -36,7 +36,9 @@ class AmnesiacService(UnlearningService):
 
     ``watch``: the ids that may be unlearned (their updates are recorded).
     ``scale``: the constant the subtracted updates are multiplied by (1: the recorded
-    updates as they were; larger values undo the requested samples more strongly).
+    updates as they were; larger values undo the requested samples more strongly; 0
+    subtracts nothing, so a request only fine-tunes: the control for what the
+    subtraction itself does).
     ``finetune_epochs``: passes over the retained data fine-tuned after each request
     (a fraction means a random subset). ``cache_dir``: ``None`` (no cache), ``"auto"``
     (:func:`bdunlearn.cache.default_cache_dir`) or a folder. ``screen``: an optional
@@ -64,7 +66,7 @@ class AmnesiacService(UnlearningService):
         self.input_scaling = input_scaling
         self.device = resolve_device(device)
         self.finetune_epochs = float(finetune_epochs)
-        self.scale = number("scale", scale, 0, low_open=True)
+        self.scale = number("scale", scale, 0)
         self.progress = progress
         self.cache_dir = cache.folder(cache_dir)
         self.model = None
