@@ -409,6 +409,7 @@ SERVICES = [
     ("cache_dir 5", lambda c: _service(c, cache_dir=5), ValueError, "cache_dir 5"),
     ("Amnesiac seed 1.9", lambda c: _amnesiac(c, seed=1.9), ValueError, "seed 1.9"),
     ("Amnesiac cache_dir 5", lambda c: _amnesiac(c, cache_dir=5), ValueError, "cache_dir 5"),
+    ("Amnesiac scale -1", lambda c: _amnesiac(c, scale=-1.0), ValueError, "scale -1"),
     ("a screen returning too few flags", _short_screen, ValueError, "returned 0 flags"),
 ]
 

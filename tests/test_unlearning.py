@@ -33,11 +33,11 @@ def make_sisa(small, cache_dir=None, **kw):
                        cache_dir=cache_dir, **kw)
 
 
-def make_amnesiac(small, cache_dir=None):
+def make_amnesiac(small, cache_dir=None, **knobs):
     x, y = small
     return AmnesiacService(x, y, arch="fmnist_cnn", num_classes=10,
                            cfg=reference_config("digits", epochs=1), watch=np.arange(30),
-                           seed=2, device="cpu", cache_dir=cache_dir)
+                           seed=2, device="cpu", cache_dir=cache_dir, **knobs)
 
 
 def snapshot(svc):
@@ -154,6 +154,18 @@ def test_amnesiac_is_cached_by_content(small, tmp_path):
     assert torch.equal(cold.member_proba(x), warm.member_proba(x))
     other = make_amnesiac(small, tmp_path).fit()
     assert other.unlearn([0, 1]).cache_hits == 0  # another history: computed, not loaded
+
+
+def test_amnesiac_scale_zero_subtracts_nothing(small):
+    """Scale 0 is the control of notebook 06: with no fine-tuning the weights stay."""
+    svc = make_amnesiac(small, scale=0.0, finetune_epochs=0).fit()
+    before = snapshot(svc)[1]
+    svc.unlearn([0, 1, 2])
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(before, snapshot(svc)[1]) for k in a)
+    moved = make_amnesiac(small, finetune_epochs=0).fit()  # scale 1 does subtract
+    moved.unlearn([0, 1, 2])
+    assert any(not torch.equal(a[k], b[k]) for a, b in zip(before, snapshot(moved)[1])
+               for k in a)
 
 
 def test_one_interface(small):
