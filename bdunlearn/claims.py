@@ -46,6 +46,9 @@ class Claim:
     in_readme: bool = True
     verdict: Callable[[dict, Mapping[str, float], bool], str] | None = field(default=None)
     headline: tuple[str, ...] | None = None  # the numbers given per seed with an interval
+    # a grid claim: the key of its numbers naming the setting it reports ("best"); per seed
+    # the headline is then measured on that one setting's rows, not each seed's own best
+    chosen: str | None = None
     table_name: str | None = None  # the results table it reads (default: its notebook's)
 
     @property
@@ -413,10 +416,13 @@ def _amnesiac_grid(t: pd.DataFrame) -> dict | None:
 
 
 def _fidelity(name, table, statement, paper, measure, holds, describe, thresholds,
-              asserted_at=(), headline=None) -> Claim:
+              asserted_at=(), headline=None, chosen=None) -> Claim:
+    """A notebook 06 claim; one without thresholds measures a question and is reported."""
+    graded = any(thresholds.values())
     return Claim(name, "06_fidelity", statement, paper, measure, holds, describe,
-                 thresholds, asserted_at, headline=headline, table_name=table,
-                 verdict=lambda m, t, ok: "holds" if ok else "does not hold")
+                 thresholds, asserted_at, headline=headline, table_name=table, chosen=chosen,
+                 verdict=lambda m, t, ok: ("reported (no threshold)" if not graded
+                                           else "holds" if ok else "does not hold"))
 
 
 FIDELITY = (
@@ -459,7 +465,7 @@ FIDELITY = (
                          f"{_pct(m['reduction'])} lower ({_points(0, -m['drop'])}); "
                          f"the paper's setting {_pct(m['paper_setting'])} lower"),
               _same(dict(paper_asr_reduction=0.99, max_acc_drop=BAERASER_MAX_ACC_DROP)),
-              headline=("reduction",)),
+              headline=("reduction",), chosen="best"),
     _fidelity("fidelity_amnesiac", "06_fidelity-amnesiac",
               "06: whether Amnesiac unlearning switches the backdoor on",
               "the backdoor appears under approximate unlearning", _amnesiac_grid,
@@ -473,7 +479,7 @@ FIDELITY = (
                             f"; fine-tuning alone as long (scale 0): ASR "
                             f"{_pct(m['control_asr'])} after")),
               _same(dict(min_asr_rise=0.3, max_acc_drop=AMNESIAC_MAX_ACC_DROP)),
-              headline=("rise",)),
+              headline=("rise",), chosen="best"),
 )
 
 
@@ -701,6 +707,9 @@ def whole_seeds(claim: Claim, table: pd.DataFrame) -> pd.DataFrame:
 def per_seed(claim: Claim, table: pd.DataFrame) -> str:
     """The claim's headline numbers over seeds: ``name mean [lo, hi]`` and ``n seeds``."""
     seeds = sorted(table.seed.unique()) if "seed" in table else []
+    if claim.chosen is not None and "setting" in table:
+        setting = (claim.measure(table) or {}).get(claim.chosen)
+        table = table[table.setting == setting] if setting is not None else table.iloc[:0]
     runs = [claim.measure(table[table.seed == s]) for s in seeds]
     runs = [leaves(m) for m in runs if m]
     if not runs:
@@ -713,7 +722,8 @@ def per_seed(claim: Claim, table: pd.DataFrame) -> str:
     for k in names:
         mean, lo, hi = interval([r[k] for r in runs if r.get(k) is not None])
         f = ("{:.3f}".format if k.startswith("auroc") else _pct
-             if any(w in k for w in ("asr", "acc", "reduction")) else "{:.4g}".format)
+             if any(w in k for w in ("asr", "acc", "reduction", "rise", "rate")) else
+             "{:.4g}".format)
         cells.append(f"{k} {f(mean)}" + ("" if lo is None else f" [{f(lo)}, {f(hi)}]")
                      + (f" (n={counts[k]})" if uneven else ""))
     return "; ".join(cells) + ("" if uneven else

@@ -159,3 +159,18 @@ def test_fidelity_grid_claims_on_constructed_tables():
     # the best setting is the strongest one within 2 points of accuracy, not the ruinous one
     assert (m["best"], m["reduction"], m["paper_setting"]) == ("strong", 0.995, 0.92)
     assert baeraser.holds(m, baeraser.thresholds["default"])
+
+
+def test_a_grid_claim_gives_its_chosen_setting_per_seed_not_each_seeds_best():
+    # "a" is best on average (95%); seed 1 alone would pick "b" (99%)
+    grid = pd.DataFrame({"setting": ["a", "b", "a", "b"], "seed": [0, 0, 1, 1],
+                         "asr_before": 1.0, "asr_after": [0.02, 0.50, 0.08, 0.01],
+                         "clean_acc_before": 0.9, "clean_acc_after": 0.9})
+    row = [r for r in claims.readme_rows({"06_fidelity-baeraser": grid}) if "BAERASER" in r[0]][0]
+    assert "best within 2 points of accuracy: a, ASR 95.0% lower" in row[2]
+    assert row[3].startswith("reduction 95.0% [") and row[3].endswith("(n=2 seeds)")
+    assert row[4] == "does not hold"
+    it = pd.DataFrame({"setting": "x", "seed": [0, 1], "requested": 15,
+                       "switched_on": [True, False]})
+    row = [r for r in claims.readme_rows({"06_fidelity-it": it}) if "input-targeted" in r[0]][0]
+    assert row[3].startswith("rate x 50.0% [") and row[4] == "reported (no threshold)"
