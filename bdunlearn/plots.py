@@ -530,7 +530,7 @@ def image_viewer(atk, classes):
 
 
 def bars(table: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: str,
-         rate: bool = True) -> Figure:
+         rate: bool = True, xlabel: str = "") -> Figure:
     """One bar chart of ``y`` per ``x`` (and ``hue``), means over seeds with their 95%
     t-interval, each bar labelled with its value (notebook 06's sections)."""
     _require(table, [x, y] + ([hue] if hue else []), "bars")
@@ -538,7 +538,7 @@ def bars(table: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: 
     sns.barplot(table, x=x, y=y, hue=hue, ax=ax, errorbar=seed_interval,
                 palette=PALETTE if hue else None)
     _label_bars(ax)
-    ax.set(title=title, xlabel="", ylabel=_name(y))
+    ax.set(title=title, xlabel=xlabel, ylabel=_name(y))
     if rate:
         _rate_axis(ax, top=1.15)
     if hue:

@@ -200,6 +200,19 @@ def show(table: pd.DataFrame, name: str) -> pd.DataFrame:
     return ex.over_seeds(table, ["setting", "requested"], ["asr", "clean_acc"])
 
 
+def amnesiac_knobs(table: pd.DataFrame) -> pd.DataFrame:
+    """The Amnesiac section's rows after the requests with each setting's knobs as text
+    columns (``finetune epochs``, ``scale``), for a figure by knob."""
+    def column(knob):  # ordered categories: bars and legend in increasing order
+        values = {k: v[knob] for k, v in AMNESIAC_GRID.items()}
+        levels = [f"{v:g}" for v in sorted(set(values.values()))]
+        return pd.Categorical([f"{v:g}" for v in values.values()], levels, ordered=True)
+
+    knobs = pd.DataFrame({"finetune epochs": column("finetune_epochs"),
+                          "scale": column("scale")}, index=list(AMNESIAC_GRID))
+    return table[table.requested > 0].join(knobs, on="setting")
+
+
 def neural_cleanse(table: pd.DataFrame) -> pd.DataFrame:
     """How often Neural Cleanse flags the target before any request, and flags a clean
     model at all (its false-positive rate), over seeds."""
