@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .config import PROFILES, RunConfig
-from .metrics import interval
+from .metrics import interval, proportion_interval
 
 ALL_PROFILES = tuple(PROFILES)
 
@@ -659,7 +659,7 @@ def readme_rows(tables: Mapping[str, pd.DataFrame], profile: str = "default"
 
     "measured here" is the claim measured over all seeds' rows (means over seeds);
     "per seed" gives the claim's headline numbers measured on each seed's rows alone as
-    the mean, its 95% t-interval and the number of seeds (:func:`per_seed`). Both use the
+    the mean, its 95% interval and the number of seeds (:func:`per_seed`). Both use the
     same seeds: those stored whole for the claim (:func:`whole_seeds`)."""
     from .store import provenance_groups
 
@@ -704,8 +704,16 @@ def whole_seeds(claim: Claim, table: pd.DataFrame) -> pd.DataFrame:
     return table[table.seed.isin(whole)] if whole else table
 
 
+def _yes_no(name: str, values: list[float]) -> bool:
+    """Whether ``values`` are one yes/no outcome per seed (a rate or a flag, each 0 or 1)."""
+    return (any(w in name for w in ("rate", "flagged"))
+            and all(v in (0.0, 1.0) for v in values))
+
+
 def per_seed(claim: Claim, table: pd.DataFrame) -> str:
-    """The claim's headline numbers over seeds: ``name mean [lo, hi]`` and ``n seeds``."""
+    """The claim's headline numbers over seeds: ``name mean [lo, hi]`` and ``n seeds``; the
+    interval is the 95% Student-t interval of the per-seed numbers, or, for a yes/no
+    outcome per seed (switched on, flagged), the 95% Wilson interval of the rate."""
     seeds = sorted(table.seed.unique()) if "seed" in table else []
     if claim.chosen is not None and "setting" in table:
         setting = (claim.measure(table) or {}).get(claim.chosen)
@@ -720,7 +728,11 @@ def per_seed(claim: Claim, table: pd.DataFrame) -> str:
     uneven = len(set(counts.values())) > 1  # then each number says its own n
     cells = []
     for k in names:
-        mean, lo, hi = interval([r[k] for r in runs if r.get(k) is not None])
+        values = [r[k] for r in runs if r.get(k) is not None]
+        if _yes_no(k, values):  # one yes/no outcome per seed: a Wilson interval
+            mean, lo, hi = proportion_interval(int(sum(values)), len(values))
+        else:
+            mean, lo, hi = interval(values)
         f = ("{:.3f}".format if k.startswith("auroc") else _pct
              if any(w in k for w in ("asr", "acc", "reduction", "rise", "rate")) else
              "{:.4g}".format)

@@ -99,3 +99,19 @@ def interval(values, confidence: float = 0.95) -> tuple[float, float | None, flo
     if ((v >= 0) & (v <= 1)).all():
         lo, hi = max(lo, 0.0), min(hi, 1.0)
     return mean, lo, hi
+
+
+def proportion_interval(successes: int, trials: int, confidence: float = 0.95
+                        ) -> tuple[float, float, float]:
+    """Rate and two-sided Wilson score interval of ``successes`` in ``trials`` yes/no
+    outcomes (one per seed: "switched on", "flagged"), where a t-interval over 0s and 1s
+    would leave [0, 1] or collapse to a point."""
+    from scipy import stats
+
+    trials = integer("trials", trials, 1)
+    successes = integer("successes", successes, 0, trials)
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * ((p * (1 - p) + z * z / (4 * trials)) / trials) ** 0.5 / (1 + z * z / trials)
+    return p, max(0.0, centre - half), min(1.0, centre + half)

@@ -19,7 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, PercentFormatter
 
-from .metrics import interval
+from .metrics import interval, proportion_interval
 
 PALETTE = "colorblind"
 PRINT_DPI = 200
@@ -56,6 +56,14 @@ def seed_interval(values) -> tuple[float, float]:
     the README's claim rows give it; a single seed draws no bar."""
     mean, lo, hi = interval(values)
     return (mean, mean) if lo is None else (lo, hi)
+
+
+def rate_interval(values) -> tuple[float, float]:
+    """Seaborn ``errorbar`` for one yes/no outcome per seed (0 or 1): the 95% Wilson
+    interval of the rate (:func:`metrics.proportion_interval`)."""
+    v = np.asarray(values, dtype=np.float64)
+    _, lo, hi = proportion_interval(int(v.sum()), len(v))
+    return lo, hi
 
 
 def _name(key) -> str:
@@ -251,11 +259,13 @@ def trajectory_slider(traj: pd.DataFrame, hue: str = "setting"):
                               f"(live in JupyterLab; the figure shows the last one)")
 
 
-def _seeds_title(fig, table: pd.DataFrame) -> None:
-    """Say how many seeds stand behind a figure (bars and bands: 95% t-intervals)."""
+def _seeds_title(fig, table: pd.DataFrame, kind: str = "t-interval") -> None:
+    """Say how many seeds stand behind a figure (bars and bands: 95% t-intervals, or
+    Wilson intervals for a yes/no outcome per seed)."""
     n = table.seed.nunique() if "seed" in table else 1
-    fig.suptitle(f"mean over {n} seed{'s' * (n != 1)}"
-                 + (", 95% t-interval" if n > 1 else ""), fontsize=8, x=0.99, ha="right")
+    fig.suptitle(f"{'rate' if kind.startswith('Wilson') else 'mean'} over {n} "
+                 f"seed{'s' * (n != 1)}" + (f", 95% {kind}" if n > 1 else ""), fontsize=8,
+                 x=0.99, ha="right")
 
 
 def defense_cost(overhead: pd.DataFrame, traj: pd.DataFrame) -> Figure:
@@ -530,12 +540,16 @@ def image_viewer(atk, classes):
 
 
 def bars(table: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: str,
-         rate: bool = True, xlabel: str = "") -> Figure:
+         rate: bool = True, xlabel: str = "", yes_no: bool = False) -> Figure:
     """One bar chart of ``y`` per ``x`` (and ``hue``), means over seeds with their 95%
-    t-interval, each bar labelled with its value (notebook 06's sections)."""
+    t-interval, each bar labelled with its value (notebook 06's sections). ``yes_no``:
+    ``y`` is one 0/1 outcome per seed, drawn as a rate with its Wilson interval."""
     _require(table, [x, y] + ([hue] if hue else []), "bars")
+    if yes_no and not table[y].isin([0, 1]).all():
+        raise ValueError(f"bars: column {y!r} must hold only 0 and 1 when yes_no is set")
     fig, ax = plt.subplots(figsize=(7.5, 3.4), layout="constrained")
-    sns.barplot(table, x=x, y=y, hue=hue, ax=ax, errorbar=seed_interval,
+    sns.barplot(table, x=x, y=y, hue=hue, ax=ax,
+                errorbar=rate_interval if yes_no else seed_interval,
                 palette=PALETTE if hue else None)
     _label_bars(ax)
     ax.set(title=title, xlabel=xlabel, ylabel=_name(y))
@@ -544,7 +558,7 @@ def bars(table: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: 
     if hue:
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title=_name(hue))
     ax.tick_params(axis="x", labelsize=8)
-    _seeds_title(fig, table)
+    _seeds_title(fig, table, "Wilson interval" if yes_no else "t-interval")
     return fig
 
 

@@ -43,7 +43,7 @@ def table(results: Path) -> str:
     rows = claims.readme_rows(tables, profile)
     if not rows:
         return "_No results yet: run `make reproduce`._"
-    lines = ["| claim | paper | measured here (mean over seeds) | per seed: mean [95% t-interval] "
+    lines = ["| claim | paper | measured here (mean over seeds) | per seed: mean [95% interval] "
              "| verdict |", "|---|---|---|---|---|"]
     lines += [f"| {c} | {p} | {m} | {s} | {v} |" for c, p, m, s, v in rows]
     lines += ["", provenance_line(tables)]

@@ -174,3 +174,17 @@ def test_a_grid_claim_gives_its_chosen_setting_per_seed_not_each_seeds_best():
                        "switched_on": [True, False]})
     row = [r for r in claims.readme_rows({"06_fidelity-it": it}) if "input-targeted" in r[0]][0]
     assert row[3].startswith("rate x 50.0% [") and row[4] == "reported (no threshold)"
+
+
+def test_a_yes_no_outcome_per_seed_gets_a_wilson_interval():
+    # 2 of 10 seeds switched on: the t-interval over 0s and 1s would be [0%, 50.2%];
+    # Wilson's is [5.7%, 51.0%] (the textbook value for 2 of 10)
+    it = pd.DataFrame({"setting": "x", "seed": range(10), "requested": 15,
+                       "switched_on": [s in (5, 8) for s in range(10)]})
+    row = [r for r in claims.readme_rows({"06_fidelity-it": it}) if "input-targeted" in r[0]][0]
+    assert row[3] == "rate x 20.0% [5.7%, 51.0%] (n=10 seeds)"
+    rate, lo, hi = claims.proportion_interval(10, 10)
+    assert rate == 1.0 and hi == pytest.approx(1.0) and round(lo, 3) == 0.722
+    # a number that only happens to be 0 or 1 in every seed (an ASR) keeps its t-interval
+    assert not claims._yes_no("asr_after", [1.0, 1.0, 1.0])
+    assert claims._yes_no("rate", [0.0, 1.0]) and not claims._yes_no("rate", [0.5, 1.0])

@@ -204,3 +204,16 @@ def test_image_viewer_switches_roles_and_carries_a_static_image():
     poison_png = bytes(image.value)
     role.value = "mitigation"
     assert bytes(image.value) != poison_png
+
+
+def test_yes_no_bars_draw_the_wilson_interval_of_the_rate():
+    # 2 of 10 seeds switched on: Wilson [5.7%, 51.0%], where a t-interval would reach 0
+    rate = pd.DataFrame({"setting": "x", "seed": range(10),
+                         "switched_on": [float(s in (5, 8)) for s in range(10)]})
+    fig = plots.bars(rate, "setting", "switched_on", title="t", yes_no=True)
+    low, high = sorted(fig.axes[0].lines[0].get_ydata())
+    assert (round(low, 3), round(high, 3)) == (0.057, 0.51)
+    assert "rate over 10 seeds, 95% Wilson interval" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        plots.bars(rate.assign(switched_on=0.5), "setting", "switched_on", title="t",
+                   yes_no=True)

@@ -28,6 +28,7 @@ import pandas as pd
 from .. import detect
 from .. import experiment as ex
 from ..claims import SWITCH_AFTER, SWITCH_BEFORE
+from ..metrics import proportion_interval
 from ..train import predict
 from . import COMMON, MEASURED, Need, Run
 
@@ -190,9 +191,14 @@ def show(table: pd.DataFrame, name: str) -> pd.DataFrame:
         cols = [c for c in ("asr", "clean_acc", "mu_auroc", "sms_auroc") if c in table]
         return ex.over_seeds(table, ["variant", "shards", "epochs", "requested"], cols)
     if name == IT:
-        per = table.groupby(["setting", "seed"]).switched_on.first().groupby("setting")
-        return pd.DataFrame({"switched on": per.sum(), "seeds": per.size(),
-                             "rate": per.mean().round(3)})
+        per = table.groupby(["setting", "seed"]).switched_on.first().astype(bool)
+        rows = {}
+        for setting, on in per.groupby("setting"):
+            rate, lo, hi = proportion_interval(int(on.sum()), len(on))
+            rows[setting] = {"switched on": int(on.sum()), "seeds": len(on),
+                             "rate": round(rate, 3),
+                             "rate 95% CI (Wilson)": f"[{lo:.3f}, {hi:.3f}]"}
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("setting")
     if name == BAERASER:
         return ex.over_seeds(table.assign(reduction=1 - table.asr_after
                                           / table.asr_before.clip(lower=1e-9)),
