@@ -362,13 +362,66 @@ def _nc_scan(t: pd.DataFrame) -> dict | None:
 
 
 def _epochs(t: pd.DataFrame) -> dict | None:
-    d = t[(t.variant == "bn") & (t.shards == t.shards.min())] if "variant" in t else t.iloc[:0]
-    if d.empty or d.epochs.nunique() < 2:
+    """Per epoch count: what the verdicts of notebooks 01, 02 and 04 rest on (the BN and
+    IT attacks at the fewest shards, BN's final ASR and MU AUROC at each shard count)."""
+    if "epochs" not in t or t.epochs.nunique() < 2:
         return None
-    last = d[d.requested > 0].groupby("epochs").asr.mean()
-    mu = d[d.requested == 0].groupby("epochs").mu_auroc.mean()
-    return {"final_asr": {int(e): float(v) for e, v in last.items()},
-            "mu": {int(e): float(v) for e, v in mu.items()}}
+    out = {}
+    for e, d in t.groupby("epochs"):
+        g = d.groupby(["variant", "shards", "requested"])[["asr", "clean_acc"]].mean()
+        if "bn" not in g.index.get_level_values(0):
+            return None
+        m = {}
+        for v in g.index.get_level_values(0).unique():
+            fewest = g.loc[v].index.get_level_values(0).min()
+            rows = g.loc[(v, fewest)]
+            m[v] = {"asr_before": float(rows.asr.iloc[0]), "asr_after": float(rows.asr.iloc[-1]),
+                    "acc_before": float(rows.clean_acc.iloc[0]),
+                    "acc_after": float(rows.clean_acc.iloc[-1])}
+        bn = d[d.variant == "bn"]
+        m["final_asr"] = {int(k): float(x) for k, x in
+                          bn[bn.requested == bn.requested.max()].groupby("shards").asr.mean()
+                          .items()}
+        m["mu"] = {int(k): float(x) for k, x in bn.groupby("shards").mu_auroc.mean().items()}
+        out[int(e)] = m
+    # the headline given per seed: BN's final ASR and MU AUROC at the fewest shards
+    return {"by_epochs": out,
+            "bn asr_after": {f"{e} epochs": n["bn"]["asr_after"] for e, n in out.items()},
+            "mu_auroc": {f"{e} epochs": next(iter(n["mu"].values())) for e, n in out.items()}}
+
+
+def _epochs_verdicts(m: dict, t: Mapping[str, float]) -> dict[str, dict[int, bool]]:
+    """Each verdict the epoch count could change, per epoch count, at thresholds ``t``."""
+    mu = {k[3:]: v for k, v in t.items() if k.startswith("mu_")}
+    out: dict[str, dict[int, bool]] = {}
+    for e, n in m["by_epochs"].items():
+        checks = {"BN switches on": _switch_holds(n["bn"], t)}
+        if "it" in n:
+            checks["IT switches on"] = _switch_holds(n["it"], t)
+        if len(n["final_asr"]) > 1:
+            checks["sharding makes it harder"] = _sharding_holds(n, t)
+        auroc = list(n["mu"].values())
+        checks["MU detects"] = _auroc_holds({"fewest": auroc[0], "most": auroc[-1]}, mu)
+        for name, ok in checks.items():
+            out.setdefault(name, {})[e] = ok
+    return out
+
+
+def _epochs_verdict(m: dict, t: Mapping[str, float], ok: bool) -> str:
+    changed = [name + " (" + ", ".join(f"{e} epochs: {'yes' if v else 'no'}"
+                                       for e, v in by.items()) + ")"
+               for name, by in _epochs_verdicts(m, t).items() if len(set(by.values())) > 1]
+    return "no verdict changes" if not changed else "changes: " + "; ".join(changed)
+
+
+def _epochs_describe(m: dict) -> str:
+    return "; ".join(
+        f"{e} epochs: BN ASR {_pct(n['bn']['asr_before'])} -> {_pct(n['bn']['asr_after'])}"
+        + (f", IT {_pct(n['it']['asr_before'])} -> {_pct(n['it']['asr_after'])}"
+           if "it" in n else "")
+        + ", BN final ASR " + ", ".join(f"S={k}: {_pct(x)}" for k, x in n["final_asr"].items())
+        + ", MU AUROC " + ", ".join(f"S={k}: {x:.3f}" for k, x in n["mu"].items())
+        for e, n in m["by_epochs"].items())
 
 
 def _it_rate(t: pd.DataFrame) -> dict | None:
@@ -444,13 +497,12 @@ FIDELITY = (
                          f"flags a clean model of the same seed in "
                          f"{_pct(m['clean_flagged'])}"),
               _same({}), headline=("target_flagged", "clean_flagged")),
-    _fidelity("fidelity_epochs", "06_fidelity-epochs",
-              "06: 20 or 100 training epochs", "the authors' scripts: 20 by default, "
-              "100 for the detection experiments", _epochs, lambda m, t: True,
-              lambda m: "; ".join(f"{e} epochs: final ASR {_pct(m['final_asr'][e])}, MU "
-                                  f"AUROC {m['mu'].get(e, float('nan')):.3f}"
-                                  for e in m["final_asr"]),
-              _same({}), headline=("final_asr", "mu")),
+    Claim("fidelity_epochs", "06_fidelity", "06: 20 or 100 training epochs",
+          "the authors' scripts: 20 by default, 100 for the detection experiments", _epochs,
+          lambda m, t: _epochs_verdict(m, t, True) == "no verdict changes", _epochs_describe,
+          {p: {**_SWITCH[p], **{f"mu_{k}": v for k, v in _AUROC["mu"][p].items()}}
+           for p in ALL_PROFILES}, (), table_name="06_fidelity-epochs",
+          verdict=_epochs_verdict, headline=("bn asr_after", "mu_auroc")),
     _fidelity("fidelity_it", "06_fidelity-it",
               "06: how often the input-targeted attack switches on",
               "switched on: ASR <= 20% before, >= 80% after", _it_rate,
@@ -733,7 +785,7 @@ def per_seed(claim: Claim, table: pd.DataFrame) -> str:
             mean, lo, hi = proportion_interval(int(sum(values)), len(values))
         else:
             mean, lo, hi = interval(values)
-        f = ("{:.3f}".format if k.startswith("auroc") else _pct
+        f = ("{:.3f}".format if "auroc" in k else _pct
              if any(w in k for w in ("asr", "acc", "reduction", "rise", "rate")) else
              "{:.4g}".format)
         cells.append(f"{k} {f(mean)}" + ("" if lo is None else f" [{f(lo)}, {f(hi)}]")

@@ -188,3 +188,33 @@ def test_a_yes_no_outcome_per_seed_gets_a_wilson_interval():
     # a number that only happens to be 0 or 1 in every seed (an ASR) keeps its t-interval
     assert not claims._yes_no("asr_after", [1.0, 1.0, 1.0])
     assert claims._yes_no("rate", [0.0, 1.0]) and not claims._yes_no("rate", [0.5, 1.0])
+
+
+def test_the_epochs_claim_names_each_verdict_the_longer_training_changes():
+    def rows(epochs, seed, asr_after, mu):
+        out = []
+        for v, n in (("bn", 300), ("it", 15)):
+            for shards, after, auroc in ((1, asr_after, mu), (5, asr_after / 2, mu - 0.05)):
+                out += [{"epochs": epochs, "seed": seed, "variant": v, "shards": shards,
+                         "requested": 0, "asr": 0.02, "clean_acc": 0.90,
+                         "mu_auroc": auroc if v == "bn" else 0.5},
+                        {"epochs": epochs, "seed": seed, "variant": v, "shards": shards,
+                         "requested": n, "asr": after if v == "bn" else 0.0,
+                         "clean_acc": 0.90, "mu_auroc": float("nan")}]
+        return out
+    t = pd.DataFrame([r for s in (0, 1)
+                      for r in rows(20, s, 0.98, 0.72) + rows(100, s, 0.97, 0.60)])
+    claim = claims.get("fidelity_epochs")
+    m = claim.measure(t)
+    # MU's bar at default is 0.65: met at 20 epochs, missed at 100; the switch holds at both
+    assert claim.judge(m, "default") == "changes: MU detects (20 epochs: yes, 100 epochs: no)"
+    assert claim.judge(m, "smoke") == "no verdict changes"  # smoke's MU bar is 0.60
+    same = t.assign(mu_auroc=t.mu_auroc.where(t.epochs == 20, t.mu_auroc + 0.12))
+    assert claim.judge(claim.measure(same), "default") == "no verdict changes"
+    row = [r for r in claims.readme_rows({"06_fidelity-epochs": t}) if "epochs" in r[0]][0]
+    assert "100 epochs: BN ASR 2.0% -> 97.0%, IT 2.0% -> 0.0%" in row[2]
+    assert row[3] == ("bn asr_after 20 epochs 98.0% [98.0%, 98.0%]; bn asr_after 100 epochs "
+                      "97.0% [97.0%, 97.0%]; mu_auroc 20 epochs 0.720 [0.720, 0.720]; "
+                      "mu_auroc 100 epochs 0.600 [0.600, 0.600] (n=2 seeds)")
+    # one epoch count alone measures nothing
+    assert claim.measure(t[t.epochs == 20]) is None
