@@ -50,6 +50,9 @@ class Claim:
     # the headline is then measured on that one setting's rows, not each seed's own best
     chosen: str | None = None
     table_name: str | None = None  # the results table it reads (default: its notebook's)
+    # each number rests on its own rows (one rate per setting): a seed need not hold all
+    # of them to count, and each number says its own seed count (see whole_seeds)
+    independent: bool = False
 
     @property
     def table(self) -> str:
@@ -429,7 +432,7 @@ def _it_rate(t: pd.DataFrame) -> dict | None:
         return None
     rate = t.groupby(["setting", "seed"]).switched_on.first().astype(bool).groupby("setting")
     return {"rate": {k: float(v) for k, v in rate.mean().items()},
-            "seeds": int(t.seed.nunique())}
+            "seeds": {k: int(v) for k, v in rate.size().items()}}
 
 
 def _baeraser_grid(t: pd.DataFrame) -> dict | None:
@@ -469,11 +472,12 @@ def _amnesiac_grid(t: pd.DataFrame) -> dict | None:
 
 
 def _fidelity(name, table, statement, paper, measure, holds, describe, thresholds,
-              asserted_at=(), headline=None, chosen=None) -> Claim:
+              asserted_at=(), headline=None, chosen=None, independent=False) -> Claim:
     """A notebook 06 claim; one without thresholds measures a question and is reported."""
     graded = any(thresholds.values())
     return Claim(name, "06_fidelity", statement, paper, measure, holds, describe,
                  thresholds, asserted_at, headline=headline, table_name=table, chosen=chosen,
+                 independent=independent,
                  verdict=lambda m, t, ok: ("reported (no threshold)" if not graded
                                            else "holds" if ok else "does not hold"))
 
@@ -507,8 +511,9 @@ FIDELITY = (
               "06: how often the input-targeted attack switches on",
               "switched on: ASR <= 20% before, >= 80% after", _it_rate,
               lambda m, t: True,
-              lambda m: "; ".join(f"{k}: {_pct(v)}" for k, v in m["rate"].items())
-              + f" of {m['seeds']} seeds", _same({}), headline=("rate",)),
+              lambda m: "; ".join(f"{k}: {_pct(v)} of {m['seeds'][k]} seed"
+                                  + "s" * (m["seeds"][k] != 1) for k, v in m["rate"].items()),
+              _same({}), headline=("rate",), independent=True),
     _fidelity("fidelity_baeraser", "06_fidelity-baeraser",
               "06: BAERASER's knobs on the classical BadNets model",
               "ASR lowered by 99% on average, clean accuracy kept", _baeraser_grid,
@@ -721,7 +726,8 @@ def readme_rows(tables: Mapping[str, pd.DataFrame], profile: str = "default"
             continue
         groups = provenance_groups(tables[claim.table])
         for label, table in groups:
-            table = whole_seeds(claim, table)
+            if not claim.independent:
+                table = whole_seeds(claim, table)
             numbers = None if table.empty else claim.measure(table)
             if numbers is None:
                 continue
@@ -747,7 +753,8 @@ def whole_seeds(claim: Claim, table: pd.DataFrame) -> pd.DataFrame:
     """The rows of the seeds whose own rows give every number the whole table gives for
     ``claim`` (a seed half stored, such as one shard count of three, is left out, so the
     mean over rows and the mean over seeds rest on the same seeds); all rows when no seed
-    is whole or the table has no seed column."""
+    is whole or the table has no seed column. Not used for a claim whose numbers are
+    ``independent`` (each on its own rows, with its own seed count)."""
     if table.empty or "seed" not in table:
         return table
     every = set(leaves(claim.measure(table) or {}))

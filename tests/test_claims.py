@@ -183,6 +183,13 @@ def test_a_yes_no_outcome_per_seed_gets_a_wilson_interval():
                        "switched_on": [s in (5, 8) for s in range(10)]})
     row = [r for r in claims.readme_rows({"06_fidelity-it": it}) if "input-targeted" in r[0]][0]
     assert row[3] == "rate x 20.0% [5.7%, 51.0%] (n=10 seeds)"
+    # a setting stored for fewer seeds leaves the others' seeds alone and says its own n
+    more = pd.concat([it, pd.DataFrame({"setting": "y", "seed": [0, 1, 2], "requested": 15,
+                                        "switched_on": [True, True, False]})])
+    row = [r for r in claims.readme_rows({"06_fidelity-it": more})
+           if "input-targeted" in r[0]][0]
+    assert row[2] == "x: 20.0% of 10 seeds; y: 66.7% of 3 seeds"
+    assert row[3] == "rate x 20.0% [5.7%, 51.0%] (n=10); rate y 66.7% [20.8%, 93.9%] (n=3)"
     rate, lo, hi = claims.proportion_interval(10, 10)
     assert rate == 1.0 and hi == pytest.approx(1.0) and round(lo, 3) == 0.722
     # a number that only happens to be 0 or 1 in every seed (an ASR) keeps its t-interval
