@@ -366,8 +366,13 @@ def _nc_scan(t: pd.DataFrame) -> dict | None:
 
 def _epochs(t: pd.DataFrame) -> dict | None:
     """Per epoch count: what the verdicts of notebooks 01, 02 and 04 rest on (the BN and
-    IT attacks at the fewest shards, BN's final ASR and MU AUROC at each shard count)."""
+    IT attacks at the fewest shards, BN's final ASR and MU AUROC at each shard count),
+    on the seeds stored at every epoch count (a paired comparison)."""
     if "epochs" not in t or t.epochs.nunique() < 2:
+        return None
+    seeds = set.intersection(*(set(d.seed) for _, d in t.groupby("epochs")))
+    t = t[t.seed.isin(seeds)]
+    if t.empty:
         return None
     out = {}
     for e, d in t.groupby("epochs"):
@@ -388,7 +393,7 @@ def _epochs(t: pd.DataFrame) -> dict | None:
         m["mu"] = {int(k): float(x) for k, x in bn.groupby("shards").mu_auroc.mean().items()}
         out[int(e)] = m
     # the headline given per seed: BN's final ASR and MU AUROC at the fewest shards
-    return {"by_epochs": out,
+    return {"by_epochs": out, "seeds": len(seeds),
             "bn asr_after": {f"{e} epochs": n["bn"]["asr_after"] for e, n in out.items()},
             "mu_auroc": {f"{e} epochs": next(iter(n["mu"].values())) for e, n in out.items()}}
 
@@ -418,7 +423,7 @@ def _epochs_verdict(m: dict, t: Mapping[str, float], ok: bool) -> str:
 
 
 def _epochs_describe(m: dict) -> str:
-    return "; ".join(
+    return f"{m['seeds']} seed{'s' * (m['seeds'] != 1)} at both: " + "; ".join(
         f"{e} epochs: BN ASR {_pct(n['bn']['asr_before'])} -> {_pct(n['bn']['asr_after'])}"
         + (f", IT {_pct(n['it']['asr_before'])} -> {_pct(n['it']['asr_after'])}"
            if "it" in n else "")

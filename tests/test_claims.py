@@ -219,9 +219,13 @@ def test_the_epochs_claim_names_each_verdict_the_longer_training_changes():
     same = t.assign(mu_auroc=t.mu_auroc.where(t.epochs == 20, t.mu_auroc + 0.12))
     assert claim.judge(claim.measure(same), "default") == "no verdict changes"
     row = [r for r in claims.readme_rows({"06_fidelity-epochs": t}) if "epochs" in r[0]][0]
+    assert row[2].startswith("2 seeds at both: 20 epochs: BN ASR 2.0% -> 98.0%")
     assert "100 epochs: BN ASR 2.0% -> 97.0%, IT 2.0% -> 0.0%" in row[2]
     assert row[3] == ("bn asr_after 20 epochs 98.0% [98.0%, 98.0%]; bn asr_after 100 epochs "
                       "97.0% [97.0%, 97.0%]; mu_auroc 20 epochs 0.720 [0.720, 0.720]; "
                       "mu_auroc 100 epochs 0.600 [0.600, 0.600] (n=2 seeds)")
+    # a seed stored at one epoch count only is left out: the comparison is paired
+    extra = pd.DataFrame(rows(20, 2, 0.10, 0.99))
+    assert claim.measure(pd.concat([t, extra])) == m
     # one epoch count alone measures nothing
     assert claim.measure(t[t.epochs == 20]) is None
