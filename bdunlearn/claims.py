@@ -797,9 +797,9 @@ def per_seed(claim: Claim, table: pd.DataFrame) -> str:
             mean, lo, hi = proportion_interval(int(sum(values)), len(values))
         else:
             mean, lo, hi = interval(values)
-        f = ("{:.3f}".format if "auroc" in k else _pct
-             if any(w in k for w in ("asr", "acc", "reduction", "rise", "rate")) else
-             "{:.4g}".format)
+        percent = ("asr", "acc", "reduction", "rise", "rate", "flagged")
+        f = ("{:.3f}".format if "auroc" in k else _pct if any(w in k for w in percent)
+             else "{:.4g}".format)
         cells.append(f"{k} {f(mean)}" + ("" if lo is None else f" [{f(lo)}, {f(hi)}]")
                      + (f" (n={counts[k]})" if uneven else ""))
     return "; ".join(cells) + ("" if uneven else

@@ -259,13 +259,16 @@ def trajectory_slider(traj: pd.DataFrame, hue: str = "setting"):
                               f"(live in JupyterLab; the figure shows the last one)")
 
 
-def _seeds_title(fig, table: pd.DataFrame, kind: str = "t-interval") -> None:
+def _seeds_title(fig, table: pd.DataFrame, kind: str = "t-interval",
+                 groups: list[str] | None = None) -> None:
     """Say how many seeds stand behind a figure (bars and bands: 95% t-intervals, or
-    Wilson intervals for a yes/no outcome per seed)."""
+    Wilson intervals for a yes/no outcome per seed); with ``groups`` (a bar's columns),
+    a range when bars rest on different seed counts."""
     n = table.seed.nunique() if "seed" in table else 1
-    fig.suptitle(f"{'rate' if kind.startswith('Wilson') else 'mean'} over {n} "
-                 f"seed{'s' * (n != 1)}" + (f", 95% {kind}" if n > 1 else ""), fontsize=8,
-                 x=0.99, ha="right")
+    low = table.groupby(groups).seed.nunique().min() if groups and "seed" in table else n
+    count = f"{low}-{n} seeds per bar" if low < n else f"{n} seed{'s' * (n != 1)}"
+    fig.suptitle(f"{'rate' if kind.startswith('Wilson') else 'mean'} over {count}"
+                 + (f", 95% {kind}" if n > 1 else ""), fontsize=8, x=0.99, ha="right")
 
 
 def defense_cost(overhead: pd.DataFrame, traj: pd.DataFrame) -> Figure:
@@ -558,7 +561,8 @@ def bars(table: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: 
     if hue:
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title=_name(hue))
     ax.tick_params(axis="x", labelsize=8)
-    _seeds_title(fig, table, "Wilson interval" if yes_no else "t-interval")
+    _seeds_title(fig, table, "Wilson interval" if yes_no else "t-interval",
+                 [x] + ([hue] if hue else []))
     return fig
 
 

@@ -217,3 +217,12 @@ def test_yes_no_bars_draw_the_wilson_interval_of_the_rate():
     with pytest.raises(ValueError, match="only 0 and 1"):
         plots.bars(rate.assign(switched_on=0.5), "setting", "switched_on", title="t",
                    yes_no=True)
+
+
+def test_bars_on_different_seed_counts_say_so():
+    table = pd.DataFrame({"setting": ["a", "a", "a", "b"], "seed": [0, 1, 2, 0],
+                          "asr": [0.9, 0.8, 0.7, 0.5]})
+    fig = plots.bars(table, "setting", "asr", title="t")
+    assert fig._suptitle.get_text() == "mean over 1-3 seeds per bar, 95% t-interval"
+    fig = plots.bars(table[table.setting == "a"], "setting", "asr", title="t")
+    assert fig._suptitle.get_text() == "mean over 3 seeds, 95% t-interval"
