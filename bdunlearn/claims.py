@@ -722,7 +722,8 @@ def readme_rows(tables: Mapping[str, pd.DataFrame], profile: str = "default"
     "measured here" is the claim measured over all seeds' rows (means over seeds);
     "per seed" gives the claim's headline numbers measured on each seed's rows alone as
     the mean, its 95% interval and the number of seeds (:func:`per_seed`). Both use the
-    same seeds: those stored whole for the claim (:func:`whole_seeds`)."""
+    same seeds: those stored whole for the claim (:func:`whole_seeds`), or, for a claim
+    with ``independent`` numbers, every seed stored for each number."""
     from .store import provenance_groups
 
     rows = []
