@@ -376,16 +376,10 @@ def _epochs(t: pd.DataFrame) -> dict | None:
         return None
     out = {}
     for e, d in t.groupby("epochs"):
-        g = d.groupby(["variant", "shards", "requested"])[["asr", "clean_acc"]].mean()
-        if "bn" not in g.index.get_level_values(0):
+        if "bn" not in set(d.variant):
             return None
-        m = {}
-        for v in g.index.get_level_values(0).unique():
-            fewest = g.loc[v].index.get_level_values(0).min()
-            rows = g.loc[(v, fewest)]
-            m[v] = {"asr_before": float(rows.asr.iloc[0]), "asr_after": float(rows.asr.iloc[-1]),
-                    "acc_before": float(rows.clean_acc.iloc[0]),
-                    "acc_after": float(rows.clean_acc.iloc[-1])}
+        m = {v: _switch_measure(v)(rows[rows.shards == rows.shards.min()])
+             for v, rows in d.groupby("variant")}
         bn = d[d.variant == "bn"]
         m["final_asr"] = {int(k): float(x) for k, x in
                           bn[bn.requested == bn.requested.max()].groupby("shards").asr.mean()
