@@ -367,10 +367,14 @@ def _nc_scan(t: pd.DataFrame) -> dict | None:
 def _epochs(t: pd.DataFrame) -> dict | None:
     """Per epoch count: what the verdicts of notebooks 01, 02 and 04 rest on (the BN and
     IT attacks at the fewest shards, BN's final ASR and MU AUROC at each shard count),
-    on the seeds stored at every epoch count (a paired comparison)."""
+    on the seeds stored in every cell (variant x shards) at every epoch count: a paired
+    comparison, which a seed half stored at one epoch count would unbalance."""
     if "epochs" not in t or t.epochs.nunique() < 2:
         return None
-    seeds = set.intersection(*(set(d.seed) for _, d in t.groupby("epochs")))
+    cell = ["epochs", "variant", "shards"]
+    every = set(map(tuple, t[cell].drop_duplicates().values.tolist()))
+    seeds = {s for s, d in t.groupby("seed")
+             if set(map(tuple, d[cell].drop_duplicates().values.tolist())) >= every}
     t = t[t.seed.isin(seeds)]
     if t.empty:
         return None
@@ -426,7 +430,9 @@ def _epochs_describe(m: dict) -> str:
         for e, n in m["by_epochs"].items())
 
 
-def _it_rate(t: pd.DataFrame) -> dict | None:
+def switch_rate(t: pd.DataFrame) -> dict | None:
+    """Per setting of an IT table: the share of seeds whose run switched on, and how many
+    seeds that share rests on."""
     if "switched_on" not in t:
         return None
     rate = t.groupby(["setting", "seed"]).switched_on.first().astype(bool).groupby("setting")
@@ -508,7 +514,7 @@ FIDELITY = (
           verdict=_epochs_verdict, headline=("bn asr_after", "mu_auroc")),
     _fidelity("fidelity_it", "06_fidelity-it",
               "06: how often the input-targeted attack switches on",
-              "switched on: ASR <= 20% before, >= 80% after", _it_rate,
+              "switched on: ASR <= 20% before, >= 80% after", switch_rate,
               lambda m, t: True,
               lambda m: "; ".join(f"{k}: {_pct(v)} of {m['seeds'][k]} seed"
                                   + "s" * (m["seeds"][k] != 1) for k, v in m["rate"].items()),

@@ -227,5 +227,9 @@ def test_the_epochs_claim_names_each_verdict_the_longer_training_changes():
     # a seed stored at one epoch count only is left out: the comparison is paired
     extra = pd.DataFrame(rows(20, 2, 0.10, 0.99))
     assert claim.measure(pd.concat([t, extra])) == m
+    # so is a seed stored at both counts but in some cells only (BN exact at 100 epochs)
+    half = pd.DataFrame([r for r in rows(20, 3, 0.10, 0.99) + rows(100, 3, 0.10, 0.99)
+                         if r["epochs"] == 20 or (r["variant"], r["shards"]) == ("bn", 1)])
+    assert claim.measure(pd.concat([t, half])) == m
     # one epoch count alone measures nothing
     assert claim.measure(t[t.epochs == 20]) is None

@@ -27,7 +27,7 @@ import pandas as pd
 
 from .. import detect
 from .. import experiment as ex
-from ..claims import SWITCH_AFTER, SWITCH_BEFORE
+from ..claims import SWITCH_AFTER, SWITCH_BEFORE, switch_rate
 from ..metrics import proportion_interval
 from ..train import predict
 from . import COMMON, MEASURED, Need, Run
@@ -191,12 +191,11 @@ def show(table: pd.DataFrame, name: str) -> pd.DataFrame:
         cols = [c for c in ("asr", "clean_acc", "mu_auroc", "sms_auroc") if c in table]
         return ex.over_seeds(table, ["variant", "shards", "epochs", "requested"], cols)
     if name == IT:
-        per = table.groupby(["setting", "seed"]).switched_on.first().astype(bool)
-        rows = {}
-        for setting, on in per.groupby("setting"):
-            rate, lo, hi = proportion_interval(int(on.sum()), len(on))
-            rows[setting] = {"switched on": int(on.sum()), "seeds": len(on),
-                             "rate": round(rate, 3),
+        m, rows = switch_rate(table), {}
+        for setting, n in m["seeds"].items():
+            on = round(m["rate"][setting] * n)
+            rate, lo, hi = proportion_interval(on, n)
+            rows[setting] = {"switched on": on, "seeds": n, "rate": round(rate, 3),
                              "rate 95% CI (Wilson)": f"[{lo:.3f}, {hi:.3f}]"}
         return pd.DataFrame.from_dict(rows, orient="index").rename_axis("setting")
     if name == BAERASER:
