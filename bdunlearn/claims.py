@@ -389,6 +389,10 @@ def _epochs(t: pd.DataFrame) -> dict | None:
                           bn[bn.requested == bn.requested.max()].groupby("shards").asr.mean()
                           .items()}
         m["mu"] = {int(k): float(x) for k, x in bn.groupby("shards").mu_auroc.mean().items()}
+        it = d[d.variant == "it"].sort_values("requested").groupby(["shards", "seed"]).asr
+        if len(it):  # IT seed by seed (the mean hides a seed fitted before the requests)
+            on = (it.first() <= SWITCH_BEFORE) & (it.last() >= SWITCH_AFTER)
+            m["it_switched"] = {int(k): int(x) for k, x in on.groupby("shards").sum().items()}
         out[int(e)] = m
     # the headline given per seed: BN's final ASR and MU AUROC at the fewest shards
     return {"by_epochs": out, "seeds": len(seeds),
@@ -423,8 +427,9 @@ def _epochs_verdict(m: dict, t: Mapping[str, float], ok: bool) -> str:
 def _epochs_describe(m: dict) -> str:
     return f"{m['seeds']} seed{'s' * (m['seeds'] != 1)} at both: " + "; ".join(
         f"{e} epochs: BN ASR {_pct(n['bn']['asr_before'])} -> {_pct(n['bn']['asr_after'])}"
-        + (f", IT {_pct(n['it']['asr_before'])} -> {_pct(n['it']['asr_after'])}"
-           if "it" in n else "")
+        + (f", IT {_pct(n['it']['asr_before'])} -> {_pct(n['it']['asr_after'])} (switched on"
+           " in " + ", ".join(f"S={k}: {x}" for k, x in n["it_switched"].items())
+           + f" of {m['seeds']})" if "it" in n else "")
         + ", BN final ASR " + ", ".join(f"S={k}: {_pct(x)}" for k, x in n["final_asr"].items())
         + ", MU AUROC " + ", ".join(f"S={k}: {x:.3f}" for k, x in n["mu"].items())
         for e, n in m["by_epochs"].items())
@@ -692,6 +697,8 @@ def check(name: str, table: pd.DataFrame, run: RunConfig | str) -> dict:
         if others:
             print(f"{name}: {others} stored rows of another precision or device are shown "
                   "apart (results CSV), not pooled here")
+    if not claim.independent:  # the seeds the README row rests on
+        table = whole_seeds(claim, table)
     numbers = None if table.empty else claim.measure(table)
     if numbers is None:
         rendering = not isinstance(run, str) and not run.compute  # only stored runs shown

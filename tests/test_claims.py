@@ -220,7 +220,12 @@ def test_the_epochs_claim_names_each_verdict_the_longer_training_changes():
     assert claim.judge(claim.measure(same), "default") == "no verdict changes"
     row = [r for r in claims.readme_rows({"06_fidelity-epochs": t}) if "epochs" in r[0]][0]
     assert row[2].startswith("2 seeds at both: 20 epochs: BN ASR 2.0% -> 98.0%")
-    assert "100 epochs: BN ASR 2.0% -> 97.0%, IT 2.0% -> 0.0%" in row[2]
+    assert ("100 epochs: BN ASR 2.0% -> 97.0%, IT 2.0% -> 0.0% (switched on in S=1: 0, "
+            "S=5: 0 of 2)") in row[2]
+    # IT is also counted seed by seed: seed 0 switching at 100 epochs is one of two
+    it_on = (t.epochs == 100) & (t.seed == 0) & (t.variant == "it") & (t.requested > 0)
+    by = claim.measure(t.assign(asr=t.asr.mask(it_on, 0.9)))["by_epochs"]
+    assert (by[20]["it_switched"], by[100]["it_switched"]) == ({1: 0, 5: 0}, {1: 1, 5: 1})
     assert row[3] == ("bn asr_after 20 epochs 98.0% [98.0%, 98.0%]; bn asr_after 100 epochs "
                       "97.0% [97.0%, 97.0%]; mu_auroc 20 epochs 0.720 [0.720, 0.720]; "
                       "mu_auroc 100 epochs 0.600 [0.600, 0.600] (n=2 seeds)")
