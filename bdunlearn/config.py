@@ -10,12 +10,14 @@ Overrides replace the profile's values; an override of ``None`` means "the profi
 value" (the notebooks' ``parameters`` cells pass ``None`` for every knob left alone).
 After resolution every field holds a concrete value:
 
-* ``long_epochs`` is the longer training notebook 06 compares ``epochs`` with (100 at
-  ``default`` and ``paper``: the epochs of the BAU authors' detection scripts' models);
+* ``long_epochs`` is the longer training notebook 06 compares ``epochs`` with
+  (:data:`DETECTION_EPOCHS` at ``default`` and ``paper``);
 * ``epochs``, ``alpha``, ``poison_num``, ``mitigation_num``, ``it_poison_num``,
-  ``it_mitigation_num`` and ``defender_size`` given as ``"paper"`` (the ``paper``
-  profile's choice) take the dataset's values from :mod:`bdunlearn.registry`
-  (``defender_size``: 5% of the training split, BAERASER's defender share);
+  ``it_mitigation_num`` and ``defender_size`` given as ``"paper"`` take the dataset's
+  values from :mod:`bdunlearn.registry` (``epochs``: the BAU authors' attack scripts'
+  default; ``defender_size``: 5% of the training split, BAERASER's defender share). The
+  ``paper`` profile takes them all but ``epochs``: it trains for :data:`DETECTION_EPOCHS`,
+  as the authors' experiments did (README, "20 or 100 epochs");
 * ``train_subset``/``test_subset`` given as ``"all"`` become the size of the dataset's
   standard split (a smaller copy on disk is then used whole), ``"half"`` half of it (the
   ``default`` and ``paper`` profiles evaluate on half of the test split; the defenses'
@@ -66,6 +68,9 @@ from .registry import reference_config
 from .train import TrainConfig, resolve_device, resolve_precision
 
 PAPER, ALL, HALF, REFERENCE = "paper", "all", "half", "reference"
+# The epochs of the models the BAU authors' detection scripts load (a "<shards>_<slices>_100"
+# folder for every dataset) and of their README's attack command: the paper's experiments.
+DETECTION_EPOCHS = 100
 PRECISIONS = ("auto", "fp32", "bf16")
 VARIANTS = ("bn", "it")
 
@@ -87,7 +92,7 @@ VARIANTS = ("bn", "it")
 _COMMON = dict(variant="bn", device="auto", precision="auto", input_scaling=REFERENCE,
                data_root=None, results_dir=None, figures_dir=None, store_dir=None, compute=True,
                slices=1,
-               long_epochs=100, it_poison_num=PAPER,
+               long_epochs=DETECTION_EPOCHS, it_poison_num=PAPER,
                it_mitigation_num=PAPER, amnesiac=True, target_fpr=0.05,
                poison_fraction=0.05, defense_steps=3)
 PROFILES = {
@@ -104,8 +109,8 @@ PROFILES = {
         nc_steps=1000, defender_size=PAPER, amnesiac=False),
     "paper": dict(
         _COMMON, datasets=("fmnist", "mnist", "gtsrb", "cifar10"), train_subset=ALL,
-        test_subset=HALF, epochs=PAPER, alpha=PAPER, poison_num=PAPER, mitigation_num=PAPER,
-        shards=(1, 5, 10, 20), seeds=(0, 1, 2, 3, 4), request_steps=6,
+        test_subset=HALF, epochs=DETECTION_EPOCHS, alpha=PAPER, poison_num=PAPER,
+        mitigation_num=PAPER, shards=(1, 5, 10, 20), seeds=(0, 1, 2, 3, 4), request_steps=6,
         defense_samples=(10, 50, 100), nc_steps=1000, defender_size=PAPER),
 }
 
