@@ -20,8 +20,9 @@ class DatasetSpec:
     is used whole). ``poison_num``/``mitigation_num`` are the BAU paper's BadNets-based
     counts, ``it_poison_num``/``it_mitigation_num`` its input-targeted counts, ``alpha``
     its faint-patch intensity (0.5 for 1-channel images, 0.7 for 3-channel ones).
-    ``train`` is the reference optimiser with the authors' attack scripts' default epochs. ``how_to_get`` completes
-    the sentence "<name> data not found under ...; " when the files are missing.
+    ``train`` is the reference optimiser with the authors' attack scripts' default epochs.
+    ``how_to_get`` completes the sentence "<name> data not found under ...; " when the
+    files are missing.
     """
 
     name: str
