@@ -20,6 +20,16 @@ from .metrics import interval, proportion_interval
 ALL_PROFILES = tuple(PROFILES)
 
 
+SWITCH_BEFORE, SWITCH_AFTER = 0.2, 0.8  # "switches on": ASR at most 20% before, 80% after
+
+
+def switched_on(before, after):
+    """The rule a single run's backdoor "switches on" by (notebooks 06 and 07): ASR at most
+    :data:`SWITCH_BEFORE` before the requests and at least :data:`SWITCH_AFTER` after.
+    Works on floats and, element-wise, on pandas Series."""
+    return (before <= SWITCH_BEFORE) & (after >= SWITCH_AFTER)
+
+
 def _pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
@@ -391,7 +401,7 @@ def _epochs(t: pd.DataFrame) -> dict | None:
         m["mu"] = {int(k): float(x) for k, x in bn.groupby("shards").mu_auroc.mean().items()}
         it = d[d.variant == "it"].sort_values("requested").groupby(["shards", "seed"]).asr
         if len(it):  # IT seed by seed (the mean hides a seed fitted before the requests)
-            on = (it.first() <= SWITCH_BEFORE) & (it.last() >= SWITCH_AFTER)
+            on = switched_on(it.first(), it.last())
             m["it_switched"] = {int(k): int(x) for k, x in on.groupby("shards").sum().items()}
         out[int(e)] = m
     # the headline given per seed: BN's final ASR and MU AUROC at the fewest shards
@@ -552,9 +562,6 @@ FIDELITY = (
 
 # ------------------------------------------------------------ 07: request-detection benchmark
 
-SWITCH_BEFORE, SWITCH_AFTER = 0.2, 0.8  # "switches on": ASR at most 20% before, 80% after
-
-
 def _families(t: pd.DataFrame) -> dict | None:
     if "asr_filtered" not in t:
         return None
@@ -589,8 +596,8 @@ BENCHMARK = (
                f">= {SWITCH_AFTER:.0%} after", _families,
                lambda m: f"S={m['shards']}: " + "; ".join(
                    f"{v} {_pct(b)} -> {_pct(m['asr_after'][v])} ("
-                   + ("on" if b <= SWITCH_BEFORE and m['asr_after'][v] >= SWITCH_AFTER
-                      else "off") + ")" for v, b in m["asr_before"].items()),
+                   + ("on" if switched_on(b, m['asr_after'][v]) else "off") + ")"
+                   for v, b in m["asr_before"].items()),
                ("asr_before", "asr_after")),
     _benchmark("benchmark_best_detector", "07: the detector that catches each attack best",
                "highest TPR at 5% false positives on random benign requests", _best_detectors,

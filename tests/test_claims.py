@@ -238,3 +238,11 @@ def test_the_epochs_claim_names_each_verdict_the_longer_training_changes():
     assert claim.measure(pd.concat([t, half])) == m
     # one epoch count alone measures nothing
     assert claim.measure(t[t.epochs == 20]) is None
+
+
+def test_switched_on_is_one_rule_for_floats_and_columns():
+    # the bounds are inclusive: 20% before and 80% after still switch on
+    assert claims.switched_on(0.2, 0.8) and not claims.switched_on(0.21, 1.0)
+    assert not claims.switched_on(0.0, 0.79)
+    before, after = pd.Series([0.0, 1.0, 0.1]), pd.Series([1.0, 1.0, 0.5])
+    assert claims.switched_on(before, after).tolist() == [True, False, False]

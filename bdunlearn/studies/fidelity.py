@@ -9,9 +9,9 @@ disagrees with the papers, or where the setting itself was a choice.
   (exact unlearning and the second shard count): ASR before and after, clean accuracy,
   MU and SMS AUROC; the first three seeds.
 * ``06_fidelity-it``: the input-targeted attack over every seed, at the authors' counts
-  and at each setting of :data:`IT_GRID`; it *switches on* when the ASR is at most
-  :data:`SWITCH_BEFORE` before the requests and at least :data:`SWITCH_AFTER` after
-  them (the rule, stated before any run).
+  and at each setting of :data:`IT_GRID`; it *switches on* by
+  :func:`bdunlearn.claims.switched_on` (ASR at most 20% before the requests and at least
+  80% after them: the rule, stated before any run).
 * ``06_fidelity-baeraser``: BAERASER on the classical BadNets model over
   :data:`BAERASER_GRID`, the first three seeds.
 * ``06_fidelity-amnesiac``: Amnesiac unlearning over :data:`AMNESIAC_GRID` (fine-tuning
@@ -27,7 +27,7 @@ import pandas as pd
 
 from .. import detect
 from .. import experiment as ex
-from ..claims import SWITCH_AFTER, SWITCH_BEFORE, switch_rate
+from ..claims import switch_rate, switched_on
 from ..metrics import proportion_interval
 from ..train import predict
 from . import COMMON, MEASURED, Need, Run
@@ -141,7 +141,7 @@ def compute(run: Run, ctx) -> pd.DataFrame:
         return out.assign(it_poison_num=first.recipe.cfg.it_poison_num,
                           it_mitigation_num=first.recipe.cfg.it_mitigation_num,
                           epochs=first.recipe.cfg.epochs,
-                          switched_on=bool(before <= SWITCH_BEFORE and after >= SWITCH_AFTER))
+                          switched_on=bool(switched_on(before, after)))
     if run.table == BAERASER:
         atk, model = first.recipe.attack(), first.recipe.build().fit().models[0]
         knobs = {"scan_steps": ctx.cfg.nc_steps, **BAERASER_GRID[run["setting"]]}
