@@ -478,13 +478,16 @@ def _amnesiac_grid(t: pd.DataFrame) -> dict | None:
     asr = t.groupby(["setting", "requested"]).asr.mean().unstack()
     acc = t.groupby(["setting", "requested"]).clean_acc.mean().unstack()
     rise, drop = asr.iloc[:, -1] - asr.iloc[:, 0], acc.iloc[:, 0] - acc.iloc[:, -1]
-    # settings are named "finetune <epochs>, scale <c>"; scale 0 (fine-tuning alone) is the
-    # control, never the best setting
-    control = rise.index.str.endswith(", scale 0")
+    from .studies.fidelity import AMNESIAC_GRID  # each setting's knobs
+
+    knobs = {k: AMNESIAC_GRID.get(k, {}) for k in rise.index}
+    # scale 0 (fine-tuning alone) is the control, never the best setting
+    control = pd.Series({k: v.get("scale") == 0 for k, v in knobs.items()})[rise.index]
     rise, drop, controls = rise[~control], drop[~control], asr.iloc[:, -1][control]
     kept = rise[drop <= AMNESIAC_MAX_ACC_DROP]  # a wrecked model switches nothing on
     best = kept.idxmax() if len(kept) else None
-    same = f"{best.split(',')[0]}, scale 0" if best else None
+    same = next((k for k in controls.index if best and knobs[k].get("finetune_epochs")
+                 == knobs[best].get("finetune_epochs")), None)
     return {"best": best, "rise": float(kept.max()) if len(kept) else 0.0,
             "asr_after": float(asr.iloc[:, -1][best]) if best else float("nan"),
             "control_asr": float(controls[same]) if same in controls else float("nan"),

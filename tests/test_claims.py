@@ -141,8 +141,10 @@ def test_fidelity_grid_claims_on_constructed_tables():
     assert (m["best"], round(m["rise"], 3), m["broken"]) == ("keeps", 0.4, 1)
     assert amnesiac.holds(m, amnesiac.thresholds["default"])
     # the control (fine-tuning alone) is reported beside the best setting, never chosen
-    control = pd.DataFrame({"setting": ["finetune 2, scale 0"] * 2, "requested": [0, 300],
-                            "asr": [0.05, 0.95], "clean_acc": [0.9, 0.9], "seed": 0})
+    # (the one as long as the best setting's fine-tuning, not another length's)
+    control = pd.DataFrame({"setting": ["finetune 5, scale 0"] * 2 + ["finetune 2, scale 0"] * 2,
+                            "requested": [0, 300] * 2, "asr": [0.05, 0.3, 0.05, 0.95],
+                            "clean_acc": 0.9, "seed": 0})
     best = grid.assign(setting=grid.setting.map({"wrecks": "finetune 2, scale 2",
                                                  "keeps": "finetune 2, scale 0.5"}))
     m = amnesiac.measure(pd.concat([best, control]))
