@@ -566,25 +566,49 @@ FIDELITY = (
 # ------------------------------------------------------------ 07: request-detection benchmark
 
 def _families(t: pd.DataFrame) -> dict | None:
+    """At the fewest shards, per family: mean ASR before and after its requests are
+    unlearned with no filter, and in how many seeds the run itself switched on (the rule
+    of :func:`switched_on` applies to one run, never to a mean over seeds)."""
     if "asr_filtered" not in t:
         return None
     d = t[t.shards == t.shards.min()].drop_duplicates(["variant", "seed"])
     g = d.groupby("variant")[["asr_before", "asr_after"]].mean()
+    on = switched_on(d.asr_before, d.asr_after).groupby(d.variant)
     return {"asr_before": g.asr_before.to_dict(), "asr_after": g.asr_after.to_dict(),
-            "shards": int(d.shards.min())}
+            "switched": {v: int(k) for v, k in on.sum().items()},
+            "seeds": {v: int(n) for v, n in on.size().items()}, "shards": int(d.shards.min())}
+
+
+def operating_point(t: pd.DataFrame) -> str:
+    """The false-positive rate (as its column suffix, ``"0.05"``) the stored filters of a
+    notebook 07 table were set for: the one whose random-population threshold each row's
+    ``filter_threshold`` is."""
+    for c in t.columns:
+        if (c.startswith("threshold@") and c.endswith("_random")
+                and (t[c] == t.filter_threshold).all()):
+            return c[len("threshold@"):-len("_random")]
+    raise ValueError("no stored operating point matches the filters' thresholds")
 
 
 def _best_detectors(t: pd.DataFrame) -> dict | None:
+    """At the fewest shards, per family: the detector with the highest mean TPR on random
+    benign requests at the filters' operating point (a tie goes to the lower final ASR
+    behind the filter, then the name; the detectors it ties with are listed)."""
     if "asr_filtered" not in t:
         return None
-    d = t[t.shards == t.shards.min()]
-    g = d.groupby(["variant", "detector"])[["tpr@0.05_random", "benign_refused_random",
-                                            "asr_filtered"]].mean()
-    best = g["tpr@0.05_random"].groupby(level=0).idxmax()
-    return {"best": {v: k[1] for v, k in best.items()},
-            "tpr": {v: float(g.loc[k, "tpr@0.05_random"]) for v, k in best.items()},
-            "asr_filtered": {v: float(g.loc[k, "asr_filtered"]) for v, k in best.items()},
-            "shards": int(d.shards.min())}
+    d, fpr = t[t.shards == t.shards.min()], operating_point(t)
+    tpr = f"tpr@{fpr}_random"
+    g = d.groupby(["variant", "detector"])[[tpr, "asr_filtered"]].mean().reset_index()
+    out = {"best": {}, "tied": {}, "tpr": {}, "asr_filtered": {}, "fpr": float(fpr),
+           "shards": int(d.shards.min())}
+    for v, rows in g.groupby("variant"):
+        rows = rows.sort_values([tpr, "asr_filtered", "detector"],
+                                ascending=[False, True, True])
+        top = rows.iloc[0]
+        out["best"][v], out["tpr"][v] = top.detector, float(top[tpr])
+        out["asr_filtered"][v] = float(top.asr_filtered)
+        out["tied"][v] = rows.detector[rows[tpr] == top[tpr]].tolist()[1:]
+    return out
 
 
 def _benchmark(name, statement, paper, measure, describe, headline) -> Claim:
@@ -598,15 +622,18 @@ BENCHMARK = (
                f"switched on: ASR <= {SWITCH_BEFORE:.0%} before the camouflage is unlearned, "
                f">= {SWITCH_AFTER:.0%} after", _families,
                lambda m: f"S={m['shards']}: " + "; ".join(
-                   f"{v} {_pct(b)} -> {_pct(m['asr_after'][v])} ("
-                   + ("on" if switched_on(b, m['asr_after'][v]) else "off") + ")"
-                   for v, b in m["asr_before"].items()),
+                   f"{v} {_pct(b)} -> {_pct(m['asr_after'][v])} (on in "
+                   f"{m['switched'][v]} of {m['seeds'][v]} seed"
+                   + "s" * (m["seeds"][v] != 1) + ")" for v, b in m["asr_before"].items()),
                ("asr_before", "asr_after")),
     _benchmark("benchmark_best_detector", "07: the detector that catches each attack best",
-               "highest TPR at 5% false positives on random benign requests", _best_detectors,
-               lambda m: f"S={m['shards']}: " + "; ".join(
+               "highest TPR at the filters' false-positive rate on random benign requests",
+               _best_detectors,
+               lambda m: f"S={m['shards']}, at {_pct(m['fpr'])} FPR: " + "; ".join(
                    f"{v}: {d} (TPR {_pct(m['tpr'][v])}, final ASR behind it "
-                   f"{_pct(m['asr_filtered'][v])})" for v, d in m["best"].items()),
+                   f"{_pct(m['asr_filtered'][v])}"
+                   + (f"; tied with {', '.join(m['tied'][v])}" if m["tied"][v] else "") + ")"
+                   for v, d in m["best"].items()),
                ("tpr", "asr_filtered")),
 )
 

@@ -86,11 +86,16 @@ def accuracy(svc, ds: Dataset) -> float:
 
 def over_seeds(table: pd.DataFrame, by: list[str], values: list[str]) -> pd.DataFrame:
     """Mean, 95% t-interval and seed count of ``values`` per group ``by`` (a notebook's
-    display of a stored table; :func:`bdunlearn.metrics.interval`)."""
+    display of a stored table; :func:`bdunlearn.metrics.interval`). Rows of several
+    precisions or devices are never averaged together: each is a group of its own,
+    its precision and device leading ``by``."""
     from .metrics import interval
+    from .store import GROUP
 
     if table.empty:
         return pd.DataFrame({"stored runs": [0]})
+    if set(GROUP) <= set(table.columns) and len(table.groupby(list(GROUP))) > 1:
+        by = [*GROUP, *by]
     out = {}
     for key, rows in table.groupby(by, sort=True):
         per_seed = rows.groupby("seed")[values].mean()
@@ -228,6 +233,7 @@ def defend(model, name: str, x_clean, y_clean, num_classes: int, *, seed: int, d
 
 REQUEST_BATCH = 10  # the attacker's and a benign user's requests come in batches of this
 FPRS = (0.01, 0.05)  # operating points of the request-detection benchmark
+BENIGN_SAMPLE = 2000  # the most benign requests of a population calibrated or tested on
 
 
 def benign_populations(atk: attacks.AttackSet) -> dict:
@@ -248,30 +254,33 @@ def screened_requests(atk: attacks.AttackSet, build, detector: str, cfg: RunConf
     threshold set on random benign requests for ``cfg.target_fpr`` (batch detector:
     batches of :data:`REQUEST_BATCH` requests) and unlearns what it accepts. Returns that
     service and a dict: the benchmark figures per population, the final ASR and clean
-    accuracy behind the filter, how many attack requests it refused, and how many of as
-    many benign requests of each population (none of them among the ids the threshold
-    was set on) it would refuse.
+    accuracy behind the filter, how many attack requests it refused, and how many benign
+    requests of each population it would refuse (``benign``) out of ``benign_requests``:
+    as many as the attack's requests, or fewer when a population's held-out ids (never
+    an id the threshold was set on) are fewer, the same count for every population.
     """
     from . import detect
 
     fprs = tuple(sorted({*FPRS, cfg.target_fpr}))
     pops = benign_populations(atk)
     svc = build().fit()
-    order, benign = atk.request_order(), {}
+    order, mitigation = atk.request_order(), atk.ids("mitigation")
     with detect.memo():  # svc's models do not change in this block
-        bench = detect.benchmark(svc, atk.ids("mitigation"), pops, detector, fprs=fprs,
-                                 batch=REQUEST_BATCH, seed=atk.seed)
+        bench = detect.benchmark(svc, mitigation, pops, detector, fprs=fprs,
+                                 batch=REQUEST_BATCH, sample=BENIGN_SAMPLE, seed=atk.seed)
         thr = bench["random"][f"threshold@{cfg.target_fpr:g}"]
         screen = detect.screen_for(detector, thr, batch=REQUEST_BATCH)
-        mitigation = atk.ids("mitigation")
-        calibrated = detect.split_benign(svc, pops["random"], mitigation, seed=atk.seed)[0]
-        for name, ids in pops.items():  # never an id the threshold was set on
-            ids = detect.split_benign(svc, ids, np.concatenate([mitigation, calibrated]),
-                                      seed=atk.seed, name=name)[1][:len(order)]
-            benign[name] = (int(np.asarray(screen(svc, ids)).sum()), len(ids))
+        calibrated = detect.split_benign(svc, pops["random"], mitigation,
+                                         sample=BENIGN_SAMPLE, seed=atk.seed)[0]
+        held = {name: detect.split_benign(svc, ids, np.concatenate([mitigation, calibrated]),
+                                          sample=BENIGN_SAMPLE, seed=atk.seed, name=name)[1]
+                for name, ids in pops.items()}  # never an id the threshold was set on
+        n = min(len(order), *map(len, held.values()))
+        benign = {name: int(np.asarray(screen(svc, ids[:n])).sum())
+                  for name, ids in held.items()}
     guarded = build().fit()
     guarded.screen = screen
     cost = guarded.unlearn(order)
     return guarded, {"benchmark": bench, "threshold": thr, "refused": cost.refused,
-                     "requests": len(order), "benign": benign,
+                     "requests": len(order), "benign": benign, "benign_requests": n,
                      **atk.evaluate(guarded.predict)}

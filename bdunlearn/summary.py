@@ -101,6 +101,7 @@ def benchmark_table(results: Path) -> str:
     """The README's request-detection leaderboard from ``07_request_detection.csv``: per
     attack family, shard count and detector, over seeds (mean [95% t-interval])."""
     from .attack import FAMILY_TITLES
+    from .claims import operating_point
     from .store import provenance_groups
 
     stem = "07_request_detection"
@@ -110,14 +111,16 @@ def benchmark_table(results: Path) -> str:
     lines = []
     for label, g in provenance_groups(t):
         per_seed = g.groupby(["variant", "shards", "detector", "seed"]).first().reset_index()
+        fpr = operating_point(per_seed)  # the filters' false-positive rate
         lines += [f"Computed in {label}:" if label else "", "",
-                  "| attack | S | detector | AUROC (random) | TPR at 1% FPR | TPR at 5% FPR "
-                  "| AUROC (hard) | final ASR: no filter / behind it | benign refused "
-                  "(random, hard) | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  f"| attack | S | detector | AUROC (random) | TPR at 1% FPR | TPR at "
+                  f"{float(fpr):.0%} FPR | AUROC (hard) | final ASR: no filter / behind it "
+                  "| benign refused (random, hard) | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for (v, s, d), r in per_seed.groupby(["variant", "shards", "detector"]):
             lines.append(
                 f"| {FAMILY_TITLES.get(v, v)} | {s} | {d} | {_cell(r.auroc_random, False)} | "
-                f"{_cell(r['tpr@0.01_random'])} | {_cell(r['tpr@0.05_random'])} | "
+                f"{_cell(r['tpr@0.01_random'])} | {_cell(r[f'tpr@{fpr}_random'])} | "
                 f"{_cell(r.auroc_hard, False)} | {_cell(r.asr_after)} / "
                 f"{_cell(r.asr_filtered)} | {r.benign_refused_random.mean():.1f}, "
                 f"{r.benign_refused_hard.mean():.1f} of {int(r.benign_requests.max())} | "

@@ -248,3 +248,28 @@ def test_switched_on_is_one_rule_for_floats_and_columns():
     assert not claims.switched_on(0.0, 0.79)
     before, after = pd.Series([0.0, 1.0, 0.1]), pd.Series([1.0, 1.0, 0.5])
     assert claims.switched_on(before, after).tolist() == [True, False, False]
+
+
+def test_benchmark_claims_count_seeds_and_rank_at_the_filters_operating_point():
+    def run(variant, seed, before, after, det, tpr01, tpr05, asr_f):
+        return {"variant": variant, "seed": seed, "shards": 1, "asr_before": before,
+                "asr_after": after, "detector": det, "tpr@0.01_random": tpr01,
+                "tpr@0.05_random": tpr05, "threshold@0.01_random": 0.9,
+                "threshold@0.05_random": 0.5, "filter_threshold": 0.5, "asr_filtered": asr_f}
+    rows = [run("bn", s, b, 0.95, d, t1, t5, a)
+            for s, b in enumerate((0.1, 0.1, 0.5))
+            for d, t1, t5, a in (("mu", 0.9, 0.3, 0.7), ("loss", 0.1, 0.8, 0.4),
+                                 ("batch", 0.0, 0.8, 0.2))]
+    t = pd.DataFrame(rows)
+    fam = claims.get("benchmark_switch_on")
+    m = fam.measure(t)
+    # the mean ASR before (23.3%) breaks the rule, but two of three runs switched on
+    assert (m["switched"]["bn"], m["seeds"]["bn"]) == (2, 3)
+    assert "(on in 2 of 3 seeds)" in fam.describe(m)
+    best = claims.get("benchmark_best_detector")
+    m = best.measure(t)  # ranked at 5% (the filters' threshold), not at 1% where mu leads
+    assert (m["best"]["bn"], m["tied"]["bn"], m["fpr"]) == ("batch", ["loss"], 0.05)
+    assert "tied with loss" in best.describe(m)
+    assert claims.operating_point(t.assign(filter_threshold=0.9)) == "0.01"
+    with pytest.raises(ValueError, match="no stored operating point"):
+        claims.operating_point(t.assign(filter_threshold=0.7))

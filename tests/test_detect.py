@@ -168,3 +168,31 @@ def test_benchmark_thresholds_come_from_benign_requests_alone(trigger_service):
             assert row["fpr@0.05"] <= 0.2  # checked on the half it was not set on
     calib, test = detect.split_benign(svc, np.arange(600), patched, sample=150, seed=1)
     assert len(calib) == len(test) == 150 and not set(calib) & set(test)
+
+
+def test_screened_requests_counts_benign_refusals_out_of_one_shared_count():
+    """The filter end to end on a small BadNets attack whose target class is too small to
+    hold out as many benign requests as the attack sends: both populations are then
+    counted out of the same, smaller number, and the service behind the filter keeps
+    what it refused."""
+    from bdunlearn import attack, config
+    from bdunlearn import experiment as ex
+
+    ds = load("digits")
+    atk = attack.build_badnets(ds, poison_num=40, mitigation_num=150, alpha=0.5, seed=1)
+    cfg = config.resolve("smoke", dataset="digits", target_fpr=0.05)
+
+    def build():
+        return SisaService(atk.x, atk.y, arch="fmnist_cnn", num_classes=10,
+                           cfg=reference_config("digits", epochs=2), shards=1, seed=0,
+                           device="cpu")
+
+    order = atk.request_order()
+    svc, r = ex.screened_requests(atk, build, "loss", cfg)
+    assert r["requests"] == len(order) == 150
+    assert 2 <= r["benign_requests"] < len(order)  # the target class holds fewer
+    assert set(r["benign"]) == {"random", "hard"}
+    assert all(0 <= k <= r["benign_requests"] for k in r["benign"].values())
+    assert set(r["benchmark"]) == {"random", "hard"}
+    assert r["threshold"] == r["benchmark"]["random"]["threshold@0.05"]
+    assert int(svc.removed[order].sum()) == len(order) - r["refused"]

@@ -61,7 +61,8 @@ def test_benchmark_leaderboard_is_generated_from_the_csv(tmp_path):
              "tpr@0.05_random": 0.8, "auroc_hard": 0.4, "asr_after": 0.95,
              "asr_filtered": 0.1 + 0.01 * seed, "benign_refused_random": 15,
              "benign_refused_hard": 40, "benign_requests": 300,
-             "precision": "bf16", "device": "cpu"}
+             "threshold@0.01_random": 0.9, "threshold@0.05_random": 0.5,
+             "filter_threshold": 0.5, "precision": "bf16", "device": "cpu"}
             for v in ("bn", "lc") for seed in (0, 1, 2) for d in ("mu", "batch")]
     readme = tmp_path / "README.md"
     readme.write_text(f"{summary.START}\n{summary.END}\nx\n{summary.BENCH_START}\nold\n"
@@ -71,6 +72,7 @@ def test_benchmark_leaderboard_is_generated_from_the_csv(tmp_path):
     summary.update_readme(readme, tmp_path)
     text = readme.read_text()
     assert "old" not in text and "Computed in bf16, cpu:" in text
+    assert "| TPR at 1% FPR | TPR at 5% FPR |" in text  # the filters' operating point
     line = next(r for r in text.splitlines()
                 if r.startswith("| label-consistent") and "batch" in r)
     assert "| 0.90 [0.90, 0.90] |" in line and "95% [95%, 95%] / 11% [9%, 13%]" in line

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from bdunlearn import config, studies
+from bdunlearn import experiment as ex
 from bdunlearn.store import RunStore, StoreError, merge, provenance, provenance_groups
 
 
@@ -85,6 +86,13 @@ def test_groups_of_precision_and_device_are_told_apart():
     labels = [label for label, _ in provenance_groups(t)]
     assert labels == ["bf16, cpu", "bf16, cuda"]  # the group with more seeds first
     assert provenance_groups(rows(0, 0.9))[0][0] == ""
+    # a notebook's display never averages them: each group is its own row
+    shown = ex.over_seeds(t, ["requested"], ["asr"])
+    assert list(shown.index.names) == ["precision", "device", "requested"]
+    assert shown.loc[("bf16", "cpu", 300), ["asr", "seeds"]].tolist() == [0.9, 2]
+    assert shown.loc[("bf16", "cuda", 300), ["asr", "seeds"]].tolist() == [0.5, 1]
+    assert list(ex.over_seeds(t[t.device == "cpu"], ["requested"], ["asr"]).index.names) == [
+        "requested"]
 
 
 def test_every_study_keys_its_runs_by_what_they_measure():

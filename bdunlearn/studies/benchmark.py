@@ -14,6 +14,7 @@ import pandas as pd
 from .. import detect
 from .. import experiment as ex
 from ..attack import FAMILIES, FAMILY_TITLES
+from ..store import GROUP
 from . import COMMON, MEASURED, Need, Run
 
 PARAMETERS = (*COMMON, "shards", "poison_num", "mitigation_num", "alpha", "epochs",
@@ -82,7 +83,8 @@ def compute(run: Run, ctx) -> pd.DataFrame:
                "refused": r["refused"], "requests": r["requests"]}
         for pop in POPULATIONS:
             row |= {f"{k}_{pop}": v for k, v in r["benchmark"][pop].items()}
-            row[f"benign_refused_{pop}"], row["benign_requests"] = r["benign"][pop]
+            row[f"benign_refused_{pop}"] = r["benign"][pop]
+        row["benign_requests"] = r["benign_requests"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -109,7 +111,8 @@ def switch_on(table: pd.DataFrame) -> pd.DataFrame:
     without a filter, and clean accuracy after, per shard count over seeds."""
     if table.empty:
         return pd.DataFrame({"stored runs": [0]})
-    first = table.drop_duplicates(["variant", "seed", "shards"])
+    run = ["variant", "seed", "shards", *(c for c in GROUP if c in table)]
+    first = table.drop_duplicates(run)
     first = first.assign(attack=first.variant.map(FAMILY_TITLES))
     return ex.over_seeds(first, ["attack", "shards"],
                          ["asr_before", "asr_after", "clean_acc_before", "clean_acc_after"])
