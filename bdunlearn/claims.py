@@ -748,8 +748,9 @@ def check(name: str, table: pd.DataFrame, run: RunConfig | str) -> dict:
     elif overridden:
         status = f"{claim.judge(numbers, profile)}; not asserted: the run overrides " + (
             ", ".join(overridden))
-    else:
-        status = f"reported: {claim.judge(numbers, profile)}"
+    else:  # a claim without thresholds judges itself "reported ..."
+        judged = claim.judge(numbers, profile)
+        status = judged if judged.startswith("reported") else f"reported: {judged}"
     seeds = table.seed.nunique() if "seed" in table else 1
     print(f"{name} ({status}, {seeds} seed{'s' * (seeds != 1)}): {claim.describe(numbers)}; "
           f"thresholds at {profile}: {t}")
