@@ -13,9 +13,10 @@ So adding seeds computes only the runs not stored yet, a cut session keeps every
 that finished, and a run computed elsewhere (another CPU, a GPU, a cluster node) merges
 in by copying its files (:func:`merge`). Every stored row carries its provenance: the
 resolved ``precision``, the ``device`` type, the ``processor`` (or GPU name), the
-``torch`` version, the ``date``, the ``commit`` of the code (``-dirty`` when the working
-tree had changes), the study's ``study_version`` and the ``run_key``. Rows of different
-precision or device are stored apart and told apart by :func:`provenance_groups`.
+``torch`` version, the ``date``, the ``commit`` of the code (``-dirty`` when the package's
+code had uncommitted changes), the study's ``study_version`` and the ``run_key``. Rows of
+different precision or device are stored apart and told apart by
+:func:`provenance_groups`.
 
 Files are plain CSV (nothing in them can run code when read), written to a temporary
 file and renamed into place, so a killed write leaves no partial run.
@@ -61,17 +62,22 @@ def processor() -> str:
     return platform.processor() or platform.machine()
 
 
+CODE = ("bdunlearn", "pyproject.toml")  # what a stored row's numbers depend on
+
+
 @functools.cache
-def commit() -> str:
-    """The short commit of the package's git checkout (``-dirty`` with uncommitted
-    changes to tracked files), or ``"unknown"`` outside one."""
-    root = Path(__file__).resolve().parent.parent
+def commit(root: Path | None = None) -> str:
+    """The short commit of the package's git checkout (of ``root``, the checkout holding
+    this package by default), ``-dirty`` when the package's code (:data:`CODE`) has
+    uncommitted changes (results, notebooks' outputs and prose do not count), or
+    ``"unknown"`` outside one."""
+    root = Path(__file__).resolve().parent.parent if root is None else Path(root)
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
                               capture_output=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, text=True, capture_output=True, timeout=10,
-                               check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no",
+                                "--", *CODE], cwd=root, text=True, capture_output=True,
+                               timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("-dirty" if dirty else "")

@@ -120,3 +120,44 @@ def test_a_notebook_draws_only_what_is_stored(tmp_path, capsys):
     assert nb.draw("before-after", lambda t: 1 / 0, pd.DataFrame()) is None
     assert "no stored run to draw yet" in capsys.readouterr().out
     assert not list((tmp_path / "f").glob("*.png"))
+
+
+def test_provenance_marks_only_uncommitted_code_as_dirty(tmp_path):
+    from bdunlearn.store import commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "bdunlearn").mkdir()
+    (tmp_path / "results").mkdir()
+    code, result = tmp_path / "bdunlearn" / "x.py", tmp_path / "results" / "t.csv"
+    code.write_text("a = 1\n")
+    result.write_text("asr\n0.5\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    head = commit(tmp_path)
+    assert len(head) >= 7 and not head.endswith("-dirty")
+    result.write_text("asr\n0.9\n")  # a re-rendered result is not a change of the code
+    commit.cache_clear()
+    assert commit(tmp_path) == head
+    code.write_text("a = 2\n")
+    commit.cache_clear()
+    assert commit(tmp_path) == head + "-dirty"
+    commit.cache_clear()
+    assert commit(tmp_path / "nowhere") == "unknown"
+
+
+def test_computing_on_uncommitted_code_says_so(tmp_path, capsys, monkeypatch):
+    from bdunlearn import store
+
+    cfg = studies.config("01_attack", "smoke", results_dir=str(tmp_path / "r"),
+                         figures_dir=str(tmp_path / "f"), store_dir=str(tmp_path / "s"))
+    nb = studies.Notebook("01_attack", cfg)
+    monkeypatch.setattr(store, "commit", lambda: "abc1234-dirty")
+    monkeypatch.setattr(nb.study, "compute", lambda run, ctx: rows(run.seed, 0.9))
+    table = nb.collect(progress=False)
+    assert (table.commit == "abc1234-dirty").all() and len(table) == 2
+    assert "uncommitted changes, so the runs stored now record commit abc1234-dirty" in (
+        capsys.readouterr().out)

@@ -246,6 +246,10 @@ class Notebook:
                   "is False, so the table holds the stored runs only")
             todo = []
         prov = provenance(self.cfg.precision, self.cfg.device_type)
+        if todo and prov["commit"].endswith("-dirty"):
+            print(f"{table}: the package's code has uncommitted changes, so the runs stored "
+                  f"now record commit {prov['commit']}, which no commit reproduces; commit "
+                  "before computing runs you keep")
         for run in tqdm(todo, desc=f"{table}: runs to compute", disable=not (progress and todo)):
             out = self.study.compute(run, self.ctx)
             rows, extras = out if isinstance(out, tuple) else (out, {})
