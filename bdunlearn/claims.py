@@ -566,17 +566,20 @@ FIDELITY = (
 # ------------------------------------------------------------ 07: request-detection benchmark
 
 def _families(t: pd.DataFrame) -> dict | None:
-    """At the fewest shards, per family: mean ASR before and after its requests are
-    unlearned with no filter, and in how many seeds the run itself switched on (the rule
-    of :func:`switched_on` applies to one run, never to a mean over seeds)."""
+    """Per shard count, per family: mean ASR before and after its requests are unlearned
+    with no filter, and in how many seeds the run itself switched on (the rule of
+    :func:`switched_on` applies to one run, never to a mean over seeds)."""
     if "asr_filtered" not in t:
         return None
-    d = t[t.shards == t.shards.min()].drop_duplicates(["variant", "seed"])
-    g = d.groupby("variant")[["asr_before", "asr_after"]].mean()
-    on = switched_on(d.asr_before, d.asr_after).groupby(d.variant)
-    return {"asr_before": g.asr_before.to_dict(), "asr_after": g.asr_after.to_dict(),
-            "switched": {v: int(k) for v, k in on.sum().items()},
-            "seeds": {v: int(n) for v, n in on.size().items()}, "shards": int(d.shards.min())}
+    out = {}
+    for s, d in t.drop_duplicates(["variant", "shards", "seed"]).groupby("shards"):
+        g = d.groupby("variant")[["asr_before", "asr_after"]].mean()
+        on = switched_on(d.asr_before, d.asr_after).groupby(d.variant)
+        out[int(s)] = {"asr_before": g.asr_before.to_dict(),
+                       "asr_after": g.asr_after.to_dict(),
+                       "switched": {v: int(k) for v, k in on.sum().items()},
+                       "seeds": {v: int(n) for v, n in on.size().items()}}
+    return {"by_shards": out}
 
 
 def operating_point(t: pd.DataFrame) -> str:
@@ -591,50 +594,65 @@ def operating_point(t: pd.DataFrame) -> str:
 
 
 def _best_detectors(t: pd.DataFrame) -> dict | None:
-    """At the fewest shards, per family: the detector with the highest mean TPR on random
+    """Per shard count, per family: the detector with the highest mean TPR on random
     benign requests at the filters' operating point (a tie goes to the lower final ASR
-    behind the filter, then the name; the detectors it ties with are listed)."""
+    behind the filter, then the name; the detectors it ties with are listed), and the
+    number of seeds behind it."""
     if "asr_filtered" not in t:
         return None
-    d, fpr = t[t.shards == t.shards.min()], operating_point(t)
+    fpr = operating_point(t)
     tpr = f"tpr@{fpr}_random"
-    g = d.groupby(["variant", "detector"])[[tpr, "asr_filtered"]].mean().reset_index()
-    out = {"best": {}, "tied": {}, "tpr": {}, "asr_filtered": {}, "fpr": float(fpr),
-           "shards": int(d.shards.min())}
-    for v, rows in g.groupby("variant"):
-        rows = rows.sort_values([tpr, "asr_filtered", "detector"],
-                                ascending=[False, True, True])
-        top = rows.iloc[0]
-        out["best"][v], out["tpr"][v] = top.detector, float(top[tpr])
-        out["asr_filtered"][v] = float(top.asr_filtered)
-        out["tied"][v] = rows.detector[rows[tpr] == top[tpr]].tolist()[1:]
-    return out
+    out = {}
+    for s, d in t.groupby("shards"):
+        g = d.groupby(["variant", "detector"]).agg(
+            tpr=(tpr, "mean"), asr_filtered=("asr_filtered", "mean"),
+            seeds=("seed", "nunique")).reset_index()
+        m = {"best": {}, "tied": {}, "tpr": {}, "asr_filtered": {}, "seeds": {}}
+        for v, rows in g.groupby("variant"):
+            rows = rows.sort_values(["tpr", "asr_filtered", "detector"],
+                                    ascending=[False, True, True])
+            top = rows.iloc[0]
+            m["best"][v], m["tpr"][v] = top.detector, float(top.tpr)
+            m["asr_filtered"][v], m["seeds"][v] = float(top.asr_filtered), int(top.seeds)
+            m["tied"][v] = rows.detector[rows.tpr == top.tpr].tolist()[1:]
+        out[int(s)] = m
+    return {"by_shards": out, "fpr": float(fpr)}
 
 
-def _benchmark(name, statement, paper, measure, describe, headline) -> Claim:
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' * (n != 1)}"
+
+
+def _describe_families(m: dict) -> str:
+    return " | ".join(f"S={s}: " + "; ".join(
+        f"{v} {_pct(b)} -> {_pct(n['asr_after'][v])} (on in {n['switched'][v]} of "
+        f"{_seeds(n['seeds'][v])})" for v, b in n["asr_before"].items())
+        for s, n in m["by_shards"].items())
+
+
+def _describe_best(m: dict) -> str:
+    return f"at {_pct(m['fpr'])} FPR: " + " | ".join(f"S={s}: " + "; ".join(
+        f"{v}: {d} (TPR {_pct(n['tpr'][v])}, final ASR behind it "
+        f"{_pct(n['asr_filtered'][v])}, {_seeds(n['seeds'][v])}"
+        + (f"; tied with {', '.join(n['tied'][v])}" if n["tied"][v] else "") + ")"
+        for v, d in n["best"].items()) for s, n in m["by_shards"].items())
+
+
+def _benchmark(name, statement, paper, measure, describe) -> Claim:
+    # every number says its own seed count, so a shard count stored for fewer seeds does
+    # not narrow the others to its seeds (independent: see whole_seeds)
     return Claim(name, "07_request_detection", statement, paper, measure, lambda m, t: True,
-                 describe, _same({}), (), in_readme=False, headline=headline,
+                 describe, _same({}), (), in_readme=False, independent=True,
                  verdict=lambda m, t, ok: "reported")
 
 
 BENCHMARK = (
     _benchmark("benchmark_switch_on", "07: which attack families switch on",
                f"switched on: ASR <= {SWITCH_BEFORE:.0%} before the camouflage is unlearned, "
-               f">= {SWITCH_AFTER:.0%} after", _families,
-               lambda m: f"S={m['shards']}: " + "; ".join(
-                   f"{v} {_pct(b)} -> {_pct(m['asr_after'][v])} (on in "
-                   f"{m['switched'][v]} of {m['seeds'][v]} seed"
-                   + "s" * (m["seeds"][v] != 1) + ")" for v, b in m["asr_before"].items()),
-               ("asr_before", "asr_after")),
+               f">= {SWITCH_AFTER:.0%} after", _families, _describe_families),
     _benchmark("benchmark_best_detector", "07: the detector that catches each attack best",
                "highest TPR at the filters' false-positive rate on random benign requests",
-               _best_detectors,
-               lambda m: f"S={m['shards']}, at {_pct(m['fpr'])} FPR: " + "; ".join(
-                   f"{v}: {d} (TPR {_pct(m['tpr'][v])}, final ASR behind it "
-                   f"{_pct(m['asr_filtered'][v])}"
-                   + (f"; tied with {', '.join(m['tied'][v])}" if m["tied"][v] else "") + ")"
-                   for v, d in m["best"].items()),
-               ("tpr", "asr_filtered")),
+               _best_detectors, _describe_best),
 )
 
 

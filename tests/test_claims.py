@@ -251,8 +251,8 @@ def test_switched_on_is_one_rule_for_floats_and_columns():
 
 
 def test_benchmark_claims_count_seeds_and_rank_at_the_filters_operating_point():
-    def run(variant, seed, before, after, det, tpr01, tpr05, asr_f):
-        return {"variant": variant, "seed": seed, "shards": 1, "asr_before": before,
+    def run(variant, seed, before, after, det, tpr01, tpr05, asr_f, shards=1):
+        return {"variant": variant, "seed": seed, "shards": shards, "asr_before": before,
                 "asr_after": after, "detector": det, "tpr@0.01_random": tpr01,
                 "tpr@0.05_random": tpr05, "threshold@0.01_random": 0.9,
                 "threshold@0.05_random": 0.5, "filter_threshold": 0.5, "asr_filtered": asr_f}
@@ -260,16 +260,25 @@ def test_benchmark_claims_count_seeds_and_rank_at_the_filters_operating_point():
             for s, b in enumerate((0.1, 0.1, 0.5))
             for d, t1, t5, a in (("mu", 0.9, 0.3, 0.7), ("loss", 0.1, 0.8, 0.4),
                                  ("batch", 0.0, 0.8, 0.2))]
+    # five shards stored for seed 0 alone: it must not narrow one model's three seeds
+    rows += [run("bn", 0, 0.05, 0.5, d, 0.1, t5, 0.3, shards=5)
+             for d, t5 in (("mu", 0.2), ("sms", 0.6))]
     t = pd.DataFrame(rows)
     fam = claims.get("benchmark_switch_on")
-    m = fam.measure(t)
+    assert fam.independent  # each number says its own seed count
+    m = fam.measure(t)["by_shards"]
     # the mean ASR before (23.3%) breaks the rule, but two of three runs switched on
-    assert (m["switched"]["bn"], m["seeds"]["bn"]) == (2, 3)
-    assert "(on in 2 of 3 seeds)" in fam.describe(m)
+    assert (m[1]["switched"]["bn"], m[1]["seeds"]["bn"]) == (2, 3)
+    assert (m[5]["switched"]["bn"], m[5]["seeds"]["bn"]) == (0, 1)
+    text = fam.describe(fam.measure(t))
+    assert "S=1: bn 23.3% -> 95.0% (on in 2 of 3 seeds)" in text
+    assert "S=5: bn 5.0% -> 50.0% (on in 0 of 1 seed)" in text
     best = claims.get("benchmark_best_detector")
     m = best.measure(t)  # ranked at 5% (the filters' threshold), not at 1% where mu leads
-    assert (m["best"]["bn"], m["tied"]["bn"], m["fpr"]) == ("batch", ["loss"], 0.05)
-    assert "tied with loss" in best.describe(m)
+    one = m["by_shards"][1]
+    assert (one["best"]["bn"], one["tied"]["bn"], m["fpr"]) == ("batch", ["loss"], 0.05)
+    assert (one["seeds"]["bn"], m["by_shards"][5]["best"]["bn"]) == (3, "sms")
+    assert "tied with loss" in best.describe(m) and "S=5: bn: sms (TPR 60.0%" in best.describe(m)
     assert claims.operating_point(t.assign(filter_threshold=0.9)) == "0.01"
     with pytest.raises(ValueError, match="no stored operating point"):
         claims.operating_point(t.assign(filter_threshold=0.7))
