@@ -151,6 +151,8 @@ def test_override_runs_get_their_own_folder(monkeypatch):
     assert name != reproduce.run_name("default", {"epochs": 11, "mitigation_num": 300})
     # more seeds are more of the same runs: they keep the profile's folder and store
     assert reproduce.run_name("default", {"seeds": "0-9"}) == "default"
+    # another precision or device is its own group in the same tables, not another run
+    assert reproduce.run_name("default", {"precision": "bf16", "device": "cpu"}) == "default"
     res, _, store = reproduce.folders("default", {"seeds": [5]}, "fmnist")
     assert (res, store) == (reproduce.ROOT / "results", reproduce.ROOT / "results" / "runs")
     res, _, store = reproduce.folders("default", {"epochs": 100}, "fmnist")
