@@ -29,7 +29,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import cache, config, data
+from .store import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 READABLE = Path("docs") / "notebooks"  # under ROOT: the default run's executed notebooks
@@ -174,14 +174,7 @@ def available(datasets, data_root) -> tuple[list[str], list[str]]:
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 

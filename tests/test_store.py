@@ -9,7 +9,8 @@ import pytest
 
 from bdunlearn import config, studies
 from bdunlearn import experiment as ex
-from bdunlearn.store import RunStore, StoreError, merge, provenance, provenance_groups
+from bdunlearn.store import (RunStore, StoreError, cpu_name, merge, provenance,
+                             provenance_groups)
 
 
 def rows(seed: int, asr: float) -> pd.DataFrame:
@@ -39,6 +40,18 @@ def test_runs_are_stored_under_their_key_with_provenance(tmp_path):
     assert store.table("01_attack", skey, "scores").score.tolist() == [0.1, 0.2]
     assert len(store.table("01_attack", skey)) == 2  # side tables stay out of the rows
     assert not list(tmp_path.rglob(".tmp-*"))
+
+
+@pytest.mark.parametrize("flags, label", [
+    ("fpu sse2 avx2 fma avx512f avx512_bf16", "AMD EPYC (AVX512-BF16)"),
+    ("fpu sse2 avx2 fma avx512f", "AMD EPYC (AVX-512)"),
+    ("fpu sse2 avx2 fma", "AMD EPYC (AVX2)"),
+    ("fpu sse2", "AMD EPYC"),
+])
+def test_the_processor_label_tells_bf16_machines_from_avx2_ones(flags, label):
+    # The same model name covers both; the label must say which one computed a stored row.
+    two_cores = f"model name\t: AMD EPYC\nflags\t\t: {flags}\n\n" * 2
+    assert cpu_name(two_cores) == label
 
 
 def test_a_side_table_without_its_run_does_not_count(tmp_path):

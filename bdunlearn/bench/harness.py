@@ -71,6 +71,7 @@ from ..models import build_model
 from ..parallel import Job, Stage, cores, train_jobs
 from ..registry import reference_config, spec
 from ..stacked import fit_many, stackable
+from ..store import cpu_name
 from ..train import _channels_last, cpu_has_native_bf16, fit, resolve_device, resolve_precision
 from ..unlearning import SisaService
 from .baselines import BATCH, authors_loop, bare_loop, dataloader_loop
@@ -120,15 +121,7 @@ class Row:
 # ------------------------------------------------------------------ machine and data
 
 def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_name()
     info = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
