@@ -9,8 +9,7 @@ import pytest
 
 from bdunlearn import config, studies
 from bdunlearn import experiment as ex
-from bdunlearn.store import (RunStore, StoreError, cpu_name, merge, provenance,
-                             provenance_groups)
+from bdunlearn.store import RunStore, StoreError, cpu_name, merge, provenance, provenance_groups
 
 
 def rows(seed: int, asr: float) -> pd.DataFrame:
@@ -133,6 +132,28 @@ def test_a_notebook_draws_only_what_is_stored(tmp_path, capsys):
     assert nb.draw("before-after", lambda t: 1 / 0, pd.DataFrame()) is None
     assert "no stored run to draw yet" in capsys.readouterr().out
     assert not list((tmp_path / "f").glob("*.png"))
+
+
+def test_a_render_names_the_group_that_holds_most_stored_runs(tmp_path, capsys, monkeypatch):
+    # Rendering committed bf16 runs on a CPU whose own precision is fp32 checks the claims
+    # on the (empty) fp32 group; the render must say which group holds the runs.
+    folders = dict(results_dir=str(tmp_path / "r"), figures_dir=str(tmp_path / "f"),
+                   store_dir=str(tmp_path / "s"))
+    bf16 = studies.Notebook("01_attack", studies.config("01_attack", "smoke", precision="bf16",
+                                                        **folders))
+    monkeypatch.setattr(bf16.study, "compute", lambda run, ctx: rows(run.seed, 0.9))
+    bf16.collect(progress=False)
+    capsys.readouterr()
+    fp32 = studies.Notebook("01_attack", studies.config("01_attack", "smoke", precision="fp32",
+                                                        compute=False, **folders))
+    assert len(fp32.collect(progress=False)) == 2 and fp32.own(fp32.collect()).empty
+    assert ("the claims check the group computed in fp32 on cpu (0 stored runs); bf16 on "
+            "cpu holds 1: render with -p precision bf16 -p device cpu") in (
+        capsys.readouterr().out)
+    bf16_render = studies.Notebook("01_attack", studies.config(
+        "01_attack", "smoke", precision="bf16", compute=False, **folders))
+    bf16_render.collect(progress=False)
+    assert "render with" not in capsys.readouterr().out  # its own group holds the most
 
 
 def test_provenance_marks_only_uncommitted_code_as_dirty(tmp_path):

@@ -255,7 +255,17 @@ class Notebook:
             rows, extras = out if isinstance(out, tuple) else (out, {})
             self.store.put(run.table, *stored_key(self.study, run, self.cfg),
                            self.study.VERSION, rows, prov, extras)
-        return self.store.table(table, settings_key(self.study, table, self.cfg))
+        stored = self.store.table(table, settings_key(self.study, table, self.cfg))
+        if not self.cfg.compute and not stored.empty and set(GROUP) <= set(stored.columns):
+            runs = stored.groupby(list(GROUP)).run_key.nunique()
+            mine = runs.get((self.cfg.precision, self.cfg.device_type), 0)
+            (precision, device), most = runs.idxmax(), runs.max()
+            if most > mine:
+                print(f"{table}: the claims check the group computed in "
+                      f"{self.cfg.precision} on {self.cfg.device_type} ({mine} stored runs); "
+                      f"{precision} on {device} holds {most}: render with -p precision "
+                      f"{precision} -p device {device} to check those")
+        return stored
 
     def side(self, table: str, extra: str) -> pd.DataFrame:
         """The side table ``extra`` of every stored run of ``table`` (such as scores)."""
