@@ -54,18 +54,9 @@ def cpu_name(cpuinfo: str | None = None) -> str:
     """The CPU's model name with its widest vector unit, e.g. ``"AMD EPYC (AVX2)"``, from
     ``/proc/cpuinfo`` (or the text given); the model name alone does not tell a machine
     that computes bf16 natively from one that emulates it 12x slower."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    name, flags = "", set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and not name:
-            name = value.strip()
-        elif key.strip() in ("flags", "Features"):
-            flags.update(value.split())
+    from .train import cpu_info
+
+    name, flags = cpu_info(cpuinfo)
     name = name or platform.processor() or platform.machine()
     simd = next((label for flag, label in SIMD if flag in flags), None)
     return f"{name} ({simd})" if simd else name

@@ -53,16 +53,30 @@ PRECISIONS = ("auto", "fp32", "bf16")
 SHUFFLES = ("every_epoch", "once")
 
 
+def cpu_info(text: str | None = None) -> tuple[str, frozenset[str]]:
+    """The CPU's model name and feature flags from ``/proc/cpuinfo`` (or the text given);
+    ``("", frozenset())`` where there is none."""
+    if text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                text = f.read()
+        except OSError:
+            text = ""
+    name, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not name:
+            name = value.strip()
+        elif key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return name, frozenset(flags)
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively: the ``avx512_bf16`` or ``amx_bf16`` flag in
     ``/proc/cpuinfo``, or a torch CPU capability that names BF16 or AMX."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = {w for line in f if line.startswith("flags") for w in line.split()}
-    except OSError:
-        flags = set()
-    if flags & {"avx512_bf16", "amx_bf16"}:
+    if cpu_info()[1] & {"avx512_bf16", "amx_bf16"}:
         return True
     capability = torch.backends.cpu.get_cpu_capability().upper()
     return "BF16" in capability or "AMX" in capability
