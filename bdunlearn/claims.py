@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .config import PROFILES, RunConfig
-from .metrics import interval, proportion_interval
+from .metrics import interval, proportion_interval, value_range
 
 ALL_PROFILES = tuple(PROFILES)
 
@@ -601,13 +601,18 @@ def _best_detectors(t: pd.DataFrame) -> dict | None:
     if "asr_filtered" not in t:
         return None
     fpr = operating_point(t)
-    tpr = f"tpr@{fpr}_random"
+    # what the winner costs, where stored: the false-positive rate its threshold reached
+    # on held-out random benign requests, and the hard benign requests it refuses
+    costs = {k: (c, agg) for k, c, agg in (("fpr_reached", f"fpr@{fpr}_random", "mean"),
+                                           ("hard_refused", "benign_refused_hard", "mean"),
+                                           ("benign_requests", "benign_requests", "max"))
+             if c in t}
     out = {}
     for s, d in t.groupby("shards"):
         g = d.groupby(["variant", "detector"]).agg(
-            tpr=(tpr, "mean"), asr_filtered=("asr_filtered", "mean"),
-            seeds=("seed", "nunique")).reset_index()
-        m = {"best": {}, "tied": {}, "tpr": {}, "asr_filtered": {}, "seeds": {}}
+            tpr=(f"tpr@{fpr}_random", "mean"), asr_filtered=("asr_filtered", "mean"),
+            seeds=("seed", "nunique"), **costs).reset_index()
+        m = {k: {} for k in ("best", "tied", "tpr", "asr_filtered", "seeds", *costs)}
         for v, rows in g.groupby("variant"):
             rows = rows.sort_values(["tpr", "asr_filtered", "detector"],
                                     ascending=[False, True, True])
@@ -615,6 +620,8 @@ def _best_detectors(t: pd.DataFrame) -> dict | None:
             m["best"][v], m["tpr"][v] = top.detector, float(top.tpr)
             m["asr_filtered"][v], m["seeds"][v] = float(top.asr_filtered), int(top.seeds)
             m["tied"][v] = rows.detector[rows.tpr == top.tpr].tolist()[1:]
+            for k in costs:
+                m[k][v] = float(top[k])
         out[int(s)] = m
     return {"by_shards": out, "fpr": float(fpr)}
 
@@ -631,8 +638,17 @@ def _describe_families(m: dict) -> str:
 
 
 def _describe_best(m: dict) -> str:
+    def costs(n: dict, v: str) -> str:
+        out = ""
+        if "fpr_reached" in n:
+            out += f", FPR reached {_pct(n['fpr_reached'][v])}"
+        if "hard_refused" in n:
+            out += (f", refuses {n['hard_refused'][v]:.0f} of "
+                    f"{n['benign_requests'][v]:.0f} hard benign requests")
+        return out
+
     return f"at {_pct(m['fpr'])} FPR: " + " | ".join(f"S={s}: " + "; ".join(
-        f"{v}: {d} (TPR {_pct(n['tpr'][v])}, final ASR behind it "
+        f"{v}: {d} (TPR {_pct(n['tpr'][v])}{costs(n, v)}, final ASR behind it "
         f"{_pct(n['asr_filtered'][v])}, {_seeds(n['seeds'][v])}"
         + (f"; tied with {', '.join(n['tied'][v])}" if n["tied"][v] else "") + ")"
         for v, d in n["best"].items()) for s, n in m["by_shards"].items())
@@ -860,7 +876,7 @@ def per_seed(claim: Claim, table: pd.DataFrame) -> str:
         if _yes_no(k, values):  # one yes/no outcome per seed: a Wilson interval
             mean, lo, hi = proportion_interval(int(sum(values)), len(values))
         else:
-            mean, lo, hi = interval(values)
+            mean, lo, hi = interval(values, bounds=value_range(k))
         percent = ("asr", "acc", "reduction", "rise", "rate", "flagged")
         f = ("{:.3f}".format if "auroc" in k else _pct if any(w in k for w in percent)
              else "{:.4g}".format)

@@ -89,7 +89,7 @@ def over_seeds(table: pd.DataFrame, by: list[str], values: list[str]) -> pd.Data
     display of a stored table; :func:`bdunlearn.metrics.interval`). Rows of several
     precisions or devices are never averaged together: each is a group of its own,
     its precision and device leading ``by``."""
-    from .metrics import interval
+    from .metrics import interval, value_range
     from .store import GROUP
 
     if table.empty:
@@ -105,7 +105,7 @@ def over_seeds(table: pd.DataFrame, by: list[str], values: list[str]) -> pd.Data
             if not present:
                 cells[v], cells[f"{v} 95% CI"] = float("nan"), ""
                 continue
-            mean, lo, hi = interval(present)
+            mean, lo, hi = interval(present, bounds=value_range(v))
             cells[v] = round(mean, 3)
             cells[f"{v} 95% CI"] = "" if lo is None else f"[{lo:.3f}, {hi:.3f}]"
         cells["seeds"] = len(per_seed)

@@ -84,9 +84,27 @@ def threshold_at_fpr(scores_neg, fpr: float = 0.05) -> float:
     return float(neg[neg.size - 1 - k]) if k < neg.size else float(neg[0])
 
 
-def interval(values, confidence: float = 0.95) -> tuple[float, float | None, float | None]:
-    """Mean and two-sided Student-t interval of ``values`` (``None`` bounds for one value);
-    bounds are clipped to [0, 1] when every value lies there (rates, AUROCs)."""
+RATES = ("asr", "acc", "auroc", "tpr", "fpr")  # a number named so lies in [0, 1]
+COUNTS = ("refused", "requests", "seconds", "steps")  # a number named so is at least 0
+
+
+def value_range(name: str) -> tuple[float | None, float | None]:
+    """What the number ``name`` (a column, a claim's number) can take, by its name: a rate
+    (ASR, accuracy, AUROC, TPR, FPR) lies in [0, 1], a count or a time is at least 0, and
+    anything else (a difference, a ratio) is unbounded."""
+    if any(w in name for w in RATES):
+        return 0.0, 1.0
+    if any(w in name for w in COUNTS):
+        return 0.0, None
+    return None, None
+
+
+def interval(values, confidence: float = 0.95, bounds: tuple = (None, None)
+             ) -> tuple[float, float | None, float | None]:
+    """Mean and two-sided Student-t interval of ``values`` (``None`` bounds for one value),
+    clipped to ``bounds`` (``(low, high)``, ``None`` for no bound; :func:`value_range` gives a
+    named number's). The caller says what the number can take: the values alone cannot
+    (a count of 0 or 1 per seed is not a rate)."""
     from scipy import stats
 
     v = np.asarray(values, dtype=np.float64)
@@ -96,9 +114,8 @@ def interval(values, confidence: float = 0.95) -> tuple[float, float | None, flo
         return mean, None, None
     half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / len(v) ** 0.5)
     lo, hi = mean - half, mean + half
-    if ((v >= 0) & (v <= 1)).all():
-        lo, hi = max(lo, 0.0), min(hi, 1.0)
-    return mean, lo, hi
+    low, high = bounds
+    return mean, lo if low is None else max(lo, low), hi if high is None else min(hi, high)
 
 
 def proportion_interval(successes: int, trials: int, confidence: float = 0.95

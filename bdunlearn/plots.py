@@ -8,6 +8,7 @@ bar of height zero reads as "0%", not as missing data.
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, PercentFormatter
 
-from .metrics import interval, proportion_interval
+from .metrics import interval, proportion_interval, value_range
 
 PALETTE = "colorblind"
 PRINT_DPI = 200
@@ -51,10 +52,11 @@ def save(fig, figures_dir, stem: str, name: str) -> Path:
     return path
 
 
-def seed_interval(values) -> tuple[float, float]:
-    """Seaborn ``errorbar``: the 95% t-interval over seeds (:func:`metrics.interval`), as
-    the README's claim rows give it; a single seed draws no bar."""
-    mean, lo, hi = interval(values)
+def seed_interval(values, bounds: tuple = (0.0, 1.0)) -> tuple[float, float]:
+    """Seaborn ``errorbar``: the 95% t-interval over seeds (:func:`metrics.interval`) of a
+    rate (within [0, 1]; other ``bounds`` for other numbers), as the README's claim rows
+    give it; a single seed draws no bar."""
+    mean, lo, hi = interval(values, bounds=bounds)
     return (mean, mean) if lo is None else (lo, hi)
 
 
@@ -157,7 +159,8 @@ def _trajectory_axes(axes, traj: pd.DataFrame, hue: str, at=None) -> None:
     for ax, (metric, title) in zip(axes, panels):
         data = traj[traj.requested > 0] if metric == "retrain_seconds" else traj
         sns.lineplot(data, x="requested", y=metric, hue=hue, hue_order=order, marker="o",
-                     ax=ax, errorbar=seed_interval, legend=ax is axes[0])
+                     ax=ax, errorbar=functools.partial(seed_interval, bounds=value_range(metric)),
+                     legend=ax is axes[0])
         ax.set(title=title, xlabel="mitigation samples unlearned", ylabel="")
         if metric == "retrain_seconds":
             ax.set_ylim(bottom=0)
@@ -552,7 +555,8 @@ def bars(table: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: 
         raise ValueError(f"bars: column {y!r} must hold only 0 and 1 when yes_no is set")
     fig, ax = plt.subplots(figsize=(7.5, 3.4), layout="constrained")
     sns.barplot(table, x=x, y=y, hue=hue, ax=ax,
-                errorbar=rate_interval if yes_no else seed_interval,
+                errorbar=(rate_interval if yes_no else
+                          functools.partial(seed_interval, bounds=value_range(y))),
                 palette=PALETTE if hue else None)
     _label_bars(ax)
     ax.set(title=title, xlabel=xlabel, ylabel=_name(y))

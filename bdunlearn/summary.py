@@ -86,20 +86,22 @@ def crosscheck(columns=("asr_before", "asr_after", "mu_auroc", "sms_auroc"),
 
 
 def _cell(values, pct: bool = True) -> str:
-    """``mean [lo, hi]`` over seeds (:func:`bdunlearn.metrics.interval`)."""
+    """``mean [lo, hi]`` of a rate or an AUROC over seeds (:func:`bdunlearn.metrics.interval`
+    within [0, 1]), as a percentage or, ``pct`` False, to two decimals."""
     from .metrics import interval
 
     values = [v for v in values if pd.notna(v)]
     if not values:
         return "n/a"
-    mean, lo, hi = interval(values)
+    mean, lo, hi = interval(values, bounds=(0.0, 1.0))
     f = "{:.0%}".format if pct else "{:.2f}".format
     return f(mean) + ("" if lo is None else f" [{f(lo)}, {f(hi)}]")
 
 
 def benchmark_table(results: Path) -> str:
     """The README's request-detection leaderboard from ``07_request_detection.csv``: per
-    attack family, shard count and detector, over seeds (mean [95% t-interval])."""
+    attack family, shard count and detector, over seeds (mean [95% t-interval]; beside
+    each TPR the mean false-positive rate its threshold reached on held-out benign requests)."""
     from .attack import FAMILY_TITLES
     from .claims import operating_point
     from .store import provenance_groups
@@ -113,14 +115,16 @@ def benchmark_table(results: Path) -> str:
         per_seed = g.groupby(["variant", "shards", "detector", "seed"]).first().reset_index()
         fpr = operating_point(per_seed)  # the filters' false-positive rate
         lines += [f"Computed in {label}:" if label else "", "",
-                  f"| attack | S | detector | AUROC (random) | TPR at 1% FPR | TPR at "
-                  f"{float(fpr):.0%} FPR | AUROC (hard) | final ASR: no filter / behind it "
+                  f"| attack | S | detector | AUROC (random) | TPR at 1% FPR (reached) | "
+                  f"TPR at {float(fpr):.0%} FPR (reached) | AUROC (hard) | final ASR: no "
+                  "filter / behind it "
                   "| benign refused (random, hard) | seeds |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for (v, s, d), r in per_seed.groupby(["variant", "shards", "detector"]):
             lines.append(
                 f"| {FAMILY_TITLES.get(v, v)} | {s} | {d} | {_cell(r.auroc_random, False)} | "
-                f"{_cell(r['tpr@0.01_random'])} | {_cell(r[f'tpr@{fpr}_random'])} | "
+                f"{_cell(r['tpr@0.01_random'])} ({r['fpr@0.01_random'].mean():.1%}) | "
+                f"{_cell(r[f'tpr@{fpr}_random'])} ({r[f'fpr@{fpr}_random'].mean():.1%}) | "
                 f"{_cell(r.auroc_hard, False)} | {_cell(r.asr_after)} / "
                 f"{_cell(r.asr_filtered)} | {r.benign_refused_random.mean():.1f}, "
                 f"{r.benign_refused_hard.mean():.1f} of {int(r.benign_requests.max())} | "

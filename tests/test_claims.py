@@ -110,9 +110,28 @@ def test_readme_rows_give_each_seed_with_a_t_interval():
     half = pd.concat([t, pd.DataFrame({"variant": ["bn"], "detector": ["mu"], "shards": [1],
                                        "seed": [2], "auroc": [0.99]})], ignore_index=True)
     assert claims.readme_rows({"04_detection": half})[0][2:4] == row[2:4]
-    mean, lo, hi = claims.interval([0.9, 0.95, 1.0])
+    mean, lo, hi = claims.interval([0.9, 0.95, 1.0], bounds=(0.0, 1.0))
     assert (round(mean, 3), hi) == (0.95, 1.0) and round(lo, 3) == 0.826
     assert claims.interval([0.5]) == (0.5, None, None)
+
+
+def test_an_interval_is_clipped_by_what_the_number_is_not_by_its_values():
+    from bdunlearn import experiment as ex
+    from bdunlearn.metrics import value_range
+
+    # benign requests refused, 1, 0 and 1 over three seeds: a count, not a rate, whose
+    # t-interval reaches 2.10 (mean 0.667, sd 0.577, t(0.975, 2) = 4.303)
+    assert value_range("benign_refused_random") == (0.0, None)
+    assert value_range("tpr@0.05_random") == value_range("asr_after") == (0.0, 1.0)
+    assert value_range("reduction") == (None, None)  # 1 - after / before can be negative
+    t = pd.DataFrame({"seed": [0, 1, 2], "g": "x", "benign_refused_random": [1, 0, 1],
+                      "auroc": [0.9, 0.95, 1.0], "reduction": [0.1, 0.0, 0.1]})
+    shown = ex.over_seeds(t, ["g"], ["benign_refused_random", "auroc", "reduction"]).iloc[0]
+    assert shown["benign_refused_random 95% CI"] == "[0.000, 2.101]"
+    assert shown["auroc 95% CI"] == "[0.826, 1.000]"
+    assert shown["reduction 95% CI"] == "[-0.077, 0.210]"
+    mean, lo, hi = claims.interval([0.9, 0.95, 1.0])
+    assert round(hi, 3) == 1.074  # unbounded unless told
 
 
 def test_rows_of_another_precision_or_device_are_never_pooled(capsys):
@@ -242,6 +261,23 @@ def test_the_epochs_claim_names_each_verdict_the_longer_training_changes():
     assert claim.measure(t[t.epochs == 20]) is None
 
 
+def test_the_leaderboard_shows_each_tpr_beside_the_fpr_it_reached_at_either_point():
+    from bdunlearn.studies import benchmark
+
+    cols = ("auroc_random", "tpr@0.01_random", "fpr@0.01_random", "tpr@0.05_random",
+            "fpr@0.05_random", "auroc_hard", "asr_after", "asr_filtered", "refused",
+            "benign_refused_random", "benign_refused_hard")
+    t = pd.DataFrame([{"variant": "bn", "shards": 1, "detector": "batch", "seed": s,
+                       **dict.fromkeys(cols, 0.5), "fpr@0.01_random": 0.015 + s / 1000}
+                      for s in range(3)])
+    for fpr in (0.01, 0.05):  # the 1% point once, not twice
+        board = benchmark.leaderboard(t, fpr)
+        assert board.columns.is_unique and board.iloc[0]["seeds"] == 3
+        assert board.iloc[0]["fpr@0.01_random"] == 0.016  # the batch test's 1% is 1.6%
+    with pytest.raises(ValueError, match="fpr 0.1 is not an operating point"):
+        benchmark.leaderboard(t, 0.1)
+
+
 def test_switched_on_is_one_rule_for_floats_and_columns():
     # the bounds are inclusive: 20% before and 80% after still switch on
     assert claims.switched_on(0.2, 0.8) and not claims.switched_on(0.21, 1.0)
@@ -279,6 +315,11 @@ def test_benchmark_claims_count_seeds_and_rank_at_the_filters_operating_point():
     assert (one["best"]["bn"], one["tied"]["bn"], m["fpr"]) == ("batch", ["loss"], 0.05)
     assert (one["seeds"]["bn"], m["by_shards"][5]["best"]["bn"]) == (3, "sms")
     assert "tied with loss" in best.describe(m) and "S=5: bn: sms (TPR 60.0%" in best.describe(m)
+    # where the table stores them, the winner says what it costs
+    cost = t.assign(**{"fpr@0.05_random": 0.06, "benign_refused_hard": 300,
+                       "benign_requests": 300})
+    assert "bn: batch (TPR 80.0%, FPR reached 6.0%, refuses 300 of 300 hard benign " \
+        "requests, final ASR behind it 20.0%, 3 seeds" in best.describe(best.measure(cost))
     assert claims.operating_point(t.assign(filter_threshold=0.9)) == "0.01"
     with pytest.raises(ValueError, match="no stored operating point"):
         claims.operating_point(t.assign(filter_threshold=0.7))

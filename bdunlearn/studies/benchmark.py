@@ -90,9 +90,12 @@ def compute(run: Run, ctx) -> pd.DataFrame:
 
 
 def leaderboard(table: pd.DataFrame, fpr: float = 0.05) -> pd.DataFrame:
-    """Per attack family, shard count and detector over seeds: AUROC and TPR at 1% and
-    ``fpr`` against random benign requests, AUROC against the hard population, and the
-    filter at ``fpr``: final ASR without and with it, attack and benign requests refused."""
+    """Per attack family, shard count and detector over seeds: AUROC against random benign
+    requests, TPR at 1% and at ``fpr`` each beside the false-positive rate its threshold
+    reached on held-out random benign requests, AUROC against the hard population, and
+    the filter as it was run (at the runs' ``target_fpr``,
+    :func:`bdunlearn.claims.operating_point`): final ASR without and with it, attack and
+    benign requests refused."""
     if table.empty:
         return pd.DataFrame({"stored runs": [0]})
     if f"tpr@{fpr:g}_random" not in table:
@@ -100,9 +103,10 @@ def leaderboard(table: pd.DataFrame, fpr: float = 0.05) -> pd.DataFrame:
         raise ValueError(f"fpr {fpr!r} is not an operating point of the stored runs; use one "
                          f"of {', '.join(stored)}")
     t = table.assign(attack=table.variant.map(FAMILY_TITLES))
-    cols = ["auroc_random", "tpr@0.01_random", f"tpr@{fpr:g}_random", "auroc_hard",
-            "asr_after", "asr_filtered", "refused", "benign_refused_random",
-            "benign_refused_hard"]
+    cols = list(dict.fromkeys(
+        ["auroc_random", "tpr@0.01_random", "fpr@0.01_random", f"tpr@{fpr:g}_random",
+         f"fpr@{fpr:g}_random", "auroc_hard", "asr_after", "asr_filtered", "refused",
+         "benign_refused_random", "benign_refused_hard"]))
     return ex.over_seeds(t, ["attack", "shards", "detector"], cols)
 
 
