@@ -26,11 +26,6 @@ from .data import Dataset
 from .train import predict
 from .triggers import PatchTrigger
 
-OVERHEAD_COLUMNS = ["dataset", "variant", "seed", "shards", "requested", "defense", "seconds",
-                    "flagged", "asr_after", "clean_acc_after", "steps"]
-ERASURE_COLUMNS = ["dataset", "attack", "defense", "seed", "defender_samples", "asr_before",
-                   "asr_after", "clean_acc_before", "clean_acc_after", "seconds"]
-
 
 def overhead_defenses(cfg: RunConfig) -> dict[str, dict]:
     """The defenses notebook 03 re-runs, with their knobs: Neural Cleanse (detection),

@@ -19,6 +19,7 @@ from .data import Dataset, load
 from .registry import spec
 from .unlearning import AmnesiacService, SisaService
 
+# The results contract of a trajectory table (notebooks 01, 02): its columns come first.
 RESULT_COLUMNS = ["dataset", "variant", "seed", "shards", "slices", "requested",
                   "clean_acc", "asr", "retrain_seconds"]
 
@@ -172,12 +173,16 @@ def filtered_trajectory(atk: attacks.AttackSet, ds: Dataset, cfg: RunConfig, cou
 
 
 def save_table(df: pd.DataFrame, stem: str, results_dir: Path, columns=None) -> Path:
-    """Write ``<results_dir>/<stem>.csv`` (the contract's columns first)."""
-    if columns is not None:
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
-            raise ValueError(f"results table {stem} lacks the columns {missing}")
-        df = df[columns + [c for c in df.columns if c not in columns]]
+    """Write ``<results_dir>/<stem>.csv``: ``columns`` (the contract's) first, in their
+    order, then the others, then the provenance columns (:data:`bdunlearn.store.PROVENANCE`)."""
+    from .store import PROVENANCE
+
+    columns = list(columns or [])
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"results table {stem} lacks the columns {missing}")
+    last = [c for c in PROVENANCE if c in df.columns and c not in columns]
+    df = df[columns + [c for c in df.columns if c not in columns and c not in last] + last]
     path = Path(results_dir) / f"{stem}.csv"
     df.to_csv(path, index=False)
     return path

@@ -90,8 +90,13 @@ COUNTS = ("refused", "requests", "seconds", "steps")  # a number named so is at 
 
 def value_range(name: str) -> tuple[float | None, float | None]:
     """What the number ``name`` (a column, a claim's number) can take, by its name: a rate
-    (ASR, accuracy, AUROC, TPR, FPR) lies in [0, 1], a count or a time is at least 0, and
-    anything else (a difference, a ratio) is unbounded."""
+    (ASR, accuracy, AUROC, TPR, FPR) lies in [0, 1], a rise of a rate in [-1, 1], a
+    reduction (1 - after / before) is at most 1, a count or a time is at least 0, and
+    anything else is unbounded."""
+    if "rise" in name:
+        return -1.0, 1.0
+    if "reduction" in name:
+        return None, 1.0
     if any(w in name for w in RATES):
         return 0.0, 1.0
     if any(w in name for w in COUNTS):

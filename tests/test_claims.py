@@ -123,7 +123,8 @@ def test_an_interval_is_clipped_by_what_the_number_is_not_by_its_values():
     # t-interval reaches 2.10 (mean 0.667, sd 0.577, t(0.975, 2) = 4.303)
     assert value_range("benign_refused_random") == (0.0, None)
     assert value_range("tpr@0.05_random") == value_range("asr_after") == (0.0, 1.0)
-    assert value_range("reduction") == (None, None)  # 1 - after / before can be negative
+    assert value_range("reduction") == (None, 1.0)  # 1 - after / before: negative if it rose
+    assert value_range("rise") == (-1.0, 1.0) and value_range("epochs") == (None, None)
     t = pd.DataFrame({"seed": [0, 1, 2], "g": "x", "benign_refused_random": [1, 0, 1],
                       "auroc": [0.9, 0.95, 1.0], "reduction": [0.1, 0.0, 0.1]})
     shown = ex.over_seeds(t, ["g"], ["benign_refused_random", "auroc", "reduction"]).iloc[0]

@@ -58,7 +58,8 @@ def test_summary_table_reads_the_csvs(tmp_path):
 def test_benchmark_leaderboard_is_generated_from_the_csv(tmp_path):
     rows = [{"variant": v, "seed": seed, "shards": 1, "detector": d,
              "auroc_random": 0.9 if d == "batch" else 0.6, "tpr@0.01_random": 0.5,
-             "tpr@0.05_random": 0.8, "auroc_hard": 0.4, "asr_after": 0.95,
+             "tpr@0.05_random": 0.8, "fpr@0.01_random": 0.012, "fpr@0.05_random": 0.048,
+             "auroc_hard": 0.4, "asr_after": 0.95,
              "asr_filtered": 0.1 + 0.01 * seed, "benign_refused_random": 15,
              "benign_refused_hard": 40, "benign_requests": 300,
              "threshold@0.01_random": 0.9, "threshold@0.05_random": 0.5,
@@ -72,11 +73,48 @@ def test_benchmark_leaderboard_is_generated_from_the_csv(tmp_path):
     summary.update_readme(readme, tmp_path)
     text = readme.read_text()
     assert "old" not in text and "Computed in bf16, cpu:" in text
-    assert "| TPR at 1% FPR | TPR at 5% FPR |" in text  # the filters' operating point
+    # the filters' operating point, each TPR beside the FPR its threshold reached
+    assert "| TPR at 1% FPR (reached) | TPR at 5% FPR (reached) |" in text
     line = next(r for r in text.splitlines()
                 if r.startswith("| label-consistent") and "batch" in r)
     assert "| 0.90 [0.90, 0.90] |" in line and "95% [95%, 95%] / 11% [9%, 13%]" in line
+    assert "| 50% [50%, 50%] (1.2%) | 80% [80%, 80%] (4.8%) |" in line
     assert "15.0, 40.0 of 300 | 3 |" in line
+
+
+def test_every_results_table_puts_its_contract_first_and_its_provenance_last(tmp_path):
+    from bdunlearn.store import PROVENANCE
+
+    for stem in studies.STEMS:
+        mod = studies.study(stem)
+        contract = list(getattr(mod, "COLUMNS", []))
+        cfg = studies.config(stem, "smoke", results_dir=str(tmp_path / stem),
+                             figures_dir=str(tmp_path / "f"), store_dir=str(tmp_path / "s"))
+        shuffled = [*PROVENANCE[::-1], "extra", *contract[::-1]]
+        path = studies.Notebook(stem, cfg).save(pd.DataFrame([range(len(shuffled))],
+                                                             columns=shuffled))
+        header = list(pd.read_csv(path).columns)
+        assert header == [*contract, "extra", *PROVENANCE], stem
+    # the committed tables keep it too (the README and the SPEC name these columns)
+    for csv in sorted((reproduce.ROOT / "results").glob("0*.csv")):
+        header = list(pd.read_csv(csv, nrows=0).columns)
+        stem = next(s for s in studies.STEMS if csv.stem.startswith(s[:2]))
+        contract = list(getattr(studies.study(stem), "COLUMNS", []))
+        if csv.stem == stem:
+            assert header[:len(contract)] == contract, csv.name
+        assert header[-len(PROVENANCE):] == list(PROVENANCE), csv.name
+    spec = {"01_attack": ["dataset", "variant", "seed", "shards", "slices", "requested",
+                          "clean_acc", "asr", "retrain_seconds"],
+            "04_detection": ["dataset", "variant", "seed", "shards", "detector", "auroc"],
+            "03_defense_overhead": ["dataset", "variant", "seed", "shards", "requested",
+                                    "defense", "seconds", "flagged", "asr_after",
+                                    "clean_acc_after"],
+            "05_backdoor_erasure": ["dataset", "attack", "defense", "seed", "defender_samples",
+                                    "asr_before", "asr_after", "clean_acc_before",
+                                    "clean_acc_after", "seconds"]}
+    spec["02_unlearning_trajectory"] = spec["01_attack"]
+    for stem, columns in spec.items():  # the SPEC's contract, in its order
+        assert studies.study(stem).COLUMNS[:len(columns)] == columns, stem
 
 
 def test_crosscheck_is_aggregated_once_for_the_notebook_and_the_tool(tmp_path):

@@ -276,8 +276,13 @@ class Notebook:
         return own_group(table, self.cfg)
 
     def save(self, table: pd.DataFrame, name: str | None = None, columns=None) -> Path:
-        """Write ``<results_dir>/<name>.csv`` (the notebook's stem by default)."""
-        return ex.save_table(table, name or self.stem, self.res_dir, columns)
+        """Write ``<results_dir>/<name>.csv`` (the notebook's stem by default): ``columns``
+        first (for the notebook's own table, its study's ``COLUMNS``, the results
+        contract, by default), the provenance last (:func:`bdunlearn.experiment.save_table`)."""
+        name = name or self.stem
+        if columns is None and name == self.stem:
+            columns = getattr(self.study, "COLUMNS", None)
+        return ex.save_table(table, name, self.res_dir, columns)
 
     def figure(self, fig, name: str) -> Path:
         """Save ``fig`` as ``<figures_dir>/<stem>-<name>.png``."""

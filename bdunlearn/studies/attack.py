@@ -15,6 +15,7 @@ VERSION = 1
 SETTINGS = (*MEASURED, "alpha", "poison_num", "mitigation_num", "it_poison_num",
             "it_mitigation_num")
 TABLE = "01_attack"
+COLUMNS = ex.RESULT_COLUMNS  # the results contract: these first, in this order
 VARIANTS = ("bn", "it")
 
 

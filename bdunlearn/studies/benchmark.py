@@ -24,6 +24,7 @@ VERSION = 1
 SETTINGS = (*MEASURED, "alpha", "poison_num", "mitigation_num", "it_poison_num",
             "it_mitigation_num", "target_fpr")
 TABLE = "07_request_detection"
+COLUMNS = ["dataset", "variant", "seed", "shards", "detector"]  # a row's identity first
 SEEDS = 3  # the benchmark's seeds: the first three of the run's
 POPULATIONS = ("random", "hard")
 

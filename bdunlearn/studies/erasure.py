@@ -16,6 +16,8 @@ VERSION = 1
 SETTINGS = (*MEASURED, "alpha", "poison_num", "mitigation_num", "poison_fraction", "defender_size",
             "defense_samples", "nc_steps")
 TABLE = "05_backdoor_erasure"
+COLUMNS = ["dataset", "attack", "defense", "seed", "defender_samples", "asr_before",
+           "asr_after", "clean_acc_before", "clean_acc_after", "seconds"]  # the contract first
 
 
 def runs(cfg) -> list[Run]:

@@ -17,6 +17,8 @@ VERSION = 1
 SETTINGS = (*MEASURED, "alpha", "poison_num", "mitigation_num", "poison_fraction", "defense_steps",
             "defender_size", "nc_steps")
 TABLE = "03_defense_overhead"
+COLUMNS = ["dataset", "variant", "seed", "shards", "requested", "defense", "seconds",
+           "flagged", "asr_after", "clean_acc_after", "steps"]  # the results contract first
 
 
 def runs(cfg) -> list[Run]:

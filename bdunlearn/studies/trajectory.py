@@ -16,6 +16,7 @@ VERSION = 1
 SETTINGS = (*MEASURED, "variant", "alpha", "poison_num", "mitigation_num", "it_poison_num",
             "it_mitigation_num", "request_steps")
 TABLE = "02_unlearning_trajectory"
+COLUMNS = ex.RESULT_COLUMNS  # the results contract: these first, in this order
 
 
 def runs(cfg) -> list[Run]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CPU side of the device kit: gather what the GPU machine's image lacks into
-# tools/device/payload/ (git-ignored, about 51 MB, carried with `run`'s carry=[...]):
+# tools/device/payload/ (git-ignored, about 53 MB, carried with `run`'s carry=[...]):
 #   wheels/  papermill, ipykernel and ipywidgets with their dependencies, for Python 3.12
 #            (aiohttp named too: pip on another Python skips papermill's 3.12-only need)
 #   data/fashion-mnist/  the four Fashion-MNIST idx files
