@@ -235,7 +235,9 @@ class Notebook:
         """Compute the runs of ``table`` (the notebook's own by default) that the store
         does not hold (none when ``cfg.compute`` is False), store each as it finishes, and
         return every stored run of the same settings (all seeds stored so far, every
-        precision and device, with provenance columns)."""
+        precision and device, with provenance columns). With ``compute`` False, it says
+        so when another precision/device group holds more stored runs than the one the
+        claims check (this run's)."""
         from tqdm.auto import tqdm
 
         table = table or self.stem
