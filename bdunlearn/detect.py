@@ -8,14 +8,20 @@
 Detectors of the request-detection benchmark (notebook 07), beside BAU's two:
 
 * Loss (``"loss"``): cross-entropy of the claimed label under the sample's own model.
-* Feature-space neighbours (``"knn"``, after Deep k-NN, Peri et al. 2020): the share of the
+* Feature-space neighbours (``"knn"``, after Deep k-NN, Peri et al. 2020): how many of the
   sample's :data:`KNN_K` nearest neighbours, among a fixed sample of its own model's
-  training data, in that model's penultimate layer (cosine), whose label differs from
-  the sample's claimed label.
+  training data, in that model's penultimate layer (cosine), carry a label other than
+  the sample's claimed label; ties between equal counts are broken by how much nearer
+  the nearest other-label neighbour is than the nearest same-label one. Scaled to
+  [0, 1]: ``(disagreeing + tie-breaker in [0, 1]) / (KNN_K + 1)``. Without the
+  tie-breaker the score takes only ``KNN_K + 1`` values, and a threshold on benign
+  requests falls on a tie (more than 1% of benign samples have no agreeing neighbour).
 * Batch (``"batch"``, :func:`batch_scores`): a whole request batch at once; the mean
-  pairwise cosine similarity of the batch's penultimate features, centred on the mean
-  feature of a fixed sample of training data, averaged over the constituent models. An
-  attacker's requests share a trigger, a benign user's do not.
+  pairwise cosine similarity of the batch's penultimate features, each centred on the
+  mean feature of its claimed class in a fixed sample of training data, averaged over
+  the constituent models. An attacker's requests share a trigger, a benign user's do
+  not; centring per class keeps a benign batch of one class (a user deleting their
+  photos of one kind) from looking alike for its label alone.
 
 :data:`NEEDS` says what each needs to see. High scores are suspicious. A
 :class:`RequestFilter` (per sample) or :class:`BatchFilter` turns a detector and a
@@ -116,17 +122,21 @@ def _reference(service, model: int) -> np.ndarray:
 
 
 def _knn(service, model: int, ids: np.ndarray) -> np.ndarray:
-    """The share of each sample's :data:`KNN_K` nearest reference samples (itself left
-    out) whose label differs from its claimed label."""
+    """The ``"knn"`` score (module docstring) of each sample against model ``model``'s
+    reference samples, itself left out."""
     ref = _reference(service, model)
     f_ref = torch.nn.functional.normalize(_outputs(service, model, ref, "features"), dim=1)
     f_q = torch.nn.functional.normalize(_outputs(service, model, ids, "features"), dim=1)
-    sim = f_q @ f_ref.T
+    sim = (f_q @ f_ref.T).double()
     sim[torch.from_numpy(ids).view(-1, 1) == torch.from_numpy(ref).view(1, -1)] = -2.0
     k = min(KNN_K, len(ref) - 1)
-    near = sim.topk(k, dim=1).indices
-    labels = service.y[torch.from_numpy(ref)][near]
-    return (labels != service.y[torch.from_numpy(ids)].view(-1, 1)).double().mean(1).numpy()
+    y_ref, y_q = service.y[torch.from_numpy(ref)], service.y[torch.from_numpy(ids)]
+    disagree = (y_ref[sim.topk(k, dim=1).indices] != y_q.view(-1, 1)).double().sum(1)
+    same = y_ref.view(1, -1) == y_q.view(-1, 1)
+    margin = (sim.masked_fill(~same, -2.0).amax(1)
+              - sim.masked_fill(same, -2.0).amax(1))  # nearest same minus nearest other
+    tie = (2.0 - margin.clamp(-2.0, 2.0)) / 4.0  # 1: the nearest other-label one is nearer
+    return ((disagree + tie) / (k + 1)).numpy()
 
 
 def scores(service, ids, detector: str) -> np.ndarray:
@@ -160,20 +170,26 @@ def scores(service, ids, detector: str) -> np.ndarray:
 
 def batch_scores(service, batches) -> np.ndarray:
     """One score per request batch (a list of id arrays, each of two or more ids): the
-    ``"batch"`` detector (see the module docstring)."""
+    ``"batch"`` detector (see the module docstring). A class absent from the reference
+    sample is centred on the reference's mean feature."""
     batches = [sample_ids(b, len(service.y), what="request id") for b in batches]
     if any(b.size < 2 for b in batches):
         raise ValueError("a batch score needs batches of at least two request ids")
     if not batches:
         return np.empty(0)
     ref = _reference(service, -1)
+    y_ref = service.y[torch.from_numpy(ref)]
     out = np.zeros(len(batches))
     with memo():  # every batch's samples and the reference, once per model
         for m in range(service.num_models):
-            centre = _outputs(service, m, ref, "features").double().mean(0)
+            f_ref = _outputs(service, m, ref, "features").double()
+            centres = f_ref.mean(0).repeat(service.num_classes, 1)
+            for c in y_ref.unique().tolist():
+                centres[c] = f_ref[y_ref == c].mean(0)
             for b, ids in enumerate(batches):
+                f = _outputs(service, m, ids, "features").double()
                 fb = torch.nn.functional.normalize(
-                    _outputs(service, m, ids, "features").double() - centre, dim=1)
+                    f - centres[service.y[torch.from_numpy(ids)]], dim=1)
                 sim = fb @ fb.T
                 n = len(ids)
                 out[b] += float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
@@ -181,14 +197,15 @@ def batch_scores(service, batches) -> np.ndarray:
 
 
 def batches_of(ids, size: int) -> list[np.ndarray]:
-    """``ids`` in consecutive batches of ``size``; the last one is shorter, and a lone last
-    id joins the batch before it (a batch score needs two ids)."""
+    """The windows a request of ``ids`` is scored in: consecutive batches of ``size``,
+    where a shorter last batch is replaced by the last ``size`` ids (overlapping the batch
+    before it), so that every window has ``size`` ids (a batch score's spread depends on
+    the batch's size, and its threshold is set on batches of ``size``). A request of fewer
+    than ``size`` ids is one window."""
     ids = np.asarray(ids, dtype=np.int64)
     size = integer("batch size", size, 2)
-    out = [ids[i:i + size] for i in range(0, len(ids), size)]
-    if len(out) > 1 and out[-1].size < 2:
-        out = [*out[:-2], np.concatenate(out[-2:])]
-    return out
+    n = len(ids)
+    return [ids[max(0, min(i, n - size)):i + size] for i in range(0, n, size)]
 
 
 def matched_clean(service, positives, clean_ids, rng: np.random.Generator, exclude=()):
@@ -275,7 +292,8 @@ class RequestFilter:
 @dataclass
 class BatchFilter:
     """Refuse whole request batches (consecutive ``size`` ids of each request, see
-    :func:`batches_of`) whose ``"batch"`` score exceeds ``threshold``. It scores each
+    :func:`batches_of`; a shorter last batch is decided by the window of the request's
+    last ``size`` ids) whose ``"batch"`` score exceeds ``threshold``. It scores each
     request as sent: a request of one id is never refused, so a provider must group a
     requester's requests into batches for it to see them."""
 
@@ -291,9 +309,9 @@ class BatchFilter:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size < 2:
             return np.zeros(ids.size, dtype=bool)
-        groups = batches_of(ids, self.size)
-        flagged = batch_scores(service, groups) > self.threshold
-        return np.repeat(flagged, [g.size for g in groups])
+        flagged = batch_scores(service, batches_of(ids, self.size)) > self.threshold
+        starts = range(0, ids.size, self.size)  # each window decides its own new ids
+        return np.repeat(flagged, [min(self.size, ids.size - i) for i in starts])
 
 
 def detector_scores(service, ids, detector: str, *, batch: int = 10, draws: int = 0,
@@ -327,10 +345,10 @@ def benchmark(service, positives, populations: dict, detector: str, *,
     into a calibration half and a test half (at most ``sample`` each): the threshold for
     each false-positive rate in ``fprs`` is set on the calibration half alone, the TPR it
     gives is measured on the positives and the FPR on the test half, and the AUROC is the
-    positives against the test half. The batch detector scores ``max(20, sample //
-    batch)`` random request batches of each (a batch of ``batch`` positives, or fewer when
-    there are fewer). Returns ``{name: {"auroc", "tpr@<f>", "fpr@<f>",
-    "threshold@<f>"}}``.
+    positives against the test half. The batch detector scores ``sample`` random request
+    batches of each (a batch of ``batch`` ids, or fewer when there are fewer positives):
+    its thresholds rest on as many scores as a per-sample detector's. Returns
+    ``{name: {"auroc", "tpr@<f>", "fpr@<f>", "threshold@<f>"}}``.
     """
     _check_detector(detector, BENCHMARK_DETECTORS)
     if not isinstance(populations, dict) or not populations:
@@ -344,7 +362,7 @@ def benchmark(service, positives, populations: dict, detector: str, *,
     pos = pos[~service.removed[pos]]
     if pos.size < 2:
         raise ValueError("the benchmark needs at least two attack requests in the training set")
-    draws = max(20, sample // batch) if detector == "batch" else 0
+    draws = sample if detector == "batch" else 0
     with memo():
         return _benchmark(service, pos, populations, detector, fprs, batch, draws, sample,
                           seed)

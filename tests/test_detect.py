@@ -139,9 +139,14 @@ def test_loss_scores_the_claimed_label(service):
 
 def test_knn_flags_samples_whose_neighbours_disagree(trigger_service):
     svc, patched = trigger_service
-    knn = detect.scores(svc, np.concatenate([patched, np.arange(100)]), "knn")
+    ids = np.concatenate([patched, np.arange(600)])
+    knn = detect.scores(svc, ids, "knn")
     assert ((knn >= 0) & (knn <= 1)).all()
     assert knn[:40].mean() > knn[40:].mean() + 0.2  # random labels among look-alikes
+    # ranked by the count of disagreeing neighbours first, ties broken within a count
+    count = np.floor(knn * (detect.KNN_K + 1))
+    assert (count <= detect.KNN_K).all() and len(np.unique(count)) > 2
+    assert len(np.unique(knn)) > 0.9 * len(knn)  # no threshold falls on a tie
     # a sample's score does not depend on what it is scored with
     assert np.allclose(detect.scores(svc, patched[:5], "knn"), knn[:5])
 
@@ -155,6 +160,37 @@ def test_batch_score_is_high_for_batches_that_share_a_trigger(trigger_service):
     assert auroc(s[:20], s[20:]) > 0.95
     flags = detect.BatchFilter(float(np.max(s[20:])), size=10)(svc, np.concatenate(trig[:2]))
     assert flags.shape == (20,) and flags.all()  # whole batches refused
+
+
+def test_batch_score_does_not_flag_a_benign_batch_for_its_label_alone(trigger_service):
+    """Centred per claimed class, ten clean samples of one class look no more alike than
+    ten of mixed classes; ten patched samples still do."""
+    svc, patched = trigger_service
+    rng = np.random.default_rng(1)
+    clean = np.arange(600)
+    one_class = [rng.choice(clean[svc.y[:600].numpy() == c], 10, replace=False)
+                 for c in range(10) for _ in range(3)]
+    mixed = [rng.choice(clean, 10, replace=False) for _ in range(30)]
+    trig = [rng.choice(patched, 10, replace=False) for _ in range(30)]
+    s_one, s_mixed, s_trig = np.split(detect.batch_scores(svc, one_class + mixed + trig), 3)
+    assert 0.3 < auroc(s_one, s_mixed) < 0.7
+    assert auroc(s_trig, s_one) > 0.95
+
+
+def test_batch_filter_scores_full_windows_and_decides_each_id_once(trigger_service):
+    svc, patched = trigger_service
+    ids = np.arange(15)
+    wins = detect.batches_of(ids, 10)
+    assert [w.tolist() for w in wins] == [list(range(10)), list(range(5, 15))]
+    assert [w.tolist() for w in detect.batches_of(ids[:7], 10)] == [list(range(7))]
+    # the last window decides only the ids the first did not: a trigger batch behind a
+    # benign one is refused, the benign one is not
+    request = np.concatenate([np.arange(10), patched[:5]])
+    s = detect.batch_scores(svc, detect.batches_of(request, 10))
+    thr = float(s.mean())
+    assert s[0] < thr < s[1]
+    flags = detect.BatchFilter(thr, size=10)(svc, request)
+    assert flags.tolist() == [False] * 10 + [True] * 5
 
 
 def test_benchmark_thresholds_come_from_benign_requests_alone(trigger_service):

@@ -19,7 +19,8 @@ from . import COMMON, MEASURED, Need, Run
 
 PARAMETERS = (*COMMON, "shards", "poison_num", "mitigation_num", "alpha", "epochs",
               "train_subset", "target_fpr")
-VERSION = 1
+VERSION = 2  # 2: k-NN ties broken, batch score centred per class, batch thresholds set on
+#              2,000 batches, the batch filter's windows all of REQUEST_BATCH ids
 # What its rows depend on besides the dataset, the seed and each run's own setting.
 SETTINGS = (*MEASURED, "alpha", "poison_num", "mitigation_num", "it_poison_num",
             "it_mitigation_num", "target_fpr")
