@@ -33,12 +33,13 @@ $(VENV)/.cluster: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[cluster]"
 	touch $@
 
-# The linter, unit tests, then every notebook under nbval at the smoke profile; the
-# notebooks' tables and figures go to a temporary folder, not over the committed ones.
+# The linter, unit tests, then every notebook under nbval at the smoke profile, the 25
+# slowest listed at the end; the notebooks' tables and figures go to a temporary folder,
+# not over the committed ones.
 test: lint $(VENV)/.cluster
 	out=$$(mktemp -d) && BDUNLEARN_PROFILE=smoke BDUNLEARN_RESULTS=$$out/results \
 	  BDUNLEARN_FIGURES=$$out/figures $(BIN)/python -m pytest tests notebooks --nbval-lax \
-	  -p no:cacheprovider
+	  -p no:cacheprovider --durations=25
 
 # RAY=local|auto|ADDRESS (or none: local worker processes) first trains the profile's
 # planned models with `python -m bdunlearn.sweep` (Ray comes from the cluster extra).

@@ -179,6 +179,10 @@ def batch_scores(service, batches) -> np.ndarray:
         return np.empty(0)
     ref = _reference(service, -1)
     y_ref = service.y[torch.from_numpy(ref)]
+    every = np.unique(np.concatenate(batches))
+    by_size: dict[int, list[int]] = {}
+    for b, ids in enumerate(batches):
+        by_size.setdefault(len(ids), []).append(b)
     out = np.zeros(len(batches))
     with memo():  # every batch's samples and the reference, once per model
         for m in range(service.num_models):
@@ -186,13 +190,15 @@ def batch_scores(service, batches) -> np.ndarray:
             centres = f_ref.mean(0).repeat(service.num_classes, 1)
             for c in y_ref.unique().tolist():
                 centres[c] = f_ref[y_ref == c].mean(0)
-            for b, ids in enumerate(batches):
-                f = _outputs(service, m, ids, "features").double()
-                fb = torch.nn.functional.normalize(
-                    f - centres[service.y[torch.from_numpy(ids)]], dim=1)
-                sim = fb @ fb.T
-                n = len(ids)
-                out[b] += float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
+            f = _outputs(service, m, every, "features").double()
+            unit = torch.nn.functional.normalize(
+                f - centres[service.y[torch.from_numpy(every)]], dim=1)
+            for n, which in by_size.items():  # the batches of one size at once
+                rows = np.searchsorted(every, np.stack([batches[b] for b in which]))
+                fb = unit[torch.from_numpy(rows)]  # (batches, n, features)
+                sim = fb @ fb.transpose(1, 2)
+                pairs = sim.sum((1, 2)) - sim.diagonal(dim1=1, dim2=2).sum(1)
+                out[which] += (pairs / (n * (n - 1))).numpy()
     return out / len(service.models)
 
 

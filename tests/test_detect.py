@@ -162,6 +162,31 @@ def test_batch_score_is_high_for_batches_that_share_a_trigger(trigger_service):
     assert flags.shape == (20,) and flags.all()  # whole batches refused
 
 
+def test_batch_score_is_its_definition_for_batches_of_any_size(trigger_service):
+    """Mean pairwise cosine of class-centred features, averaged over models, whether a
+    batch is scored alone or among batches of other sizes."""
+    from bdunlearn.train import features
+
+    svc, patched = trigger_service
+    batches = [patched[:10], np.arange(2), np.arange(20, 35), patched[10:20], np.arange(40, 45)]
+    together = detect.batch_scores(svc, batches)
+    alone = np.concatenate([detect.batch_scores(svc, [b]) for b in batches])
+    assert np.allclose(together, alone, rtol=0, atol=1e-6)
+    ref = torch.from_numpy(detect._reference(svc, -1))
+    expected = np.zeros(len(batches))
+    for net in svc.models:
+        f_ref, y_ref = features(net, svc.x[ref]).double(), svc.y[ref]
+        for b, ids in enumerate(batches):
+            t = torch.from_numpy(ids)
+            centres = torch.stack([f_ref[y_ref == c].mean(0) for c in svc.y[t].tolist()])
+            f = torch.nn.functional.normalize(features(net, svc.x[t]).double() - centres, dim=1)
+            sim = f @ f.T
+            n = len(ids)
+            expected[b] += float(sim.sum() - sim.trace()) / (n * (n - 1)) / len(svc.models)
+    assert np.allclose(together, expected, rtol=0, atol=1e-5)
+    assert together[0] > together[1:3].max() and together[3] > together[4]
+
+
 def test_batch_score_does_not_flag_a_benign_batch_for_its_label_alone(trigger_service):
     """Centred per claimed class, ten clean samples of one class look no more alike than
     ten of mixed classes; ten patched samples still do."""
