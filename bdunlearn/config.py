@@ -34,7 +34,9 @@ After resolution every field holds a concrete value:
 * ``device`` ``"auto"`` becomes ``"cuda"`` or ``"cpu"``; ``precision`` ``"auto"`` becomes
   ``"bf16"`` where the device computes it natively, else ``"fp32"``
   (:func:`bdunlearn.train.resolve_precision`), resolved here once and carried into every
-  training, stored row and timing;
+  training, stored row and timing (a notebook that computes nothing takes, for
+  ``"auto"``, the precision of its largest group of stored runs:
+  :func:`bdunlearn.studies.stored_precision`);
 * ``seeds`` is a list of integers, one integer, or a string of ranges such as ``"0-9"``
   or ``"0-4,7"``; a seed or shard count given twice is refused (it would count twice in
   an interval);

@@ -102,8 +102,9 @@ def check_parameters(profile: str, params: dict, todo: list[Path], datasets) -> 
 
 # Overrides that keep a run's folder: more of the same runs, the same runs re-rendered, or
 # runs in another precision or on another device (stored as their own group beside the
-# others; every table holds each group, and the claims check the run's own, so
-# `-p precision bf16 -p compute False` re-renders the committed bf16 runs on any CPU).
+# others; every table holds each group, and the claims check the run's own; with
+# `-p compute False` and precision "auto", each notebook's largest stored group, so that
+# re-renders the committed runs on any CPU).
 SAME_RUN = ("seeds", "store_dir", "compute", "precision", "device")
 
 

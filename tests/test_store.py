@@ -156,6 +156,35 @@ def test_a_render_names_the_group_that_holds_most_stored_runs(tmp_path, capsys, 
     assert "render with" not in capsys.readouterr().out  # its own group holds the most
 
 
+def test_a_render_with_precision_auto_checks_the_largest_stored_group(tmp_path, monkeypatch,
+                                                                      capsys):
+    folders = dict(results_dir=str(tmp_path / "r"), figures_dir=str(tmp_path / "f"),
+                   store_dir=str(tmp_path / "s"))
+    params = {"profile": "smoke", **folders}
+
+    def store(precision, seeds):
+        nb = studies.Notebook("01_attack", studies.config(
+            "01_attack", "smoke", precision=precision, seeds=seeds, **folders))
+        monkeypatch.setattr(nb.study, "compute", lambda run, ctx: rows(run.seed, 0.9))
+        nb.collect(progress=False)
+
+    def render(**more):
+        return studies.setup("01_attack", {**params, "compute": False, **more}).cfg.precision
+
+    assert render() == studies.config("01_attack", "smoke").precision  # nothing stored
+    store("bf16", [0])
+    assert render() == "bf16" and render(precision="auto") == "bf16"
+    store("fp32", [0, 1])
+    assert render() == "fp32"
+    assert render(precision="bf16") == "bf16"  # asked for: kept
+    nb = studies.setup("01_attack", {**params, "compute": False})
+    assert set(nb.own(nb.collect(progress=False)).seed) == {0, 1}
+    assert "render with" not in capsys.readouterr().out
+    # computing, "auto" stays this machine's precision
+    assert studies.setup("01_attack", params).cfg.precision == studies.config(
+        "01_attack", "smoke").precision
+
+
 def test_provenance_marks_only_uncommitted_code_as_dirty(tmp_path):
     from bdunlearn.store import commit
 

@@ -22,7 +22,7 @@ the same settings, with provenance columns. The checkpoint cache travels as an a
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 
@@ -311,6 +311,20 @@ def own_group(table: pd.DataFrame, cfg: RunConfig) -> pd.DataFrame:
     return table[(table.precision == cfg.precision) & (table.device == cfg.device_type)]
 
 
+def stored_precision(stem: str, cfg: RunConfig) -> RunConfig:
+    """``cfg`` at the precision of the group of notebook ``stem``'s stored runs that holds
+    the most runs on this device type (``cfg`` itself on a tie or when none is stored):
+    what a render that computes nothing checks its claims on when its precision is
+    ``"auto"``, so each notebook's claims are checked on its own largest group."""
+    stored = RunStore(cfg.store_dir).table(stem, settings_key(study(stem), stem, cfg))
+    if stored.empty or not set(GROUP) <= set(stored.columns):
+        return cfg
+    runs = stored[stored.device == cfg.device_type].groupby("precision").run_key.nunique()
+    if runs.empty or runs.get(cfg.precision, 0) == runs.max():
+        return cfg
+    return replace(cfg, precision=str(runs.idxmax()))
+
+
 def setup(stem: str, namespace: dict) -> Notebook:
     """A notebook's first cell: its parameters (read from ``namespace``, the notebook's
     globals, by the names its study declares) resolved into a :class:`Notebook`; prints
@@ -320,6 +334,8 @@ def setup(stem: str, namespace: dict) -> Notebook:
     mod = study(stem)
     cfg = resolve(namespace.get("profile"),
                   **{k: namespace.get(k) for k in mod.PARAMETERS if k != "profile"})
+    if not cfg.compute and namespace.get("precision") in (None, "auto"):
+        cfg = stored_precision(stem, cfg)
     nb = Notebook(stem, cfg)
     plots.use_style()
     todo = missing(stem, cfg)
