@@ -251,9 +251,11 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
             raise SystemExit(f"--results {res_dir}: cannot create the folder "
                              f"({err.strerror or err}); give a writable folder") from None
         remove_orphans(res_dir)
-        precision = config.resolve(profile, dataset=dataset,
-                                   **{k: v for k, v in params.items()
-                                      if k in ("device", "precision")}).precision
+        precision = ("stored" if params.get("compute") is False  # each notebook's own
+                     and params.get("precision", "auto") == "auto"  # largest stored group
+                     else config.resolve(profile, dataset=dataset,
+                                         **{k: v for k, v in params.items()
+                                            if k in ("device", "precision")}).precision)
         for i, nb in enumerate(todo, 1):
             label = f"[{i}/{len(todo)}] {nb.stem} ({profile}, {dataset}, {precision})"
             work = Path(tempfile.mkdtemp(prefix=f".{nb.stem}-{os.getpid()}-", dir=res_dir))

@@ -345,6 +345,13 @@ def test_the_defense_cost_claim_holds_at_smoke_in_fp32(tmp_path, monkeypatch):
     table = pd.read_csv(res / "03_defense_overhead.csv")
     runs = table[table.defense != "screen_mu"]
     assert set(table.precision) == {"fp32"} and (runs.steps > 0).all()
+    # re-rendered with nothing computed, on any processor: the claim is checked on the
+    # stored fp32 runs, not on this processor's own (empty where it is bf16)
+    t = reproduce.run("smoke", only=["03"], params={"compute": False}, results=res,
+                      figures=tmp_path / "fig")
+    assert t.precision.tolist() == ["stored"] and t.slices_trained.tolist() == [0]
+    shown = (res / "03_defense_overhead.ipynb").read_text()
+    assert "cpu in fp32;" in shown and "no rows to measure" not in shown
 
 
 def test_make_lab_allows_root_only_for_root():
