@@ -180,6 +180,12 @@ def test_a_render_with_precision_auto_checks_the_largest_stored_group(tmp_path, 
     nb = studies.setup("01_attack", {**params, "compute": False})
     assert set(nb.own(nb.collect(progress=False)).seed) == {0, 1}
     assert "render with" not in capsys.readouterr().out
+    # a notebook of several tables (06: one per section) counts the runs of all of them
+    fidelity = studies.Notebook("06_fidelity", studies.config(
+        "06_fidelity", "smoke", precision="bf16", **folders))
+    monkeypatch.setattr(fidelity.study, "compute", lambda run, ctx: rows(run.seed, 0.9))
+    fidelity.collect(fidelity.study.IT, progress=False)
+    assert studies.setup("06_fidelity", {**params, "compute": False}).cfg.precision == "bf16"
     # computing, "auto" stays this machine's precision
     assert studies.setup("01_attack", params).cfg.precision == studies.config(
         "01_attack", "smoke").precision

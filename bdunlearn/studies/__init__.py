@@ -312,12 +312,15 @@ def own_group(table: pd.DataFrame, cfg: RunConfig) -> pd.DataFrame:
 
 
 def stored_precision(stem: str, cfg: RunConfig) -> RunConfig:
-    """``cfg`` at the precision of the group of notebook ``stem``'s stored runs that holds
-    the most runs on this device type (``cfg`` itself on a tie or when none is stored):
-    what a render that computes nothing checks its claims on when its precision is
-    ``"auto"``, so each notebook's claims are checked on its own largest group."""
-    stored = RunStore(cfg.store_dir).table(stem, settings_key(study(stem), stem, cfg))
-    if stored.empty or not set(GROUP) <= set(stored.columns):
+    """``cfg`` at the precision of the group of notebook ``stem``'s stored runs (all its
+    tables) that holds the most runs on this device type (``cfg`` itself on a tie or when
+    none is stored): what a render that computes nothing checks its claims on when its
+    precision is ``"auto"``, so each notebook's claims are checked on its largest group."""
+    mod, store = study(stem), RunStore(cfg.store_dir)
+    tables = sorted({r.table for r in mod.runs(cfg)})  # 06 stores one table per section
+    stored = [store.table(t, settings_key(mod, t, cfg)) for t in tables]
+    stored = pd.concat([t for t in stored if set(GROUP) <= set(t.columns)] or [pd.DataFrame()])
+    if stored.empty:
         return cfg
     runs = stored[stored.device == cfg.device_type].groupby("precision").run_key.nunique()
     if runs.empty or runs.get(cfg.precision, 0) == runs.max():
