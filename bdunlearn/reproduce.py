@@ -219,6 +219,8 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    from .studies import renders_stored
+
     params = dict(params or {})
     absolute_env_paths()
     for key in ("data_root", "store_dir"):  # kernels run in notebooks/, not here
@@ -251,8 +253,7 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
             raise SystemExit(f"--results {res_dir}: cannot create the folder "
                              f"({err.strerror or err}); give a writable folder") from None
         remove_orphans(res_dir)
-        precision = ("stored" if params.get("compute") is False  # each notebook's own
-                     and params.get("precision", "auto") == "auto"  # largest stored group
+        precision = ("stored" if renders_stored(params.get("compute"), params.get("precision"))
                      else config.resolve(profile, dataset=dataset,
                                          **{k: v for k, v in params.items()
                                             if k in ("device", "precision")}).precision)

@@ -311,6 +311,13 @@ def own_group(table: pd.DataFrame, cfg: RunConfig) -> pd.DataFrame:
     return table[(table.precision == cfg.precision) & (table.device == cfg.device_type)]
 
 
+def renders_stored(compute, precision) -> bool:
+    """Whether a notebook run with these ``compute`` and ``precision`` parameters checks its
+    claims on its largest group of stored runs (:func:`stored_precision`): it computes
+    nothing and its precision is ``"auto"`` (or not given)."""
+    return compute is False and precision in (None, "auto")
+
+
 def stored_precision(stem: str, cfg: RunConfig) -> RunConfig:
     """``cfg`` at the precision of the group of notebook ``stem``'s stored runs (all its
     tables) that holds the most runs on this device type (``cfg`` itself on a tie or when
@@ -337,7 +344,7 @@ def setup(stem: str, namespace: dict) -> Notebook:
     mod = study(stem)
     cfg = resolve(namespace.get("profile"),
                   **{k: namespace.get(k) for k in mod.PARAMETERS if k != "profile"})
-    if not cfg.compute and namespace.get("precision") in (None, "auto"):
+    if renders_stored(cfg.compute, namespace.get("precision")):
         cfg = stored_precision(stem, cfg)
     nb = Notebook(stem, cfg)
     plots.use_style()
