@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .config import PROFILES, RunConfig
+from .experiment import REQUEST_BATCH
 from .metrics import interval, proportion_interval, value_range
 
 ALL_PROFILES = tuple(PROFILES)
@@ -667,7 +668,9 @@ BENCHMARK = (
                f"switched on: ASR <= {SWITCH_BEFORE:.0%} before the camouflage is unlearned, "
                f">= {SWITCH_AFTER:.0%} after", _families, _describe_families),
     _benchmark("benchmark_best_detector", "07: the detector that catches each attack best",
-               "highest TPR at the filters' false-positive rate on random benign requests",
+               "highest TPR at the filters' false-positive rate on random benign requests "
+               f"(the batch test's TPR counts batches of {REQUEST_BATCH} requests, the "
+               "others' single requests)",
                _best_detectors, _describe_best),
 )
 
