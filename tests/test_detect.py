@@ -189,16 +189,20 @@ def test_batch_score_is_its_definition_for_batches_of_any_size(trigger_service):
 
 def test_batch_score_does_not_flag_a_benign_batch_for_its_label_alone(trigger_service):
     """Centred per claimed class, ten clean samples of one class look no more alike than
-    ten of mixed classes; ten patched samples still do."""
+    ten of mixed classes; ten patched samples still do. The claim is one-sided (one-class
+    batches are not ranked above mixed ones): on this fixture they rank a little below
+    (AUROC about 0.41 over 20 draws, fp32 and bf16 alike), so a two-sided band around 0.5
+    fails on some CPUs' kernels by chance."""
     svc, patched = trigger_service
     rng = np.random.default_rng(1)
     clean = np.arange(600)
     one_class = [rng.choice(clean[svc.y[:600].numpy() == c], 10, replace=False)
-                 for c in range(10) for _ in range(3)]
-    mixed = [rng.choice(clean, 10, replace=False) for _ in range(30)]
+                 for c in range(10) for _ in range(10)]
+    mixed = [rng.choice(clean, 10, replace=False) for _ in range(100)]
     trig = [rng.choice(patched, 10, replace=False) for _ in range(30)]
-    s_one, s_mixed, s_trig = np.split(detect.batch_scores(svc, one_class + mixed + trig), 3)
-    assert 0.3 < auroc(s_one, s_mixed) < 0.7
+    s = detect.batch_scores(svc, one_class + mixed + trig)
+    s_one, s_mixed, s_trig = s[:100], s[100:200], s[200:]
+    assert auroc(s_one, s_mixed) < 0.6
     assert auroc(s_trig, s_one) > 0.95
 
 
