@@ -1,6 +1,6 @@
 """The BAU attack: poison and mitigation samples whose unlearning switches a backdoor on.
 
-Two variants (SPEC section 1):
+Two variants (notebook 01):
 
 * :func:`build_badnets` (BN): faint-patch poison relabelled to the target, bright-patch
   mitigation samples with their true labels, bright-patch test trigger.
@@ -170,7 +170,7 @@ def build_badnets(ds: Dataset, *, poison_num: int | None = None,
                   mitigation_num: int | None = None, alpha: float | None = None,
                   patch: int = 4, target: int | None = None, seed: int = 0,
                   replace: bool = True) -> AttackSet:
-    """BadNets-based BAU attack (SPEC section 1, BN).
+    """BadNets-based BAU attack (BN; notebook 01).
 
     ``poison_num`` non-target images get a ``patch`` x ``patch`` bottom-right patch at
     intensity ``alpha`` and the target label; with ``replace`` they take their clean
@@ -228,7 +228,7 @@ def build_badnets(ds: Dataset, *, poison_num: int | None = None,
 def build_input_targeted(ds: Dataset, *, poison_num: int | None = None,
                          mitigation_num: int | None = None, target: int | None = None,
                          seed: int = 0) -> AttackSet:
-    """Input-targeted BAU attack (SPEC section 1, IT).
+    """Input-targeted BAU attack (IT; notebook 01).
 
     One training image ``x0`` (label ``y0``) is removed; ``poison_num`` noisy copies
     (integer noise in [-5, 4]) are labelled ``target != y0`` and ``mitigation_num`` more

@@ -1,4 +1,4 @@
-"""The performance benchmark of SPEC section 8: ``python -m bdunlearn.bench`` (``--quick``).
+"""The performance benchmark (docs/performance.md): ``python -m bdunlearn.bench`` (``--quick``).
 
 :mod:`.harness` measures and prints the figures; :mod:`.baselines` holds the training
 loops the engine is compared with (a bare loop, a conventional per-sample DataLoader and

@@ -1,4 +1,4 @@
-"""Performance figures of SPEC section 8, printed as a table: ``python -m bdunlearn.bench``.
+"""Performance figures (docs/performance.md), printed as a table: ``python -m bdunlearn.bench``.
 
 The training loops compared with the engine live in :mod:`bdunlearn.bench.baselines`.
 
@@ -574,7 +574,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bdunlearn.bench",
-                                description="Print the performance figures of SPEC section 8.")
+                                description="Print the performance figures (docs/performance.md).")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--datasets",
                    help="comma-separated, from " + ", ".join(BENCH_DATASETS)
