@@ -350,7 +350,8 @@ def setup(stem: str, namespace: dict) -> Notebook:
     plots.use_style()
     todo = missing(stem, cfg)
     print(f"{stem} at profile {cfg.profile}: {cfg.dataset}, {cfg.train_subset} training images, "
-          f"{cfg.epochs} epochs, seeds {list(cfg.seeds)}, {cfg.device} in {cfg.precision}; "
+          f"{cfg.epochs} epochs, seeds {sorted({r.seed for r in mod.runs(cfg)})}, "
+          f"{cfg.device} in {cfg.precision}; "
           f"{len(mod.runs(cfg)) - len(todo)} of {len(mod.runs(cfg))} runs stored")
     return nb
 
