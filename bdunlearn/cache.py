@@ -284,6 +284,32 @@ def load(path) -> tuple[dict[str, torch.Tensor], dict] | None:
     return tensors, meta
 
 
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load the tensors ``state`` into ``model``, all or nothing: every name, shape and
+    dtype of the model's ``state_dict`` must match, else :class:`ValueError` names the
+    first that does not and ``model`` is left exactly as it was (``load_state_dict``
+    alone copies the matching tensors before it raises, so a damaged entry would leak
+    into the model that is then trained)."""
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        raise ValueError(f"its tensors do not match the model (missing {missing[:3]}, "
+                         f"unexpected {extra[:3]})")
+    for name, value in own.items():
+        got = state[name]
+        if not isinstance(got, torch.Tensor) or got.shape != value.shape \
+                or got.dtype != value.dtype:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise ValueError(f"its tensor {name} is {shape} where the model holds "
+                             f"{tuple(value.shape)} {value.dtype}")
+    backup = {k: v.detach().clone() for k, v in own.items()}
+    try:
+        model.load_state_dict(state)
+    except BaseException:
+        model.load_state_dict(backup)
+        raise
+
+
 def discard(path, why: str) -> None:
     """Treat the entry at ``path`` as damage: remove it (or a directory in its place) with
     one warning line naming the key, so the caller computes it again."""

@@ -131,6 +131,37 @@ def test_an_entry_that_does_not_load_is_recomputed_with_one_warning(digits, tmp_
     assert service(digits, tmp_path).fit().fit_cost.cache_hits == 1  # fixed for good
 
 
+def test_an_entry_with_one_wrong_shaped_tensor_never_leaks_into_training(digits, tmp_path):
+    clean = weights(service(digits, tmp_path / "clean").fit())
+    service(digits, tmp_path / "damaged").fit()
+    (path,) = (tmp_path / "damaged").glob("*.pt")
+    tensors, meta = cache.load(path)
+    name = next(k for k in tensors if k.endswith("weight"))  # the first layer's weights
+    cache.save(path, {k: v.flatten()[:3].clone() if k == name else v
+                      for k, v in tensors.items()}, meta)  # right key, valid sha256
+    with pytest.warns(RuntimeWarning, match=f"its tensor {name} is"):
+        again = service(digits, tmp_path / "damaged").fit()
+    assert again.fit_cost.cache_hits == 0
+    assert all(torch.equal(a, b) for a, b in zip(weights(again), clean))  # the clean start
+    served = service(digits, tmp_path / "damaged").fit()  # the rewrite is the clean model
+    assert served.fit_cost.cache_hits == 1
+    assert all(torch.equal(a, b) for a, b in zip(weights(served), clean))
+
+
+def test_load_state_is_all_or_nothing():
+    model = build_model("fmnist_cnn", (1, 28, 28), 10, seed=0)
+    before = [t.clone() for t in model.state_dict().values()]
+    other = {k: v + 1 for k, v in build_model("fmnist_cnn", (1, 28, 28), 10,
+                                                seed=1).state_dict().items()}
+    last = list(other)[-1]
+    other[last] = other[last][:1]
+    with pytest.raises(ValueError, match=f"its tensor {last} is"):
+        cache.load_state(model, other)
+    with pytest.raises(ValueError, match="missing"):
+        cache.load_state(model, {})
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), before))
+
+
 def test_a_symlinked_lock_is_never_followed(tmp_path):
     outside = tmp_path / "outside" / "victim"
     outside.parent.mkdir()

@@ -163,7 +163,7 @@ class SisaService(UnlearningService):
                 records = [[float(v) for v in r] for r in meta["history"]]
                 if not records or any(len(r) != 2 for r in records):
                     raise ValueError("its history is malformed")
-                model.load_state_dict(state)
+                cache.load_state(model, state)  # all or nothing: never a half-loaded model
             except (KeyError, TypeError, ValueError, RuntimeError) as err:
                 cache.discard(path, f"{type(err).__name__}: {err}".split("\n")[0])
                 return None
