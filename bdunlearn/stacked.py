@@ -91,13 +91,9 @@ def stackable(models: Sequence[nn.Module]) -> bool:
     return why_not_stackable(models) is None
 
 
-def _check_inputs(models, xs, ys, seeds, epochs, epoch_offset):
-    models, xs, ys, seeds = list(models), list(xs), list(ys), list(seeds)
-    if not models:
-        raise ValueError("models is empty; give at least one model to train")
-    if not (len(models) == len(xs) == len(ys) == len(seeds)):
-        raise ValueError(f"got {len(models)} models, {len(xs)} image sets, {len(ys)} label "
-                         f"sets and {len(seeds)} seeds; give one of each per model")
+def _check_images(xs, ys) -> None:
+    """One uint8 image batch (N, C, H, W) and one label per image for every model, all of
+    one image shape."""
     shape = None
     for i, (x, y) in enumerate(zip(xs, ys)):
         if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
@@ -110,6 +106,16 @@ def _check_inputs(models, xs, ys, seeds, epochs, epoch_offset):
         elif tuple(x.shape[1:]) != shape:
             raise ValueError(f"xs[{i}] has images of shape {tuple(x.shape[1:])}, "
                              f"xs[0] of shape {shape}; all models must see the same shape")
+
+
+def _check_inputs(models, xs, ys, seeds, epochs, epoch_offset):
+    models, xs, ys, seeds = list(models), list(xs), list(ys), list(seeds)
+    if not models:
+        raise ValueError("models is empty; give at least one model to train")
+    if not (len(models) == len(xs) == len(ys) == len(seeds)):
+        raise ValueError(f"got {len(models)} models, {len(xs)} image sets, {len(ys)} label "
+                         f"sets and {len(seeds)} seeds; give one of each per model")
+    _check_images(xs, ys)
     for i, s in enumerate(seeds):
         try:
             seeds[i] = operator.index(s)
@@ -149,82 +155,34 @@ def fit_stacked(models: Sequence[nn.Module], xs: Sequence[torch.Tensor],
     group = [models[i] for i in live]
     sizes = [len(ys[i]) for i in live]
     S, B = len(group), cfg.batch_size
-
-    # All shards in one device tensor, plus one zero image that padding rows point to.
-    xcat = torch.cat([xs[i].to(dev) for i in live]
-                     + [torch.zeros((1, *xs[0].shape[1:]), dtype=torch.uint8, device=dev)])
-    ycat = torch.cat([ys[i].to(dev).long() for i in live]
-                     + [torch.zeros(1, dtype=torch.long, device=dev)])
+    xcat, ycat, offsets = _concat_shards([xs[i] for i in live], [ys[i] for i in live], dev)
     pad_row = len(ycat) - 1
-    offsets = torch.tensor([0] + sizes).cumsum(0)[:-1].tolist()
 
     precision = resolve_precision(cfg.precision, dev)
     orders = [epoch_orders(len(ys[i]), make_generator(seeds[i]), cfg.shuffle) for i in live]
     aug_gens = ([make_generator(derive_seed(seeds[i], "augment"), dev) for i in live]
                 if cfg.crop or cfg.flip else None)
 
-    # Stacked parameters (trainable leaves) and buffers (e.g. the normalisation constants).
-    names = [n for n, p in group[0].named_parameters() if p.requires_grad]
-    named = [dict(m.named_parameters()) for m in group]
-    params = {n: torch.stack([d[n].detach() for d in named]).requires_grad_() for n in names}
-    buffers = {n: torch.stack([dict(m.named_buffers())[n].detach() for m in group])
-               for n, _ in group[0].named_buffers()}
-    buffers.update({n: torch.stack([d[n].detach() for d in named])
-                    for n, p in group[0].named_parameters() if not p.requires_grad})
+    params, buffers, named = _stacked_state(group)
     plist = list(params.values())
     bufs = [torch.zeros_like(p) for p in plist] if cfg.momentum else None
-    base = copy.deepcopy(group[0]).to("meta").train()
+    losses_of = _vmapped_loss(group[0], precision, dev)
 
-    def loss_one(p, b, xb, yb, wb, denom):
-        with autocast(precision, dev):
-            out = torch.func.functional_call(base, (p, b), (xb,))
-        return (F.cross_entropy(out.float(), yb, reduction="none") * wb).sum() / denom
-
-    # vmapped forward, ordinary autograd backward (measured faster than vmap(grad(...))).
-    losses_of = torch.vmap(loss_one)
-
-    steps = [-(-n // B) for n in sizes]
-    T = max(steps)
+    T = max(-(-n // B) for n in sizes)
     bar = tqdm(total=epochs * T, desc=desc, disable=not progress, leave=False)
     for epoch in range(epoch_offset, epoch_offset + epochs):
         lr = cfg.lr * (0.5 ** (epoch // cfg.lr_step) if cfg.lr_step else 1.0)
-        # Index plan of the epoch on the host: (T, S, B) rows into xcat, weights, counts.
-        idx = torch.full((T, S, B), pad_row, dtype=torch.long)
-        counts = torch.zeros((T, S), dtype=torch.long)
-        for s, (order, off) in enumerate(zip(orders, offsets)):
-            for t, chunk in enumerate(next(order).split(B)):
-                idx[t, s, : len(chunk)] = chunk + off
-                counts[t, s] = len(chunk)
-        width = counts.max(1).values.tolist()
-        active = (counts > 0)
-        weight = (torch.arange(B)[None, None, :] < counts[:, :, None]).float()
-        denom = counts.clamp(min=1).float()
-        idx_d, weight_d, denom_d = (idx.to(dev, non_blocking=True),
-                                    weight.to(dev, non_blocking=True),
-                                    denom.to(dev, non_blocking=True))
-        active_d = active.to(dev, non_blocking=True)
-        all_active = active.all(1).tolist()
+        plan = _EpochPlan(orders, offsets, T, B, pad_row, dev)
         for t in range(T):
-            w = width[t]
-            rows = idx_d[t, :, :w]
+            w = plan.width[t]
+            rows = plan.idx[t, :, :w]
             xb = to_unit(xcat[rows.reshape(-1)]).view(S, w, *xcat.shape[1:])
             if aug_gens is not None:
-                parts = []
-                for s in range(S):
-                    c = int(counts[t, s])
-                    if c:
-                        xb_s = augment_batch(xb[s, :c], aug_gens[s], cfg.crop, cfg.flip)
-                        if c < w:
-                            xb_s = torch.cat([xb_s, xb[s, c:]])
-                        parts.append(xb_s)
-                    else:
-                        parts.append(xb[s])
-                xb = torch.stack(parts)
-            yb = ycat[rows]
-            wb = weight_d[t, :, :w]
-            loss = losses_of(params, buffers, xb, yb, wb, denom_d[t]).sum()
+                xb = _augment_stacked(xb, plan.counts[t], aug_gens, cfg)
+            loss = losses_of(params, buffers, xb, ycat[rows], plan.weight[t, :, :w],
+                             plan.denom[t]).sum()
             grads = list(torch.autograd.grad(loss, plist))
-            mask = None if all_active[t] else active_d[t]
+            mask = None if plan.all_active[t] else plan.active[t]
             _sgd_step(plist, grads, bufs, mask, lr, cfg.momentum, cfg.weight_decay)
             bar.update()
     bar.close()
@@ -236,6 +194,89 @@ def fit_stacked(models: Sequence[nn.Module], xs: Sequence[torch.Tensor],
     for m in group:
         m.eval()
     return models
+
+
+def _concat_shards(xs, ys, dev):
+    """All shards in one device tensor, plus one zero image (label 0) that padding rows
+    point to; returns the images, the labels and each shard's first row."""
+    xcat = torch.cat([x.to(dev) for x in xs]
+                     + [torch.zeros((1, *xs[0].shape[1:]), dtype=torch.uint8, device=dev)])
+    ycat = torch.cat([y.to(dev).long() for y in ys]
+                     + [torch.zeros(1, dtype=torch.long, device=dev)])
+    offsets = torch.tensor([0] + [len(y) for y in ys]).cumsum(0)[:-1].tolist()
+    return xcat, ycat, offsets
+
+
+def _stacked_state(group):
+    """The models' trainable parameters stacked along a new first dimension (leaves that
+    require grad), their buffers and frozen parameters stacked likewise, and each model's
+    own named parameters (to copy the result back into)."""
+    names = [n for n, p in group[0].named_parameters() if p.requires_grad]
+    named = [dict(m.named_parameters()) for m in group]
+    params = {n: torch.stack([d[n].detach() for d in named]).requires_grad_() for n in names}
+    buffers = {n: torch.stack([dict(m.named_buffers())[n].detach() for m in group])
+               for n, _ in group[0].named_buffers()}
+    buffers.update({n: torch.stack([d[n].detach() for d in named])
+                    for n, p in group[0].named_parameters() if not p.requires_grad})
+    return params, buffers, named
+
+
+def _vmapped_loss(model, precision, dev):
+    """``losses(params, buffers, xb, yb, wb, denom)``: every model's weighted mean loss on
+    its own batch, in one vmapped forward pass of ``model``'s architecture (measured
+    faster with an ordinary autograd backward than ``vmap(grad(...))``)."""
+    base = copy.deepcopy(model).to("meta").train()
+
+    def loss_one(p, b, xb, yb, wb, denom):
+        with autocast(precision, dev):
+            out = torch.func.functional_call(base, (p, b), (xb,))
+        return (F.cross_entropy(out.float(), yb, reduction="none") * wb).sum() / denom
+
+    return torch.vmap(loss_one)
+
+
+class _EpochPlan:
+    """One epoch's index plan, built on the host and moved to ``dev``: ``idx`` (T, S, B)
+    rows into the concatenated images (padding rows point to the zero image), ``counts``
+    (T, S) real rows per step and model, ``width`` the widest batch of each step,
+    ``weight`` (T, S, B) 1 for real rows, ``denom`` (T, S) the divisor of each mean loss,
+    ``active`` (T, S) whether a model still trains at a step and ``all_active`` (T)."""
+
+    def __init__(self, orders, offsets, T, B, pad_row, dev):
+        S = len(orders)
+        idx = torch.full((T, S, B), pad_row, dtype=torch.long)
+        counts = torch.zeros((T, S), dtype=torch.long)
+        for s, (order, off) in enumerate(zip(orders, offsets)):
+            for t, chunk in enumerate(next(order).split(B)):
+                idx[t, s, : len(chunk)] = chunk + off
+                counts[t, s] = len(chunk)
+        self.counts = counts
+        self.width = counts.max(1).values.tolist()
+        active = (counts > 0)
+        weight = (torch.arange(B)[None, None, :] < counts[:, :, None]).float()
+        denom = counts.clamp(min=1).float()
+        self.idx, self.weight, self.denom = (idx.to(dev, non_blocking=True),
+                                             weight.to(dev, non_blocking=True),
+                                             denom.to(dev, non_blocking=True))
+        self.active = active.to(dev, non_blocking=True)
+        self.all_active = active.all(1).tolist()
+
+
+def _augment_stacked(xb, counts, aug_gens, cfg):
+    """Crop/flip each model's real rows of ``xb`` (S, w, ...) with its own generator, as
+    :func:`~bdunlearn.train.fit` would; padding rows are left as they are."""
+    w = xb.shape[1]
+    parts = []
+    for s in range(len(xb)):
+        c = int(counts[s])
+        if c:
+            xb_s = augment_batch(xb[s, :c], aug_gens[s], cfg.crop, cfg.flip)
+            if c < w:
+                xb_s = torch.cat([xb_s, xb[s, c:]])
+            parts.append(xb_s)
+        else:
+            parts.append(xb[s])
+    return torch.stack(parts)
 
 
 def _sgd_step(params, grads, bufs, mask, lr, momentum, weight_decay):

@@ -206,24 +206,12 @@ def baeraser(view: DefenderView, *, seed: int = 0, target: int | None = None,
     fitted generator's weights as a state dict (``generator``, tensors only, so the result
     can be cached) and ``history`` per epoch.
     """
-    integer("seed", seed, low=0)
-    side = min(view.x_clean.shape[-2:])
-    size = max(1, round(4 * side / 28)) if trigger_size is None else trigger_size
-    integer("trigger_size", size, 1, int(side))
-    for name, value in (("gen_epochs", gen_epochs), ("batch_size", batch_size),
-                        ("unlearn_epochs", unlearn_epochs), ("scan_steps", scan_steps)):
-        integer(name, value, low=1)
-    number("beta", beta, 0, 1, low_open=True)
-    for name, value in (("alpha", alpha), ("eta", eta)):
-        number(name, value, 0)
-    for name, value in (("gen_lr", gen_lr), ("lr", lr), ("lambda_c", lambda_c),
-                        ("ascent_clip", ascent_clip)):
-        number(name, value, 0, low_open=True)
-    number("stop_success", stop_success, 0, 1)
-    number("max_drop", max_drop, 0, 1, low_open=True, high_open=True)
-    choice("positions", positions, ("scan", "random"))
-    if target is not None:
-        integer("target", target, 0, view.num_classes - 1)
+    size = _check_knobs(view, seed=seed, target=target, trigger_size=trigger_size,
+                        gen_epochs=gen_epochs, batch_size=batch_size, alpha=alpha, beta=beta,
+                        gen_lr=gen_lr, unlearn_epochs=unlearn_epochs, lr=lr,
+                        lambda_c=lambda_c, eta=eta, ascent_clip=ascent_clip,
+                        stop_success=stop_success, max_drop=max_drop, positions=positions,
+                        scan_steps=scan_steps)
     info: dict = {"trigger_size": size}
     flagged = None
     if target is None:
@@ -251,20 +239,65 @@ def baeraser(view: DefenderView, *, seed: int = 0, target: int | None = None,
         success = recovered_success(m, g_net, xv, yv, target, gen, where)
         return success, evaluate(m, xv, yv)[1]
 
+    stats, note = unlearn_triggers(
+        model, g_net, x, y, target, measure, positions=where, seed=seed,
+        epochs=unlearn_epochs, batch_size=batch_size, lr=lr, lambda_c=lambda_c, eta=eta,
+        ascent_clip=ascent_clip, stop_success=stop_success, max_drop=max_drop)
+    if note is not None:
+        info["note"] = note
+    info.update(stats, generator={k: v.detach().cpu() for k, v in g_net.state_dict().items()})
+    return DefenseResult(model=model, flagged=flagged, target=target, info=info)
+
+
+def _check_knobs(view: DefenderView, *, seed, target, trigger_size, gen_epochs, batch_size,
+                 alpha, beta, gen_lr, unlearn_epochs, lr, lambda_c, eta, ascent_clip,
+                 stop_success, max_drop, positions, scan_steps) -> int:
+    """Check :func:`baeraser`'s knobs (one sentence each) before any work; returns the
+    side of the generated trigger."""
+    integer("seed", seed, low=0)
+    side = min(view.x_clean.shape[-2:])
+    size = max(1, round(4 * side / 28)) if trigger_size is None else trigger_size
+    integer("trigger_size", size, 1, int(side))
+    for name, value in (("gen_epochs", gen_epochs), ("batch_size", batch_size),
+                        ("unlearn_epochs", unlearn_epochs), ("scan_steps", scan_steps)):
+        integer(name, value, low=1)
+    number("beta", beta, 0, 1, low_open=True)
+    for name, value in (("alpha", alpha), ("eta", eta)):
+        number(name, value, 0)
+    for name, value in (("gen_lr", gen_lr), ("lr", lr), ("lambda_c", lambda_c),
+                        ("ascent_clip", ascent_clip)):
+        number(name, value, 0, low_open=True)
+    number("stop_success", stop_success, 0, 1)
+    number("max_drop", max_drop, 0, 1, low_open=True, high_open=True)
+    choice("positions", positions, ("scan", "random"))
+    if target is not None:
+        integer("target", target, 0, view.num_classes - 1)
+    return size
+
+
+def unlearn_triggers(model, g_net, x, y, target, measure, *, positions, seed, epochs,
+                     batch_size, lr, lambda_c, eta, ascent_clip, stop_success,
+                     max_drop) -> tuple[dict, str | None]:
+    """Step 2: unlearn the recovered triggers from ``model`` in place, by epochs, until
+    ``measure(model)`` (recovered-trigger success, clean accuracy on the held-out split)
+    reports a success below ``stop_success`` or ``epochs`` have run; an epoch that lowers
+    clean accuracy by more than ``max_drop`` is undone and ends training. Returns the
+    ``info`` entries (success and accuracy before and after, ``epochs``, ``history``) and
+    a note when an epoch was undone."""
     success0, acc0 = measure(model)
     theta0 = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     gen = make_generator(derive_seed(seed, "unlearn"), x.device)
     order = make_generator(derive_seed(seed, "unlearn-order"))
-    history, success, acc, epochs = [], success0, acc0, 0
-    while epochs < unlearn_epochs and success >= stop_success:
+    history, success, acc, done, note = [], success0, acc0, 0, None
+    while done < epochs and success >= stop_success:
         state = copy.deepcopy(model.state_dict())
         model.train()
         for idx in torch.randperm(len(x), generator=order).to(x.device).split(batch_size):
             xb = to_unit(x[idx])
             with torch.no_grad():
                 g = g_net(torch.rand(len(idx), NOISE_DIM, generator=gen, device=x.device))
-            xt = stamp_random(xb, g, gen, where)
+            xt = stamp_random(xb, g, gen, positions)
             tgt = torch.full_like(y[idx], target)
             ascent = F.cross_entropy(model(xt), tgt, reduction="none").clamp(max=ascent_clip)
             drift = sum((p - p0).abs().sum() for p, p0 in zip(model.parameters(), theta0))
@@ -272,16 +305,14 @@ def baeraser(view: DefenderView, *, seed: int = 0, target: int | None = None,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        epochs += 1
+        done += 1
         new_success, new_acc = measure(model)
-        history.append({"epoch": epochs, "success": new_success, "val_acc": new_acc})
+        history.append({"epoch": done, "success": new_success, "val_acc": new_acc})
         if acc0 - new_acc > max_drop:
             model.load_state_dict(state)
-            info["note"] = f"epoch {epochs} lowered clean accuracy too far and was undone"
+            note = f"epoch {done} lowered clean accuracy too far and was undone"
             break
         success, acc = new_success, new_acc
     model.eval()
-    info.update(success_before=success0, success_after=success, val_acc_before=acc0,
-                val_acc_after=acc, epochs=epochs, history=history,
-                generator={k: v.detach().cpu() for k, v in g_net.state_dict().items()})
-    return DefenseResult(model=model, flagged=flagged, target=target, info=info)
+    return dict(success_before=success0, success_after=success, val_acc_before=acc0,
+                val_acc_after=acc, epochs=done, history=history), note

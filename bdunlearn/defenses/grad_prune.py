@@ -109,12 +109,52 @@ def grad_prune(view: DefenderView, *, seed: int = 0, samples_per_class: int = 10
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError("Grad-Prune needs a model with convolution layers")
+    _add_masks(convs)
+    acc0 = evaluate(model, xv, yv)[1]
+    loss0 = evaluate(model, xvt, yv)[0]
+    best_loss, best_pruned, history = prune_filters(
+        model, convs, (xt, y), (xv, yv), xvt, acc0=acc0, loss0=loss0, max_drop=max_drop,
+        patience=patience)
+    acc_pruned = evaluate(model, xv, yv)[1]
+    model, tuned = finetune_model(
+        model, torch.cat([x, xt]), torch.cat([y, y]), x_val=torch.cat([xv, xvt]),
+        y_val=torch.cat([yv, yv]), epochs=finetune_epochs, lr=lr, patience=patience,
+        seed=seed)
+    _remove_masks(convs)
+    info.update(pruned=best_pruned, rounds=len(history), history=history,
+                val_acc_before=acc0, val_acc_pruned=acc_pruned,
+                val_acc_after=evaluate(model, xv, yv)[1], val_loss_before=loss0,
+                val_loss_pruned=best_loss, finetune=tuned, max_drop=max_drop)
+    return DefenseResult(model=model, flagged=info.get("scan_flagged"), target=target,
+                         info=info)
+
+
+def _add_masks(convs) -> None:
+    """A persistent all-ones pruning mask on every conv's weight and bias."""
     for conv in convs:
         prune.custom_from_mask(conv, "weight", torch.ones_like(conv.weight))
         if conv.bias is not None:
             prune.custom_from_mask(conv, "bias", torch.ones_like(conv.bias))
-    acc0 = evaluate(model, xv, yv)[1]
-    loss0 = evaluate(model, xvt, yv)[0]
+
+
+def _remove_masks(convs) -> None:
+    """Make the masks permanent: pruned filters stay zero in plain parameters."""
+    for conv in convs:
+        prune.remove(conv, "weight")
+        if conv.bias is not None:
+            prune.remove(conv, "bias")
+
+
+def prune_filters(model, convs, train, val, xv_triggered, *, acc0, loss0, max_drop,
+                  patience) -> tuple[float, list, list]:
+    """The pruning rounds: each prunes the filter with the highest :func:`filter_scores`
+    on the triggered training images ``train``; stops when the next filter would lower
+    clean accuracy on ``val`` by ``max_drop * acc0`` or more (that filter is restored),
+    after ``patience`` rounds without a lower validation ``L_U`` (on ``xv_triggered``
+    with ``val``'s labels), or with one filter left. Leaves ``model`` in the kept state
+    (the lowest validation ``L_U``); returns that loss, its pruned ``(conv, filter)``
+    pairs and every round's ``history``."""
+    (xt, y), (xv, yv) = train, val
     best_loss, best_pruned, pruned, history, waited = loss0, [], [], [], 0
     alive = sum(conv.out_channels for conv in convs)
     while len(pruned) < alive - 1 and waited < patience:
@@ -122,7 +162,7 @@ def grad_prune(view: DefenderView, *, seed: int = 0, samples_per_class: int = 10
         layer = max(range(len(convs)), key=lambda i: float(scores[i].max()))
         f = int(scores[layer].argmax())
         _set_filter(convs[layer], f, 0.0)
-        acc, loss = evaluate(model, xv, yv)[1], evaluate(model, xvt, yv)[0]
+        acc, loss = evaluate(model, xv, yv)[1], evaluate(model, xv_triggered, yv)[0]
         history.append({"layer": layer, "filter": f, "val_acc": acc, "val_loss": loss})
         if acc0 - acc >= max_drop * acc0:
             _set_filter(convs[layer], f, 1.0)
@@ -136,18 +176,4 @@ def grad_prune(view: DefenderView, *, seed: int = 0, samples_per_class: int = 10
         _set_filter(convs[layer], f, 1.0)
     for layer, f in best_pruned:
         _set_filter(convs[layer], f, 0.0)
-    acc_pruned = evaluate(model, xv, yv)[1]
-    model, tuned = finetune_model(
-        model, torch.cat([x, xt]), torch.cat([y, y]), x_val=torch.cat([xv, xvt]),
-        y_val=torch.cat([yv, yv]), epochs=finetune_epochs, lr=lr, patience=patience,
-        seed=seed)
-    for conv in convs:
-        prune.remove(conv, "weight")
-        if conv.bias is not None:
-            prune.remove(conv, "bias")
-    info.update(pruned=best_pruned, rounds=len(history), history=history,
-                val_acc_before=acc0, val_acc_pruned=acc_pruned,
-                val_acc_after=evaluate(model, xv, yv)[1], val_loss_before=loss0,
-                val_loss_pruned=best_loss, finetune=tuned, max_drop=max_drop)
-    return DefenseResult(model=model, flagged=info.get("scan_flagged"), target=target,
-                         info=info)
+    return best_loss, best_pruned, history
