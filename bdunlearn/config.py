@@ -38,8 +38,9 @@ After resolution every field holds a concrete value:
   ``"auto"``, the precision of its largest group of stored runs:
   :func:`bdunlearn.studies.stored_precision`);
 * ``seeds`` is a list of integers, one integer, or a string of ranges such as ``"0-9"``
-  or ``"0-4,7"``; a seed or shard count given twice is refused (it would count twice in
-  an interval);
+  or ``"0-4,7"``: at most :data:`MAX_SEEDS` seeds, each between 0 and :data:`MAX_SEED`
+  (every seed is a whole run of every setting); a seed or shard count given twice is
+  refused (it would count twice in an interval);
 * ``compute`` ``False`` renders a notebook from the runs already stored, computing none;
 * ``store_dir`` (where runs are stored, :mod:`bdunlearn.store`) left unset is
   ``$BDUNLEARN_RESULTS/runs`` when that is set, else the committed ``results/runs/`` for
@@ -75,6 +76,10 @@ PAPER, ALL, HALF, REFERENCE = "paper", "all", "half", "reference"
 DETECTION_EPOCHS = 100
 PRECISIONS = ("auto", "fp32", "bf16")
 VARIANTS = ("bn", "it")
+# Seeds: each is a whole run of every setting (minutes to hours), so a range beyond this
+# is a typo; values stay within a signed 32-bit integer, which every generator accepts.
+MAX_SEEDS = 10_000
+MAX_SEED = 2**31 - 1
 
 # Calibration notes (measured on real Fashion-MNIST, see README):
 # * default is the BAU paper's Fashion-MNIST setting (all 60,000 images, 200 poison, 300
@@ -237,7 +242,8 @@ def _resolve(name: str, given: dict) -> dict:
     out["train_subset"] = _size("train_subset", raw["train_subset"], ds.train_size)
     out["test_subset"] = _size("test_subset", raw["test_subset"], ds.test_size)
     n_train = min(out["train_subset"], ds.train_size)
-    out["seeds"] = _ints("seeds", _ranges(raw["seeds"]), low=0)
+    out["seeds"] = _ints("seeds", _ranges(raw["seeds"]), low=0, high=MAX_SEED,
+                         most=MAX_SEEDS)
     out["shards"] = _ints("shards", raw["shards"], low=1, high=n_train,
                           high_text=f"the {n_train} training images")
     out["defense_samples"] = _ints("defense_samples", raw["defense_samples"], low=1)
@@ -318,38 +324,59 @@ def _size(key: str, value, split: int) -> int:
 
 
 def _ranges(value):
-    """Seeds written as a string of ranges (``"0-9"``, ``"0-4,7"``) as a list."""
+    """Seeds written as a string of ranges (``"0-9"``, ``"0-4,7"``) as a list, refused
+    before it is built when it holds more than :data:`MAX_SEEDS` seeds or a seed above
+    :data:`MAX_SEED`."""
     if not isinstance(value, str):
         return value
-    out = []
+    parts, count = [], 0
     for part in value.replace(" ", "").split(","):
         lo, sep, hi = part.partition("-")
         if not (lo.isdigit() and (not sep or hi.isdigit())) or (sep and int(hi) < int(lo)):
             raise ValueError(f"seeds {value!r} must be integers or ranges like '0-9' or "
                              "'0-4,7'")
-        out += range(int(lo), int(hi) + 1) if sep else [int(lo)]
-    return out
+        lo, hi = int(lo), int(hi) if sep else int(lo)
+        if hi > MAX_SEED:
+            raise ValueError(f"seeds {value!r} holds {hi}; give seeds between 0 and "
+                             f"{MAX_SEED}")
+        count += hi - lo + 1
+        if count > MAX_SEEDS:
+            raise ValueError(f"seeds {value!r} holds more than {MAX_SEEDS} seeds; give at "
+                             f"most {MAX_SEEDS} (each seed is a whole run of every setting)")
+        parts.append(range(lo, hi + 1))
+    return [s for r in parts for s in r]
 
 
 def _ints(key: str, value, low: int, high: int | None = None,
-          high_text: str | None = None) -> tuple[int, ...]:
-    """A non-empty tuple of integers in ``[low, high]``; a scalar is a one-element list."""
+          high_text: str | None = None, most: int | None = None) -> tuple[int, ...]:
+    """A non-empty tuple of integers in ``[low, high]``, each once (checked in linear
+    time), at most ``most`` of them; a scalar is a one-element list."""
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
         value = value.tolist()  # a numpy array or scalar
     values = list(value) if isinstance(value, (list, tuple, range)) else [value]
+    shown = _short(value)
     if not values:
-        raise ValueError(f"{key} {value!r} is empty; give at least one integer >= {low}")
+        raise ValueError(f"{key} {shown} is empty; give at least one integer >= {low}")
+    if most is not None and len(values) > most:
+        raise ValueError(f"{key} {shown} holds {len(values)} values; give at most {most}")
+    seen: set[int] = set()
     for v in values:
         if isinstance(v, bool) or not isinstance(v, Integral) or v < low or (
                 high is not None and v > high):
             limit = f" and at most {high_text or high}" if high is not None else ""
-            raise ValueError(f"{key} {value!r} must hold integers >= {low}{limit} "
+            raise ValueError(f"{key} {shown} must hold integers >= {low}{limit} "
                              f"(offending value {v!r})")
-    doubled = sorted({int(v) for v in values if values.count(v) > 1})
-    if doubled:
-        raise ValueError(f"{key} {value!r} holds {doubled[0]} more than once; give each "
-                         "value once")
+        if int(v) in seen:
+            raise ValueError(f"{key} {shown} holds {int(v)} more than once; give each "
+                             "value once")
+        seen.add(int(v))
     return tuple(int(v) for v in values)
+
+
+def _short(value) -> str:
+    """``repr(value)``, cut to its start and end when it is long (a list of many seeds)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:40]} ... {text[-20:]}"
 
 
 def _path(key: str, value) -> str | None:
