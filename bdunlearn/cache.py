@@ -21,7 +21,12 @@ store other weights under a right key. A cache shared by several users (an NFS f
 for a cluster sweep) should set a secret, ``BDUNLEARN_CACHE_KEY`` (the secret itself) or
 ``BDUNLEARN_CACHE_KEY_FILE`` (a file holding it, outside the cache), on every node: every
 entry then carries an HMAC-SHA256 of its content and file name under that secret, and an
-entry without a valid tag is never served (it is computed again and rewritten).
+entry without a valid tag is never served (it is computed again and rewritten; the first
+such entry of a process says, with one warning, how many entries of its folder carry no
+valid tag for this key, so nodes with different keys are seen replacing each other's work).
+A secret that is set but empty, a key file that cannot be read, and a key file inside the
+cache folder (which whoever writes the cache could rewrite) are refused with
+:class:`CacheKeyError`.
 
 Temporary files are named ``.tmp-<host>-<pid>-*``: the first write to a folder removes
 those whose process on this host is gone, and those of other hosts after an hour.
@@ -66,23 +71,93 @@ READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 _warned: set[Path] = set()
 
 
-def secret() -> bytes | None:
+class CacheKeyError(CacheError):
+    """The cache's secret is set but unusable: empty, unreadable, or inside the cache."""
+
+
+SUBFOLDERS = ("amnesiac", "defenses")  # entries kept in a sub-folder of the cache folder
+
+
+def _root(folder: Path) -> Path:
+    """The cache folder an entry's ``folder`` belongs to (itself, or its parent for the
+    Amnesiac and defense sub-folders)."""
+    folder = Path(folder).absolute()
+    return folder.parent if folder.name in SUBFOLDERS else folder
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (as named, or after following links) lies inside ``folder``."""
+    folder = Path(os.path.realpath(folder))
+    named = Path(os.path.realpath(path.parent)) / path.name
+    return named.is_relative_to(folder) or Path(os.path.realpath(path)).is_relative_to(folder)
+
+
+def secret(folder=None) -> bytes | None:
     """The cache's secret (``BDUNLEARN_CACHE_KEY``, or the content of the file named by
-    ``BDUNLEARN_CACHE_KEY_FILE``), or ``None`` when neither is set."""
+    ``BDUNLEARN_CACHE_KEY_FILE``), or ``None`` when neither is set.
+
+    Raises :class:`CacheKeyError` with one sentence when a variable is set but empty,
+    the key file cannot be read or is empty, or it lies inside the cache folder (of the
+    entries in ``folder``, or the default one), where whoever can write the cache could
+    rewrite the secret and have forged weights served."""
     value = os.environ.get("BDUNLEARN_CACHE_KEY")
-    if value:
+    if value is not None:
+        if not value.strip():
+            raise CacheKeyError("BDUNLEARN_CACHE_KEY is set but empty; give the secret, or "
+                                "unset it to use the cache without one")
         return value.encode()
     name = os.environ.get("BDUNLEARN_CACHE_KEY_FILE")
-    if name:
-        try:
-            value = Path(name).expanduser().read_bytes().strip()
-        except OSError as err:
-            raise CacheError(f"BDUNLEARN_CACHE_KEY_FILE {name} cannot be read "
-                             f"({err.strerror or err})") from None
-        if not value:
-            raise CacheError(f"BDUNLEARN_CACHE_KEY_FILE {name} is empty; put the secret in it")
-        return value
-    return None
+    if name is None:
+        return None
+    if not name.strip():
+        raise CacheKeyError("BDUNLEARN_CACHE_KEY_FILE is set but empty; name the file "
+                            "holding the secret, or unset it to use the cache without one")
+    path = Path(name).expanduser().absolute()
+    for root in ([_root(folder)] if folder is not None else []) + [default_cache_dir()]:
+        if _inside(path, root):
+            raise CacheKeyError(f"BDUNLEARN_CACHE_KEY_FILE {name} lies inside the cache "
+                                f"folder {root}, where whoever can write the cache can "
+                                "rewrite it; keep the key file outside the cache")
+    try:
+        value = path.read_bytes().strip()
+    except OSError as err:
+        raise CacheKeyError(f"BDUNLEARN_CACHE_KEY_FILE {name} cannot be read "
+                            f"({err.strerror or err})") from None
+    if not value:
+        raise CacheKeyError(f"BDUNLEARN_CACHE_KEY_FILE {name} is empty; put the secret in it")
+    return value
+
+
+_untagged: set[Path] = set()  # cache folders whose entries without a valid tag were reported
+
+
+def _has_tag(path: Path, key: bytes) -> bool:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return isinstance(blob.get("hmac"), str) and isinstance(blob.get("sha256"), str) \
+            and hmac.compare_digest(blob["hmac"], _tag(key, path.name, blob["sha256"]))
+    except Exception:
+        return False
+
+
+def _report_untagged(folder: Path, key: bytes) -> None:
+    """Say once per process and cache folder how many of its entries carry no valid tag
+    for this key (they are recomputed as they are needed), so that nodes with different
+    keys, which replace each other's entries, are seen to do so."""
+    folder = Path(folder).absolute()
+    if folder in _untagged:
+        return
+    _untagged.add(folder)
+    count = sum(not _has_tag(p, key) for p in folder.glob("*.pt"))
+    what = "1 entry in the cache folder {} carries" if count == 1 else \
+        f"{count} entries in the cache folder {{}} carry"
+    warnings.warn(f"{what.format(folder)} no valid tag for this "
+                  "key: recomputed when needed (written without BDUNLEARN_CACHE_KEY, "
+                  "or under another one)", RuntimeWarning, stacklevel=3)
+
+
+class _NoTag(ValueError):
+    pass
 
 
 def _tag(key: bytes, name: str, digest: str) -> str:
@@ -210,7 +285,7 @@ def save(path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     digest = _digest(tensors, meta_json)
     blob = {"tensors": tensors, "meta": meta_json, "sha256": digest}
-    key = secret()
+    key = secret(path.parent)
     if key is not None:
         blob["hmac"] = _tag(key, path.name, digest)
     buffer = io.BytesIO()
@@ -258,12 +333,12 @@ def load(path) -> tuple[dict[str, torch.Tensor], dict] | None:
     """``(tensors, meta)`` of the entry at ``path``, or ``None`` when it is missing,
     truncated, unreadable, altered or holds non-finite floats (such a file is removed)."""
     path = Path(path)
+    key = secret(path.parent)  # an unusable key is refused before anything is read
     if path.is_dir() and not path.is_symlink():
         discard(path, "a folder stands at its name")
         return None
     if not path.is_file():
         return None
-    key = secret()
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         tensors, meta_json = blob["tensors"], blob["meta"]
@@ -273,11 +348,13 @@ def load(path) -> tuple[dict[str, torch.Tensor], dict] | None:
             raise ValueError("not a cache entry, or altered")
         if key is not None and not (isinstance(blob.get("hmac"), str) and hmac.compare_digest(
                 blob["hmac"], _tag(key, path.name, blob["sha256"]))):
-            raise ValueError("no valid tag under the cache's secret")
+            raise _NoTag("no valid tag under the cache's secret")
         if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
             raise ValueError("non-finite values")
         meta = json.loads(meta_json)
-    except Exception:  # any damage means: compute it again, never serve it
+    except Exception as err:  # any damage means: compute it again, never serve it
+        if isinstance(err, _NoTag):
+            _report_untagged(path.parent, key)
         with contextlib.suppress(OSError):
             path.unlink()
         return None

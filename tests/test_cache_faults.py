@@ -60,8 +60,9 @@ def test_a_forged_entry_with_a_valid_checksum_is_not_served_under_a_secret(
     monkeypatch.delenv("BDUNLEARN_CACHE_KEY")
     cache.save(entry, {}, {"has_model": False, "seconds": 0.0, "steps": 0, "flagged": [7],
                            "target": 7, "info": {}})
-    monkeypatch.setenv("BDUNLEARN_CACHE_KEY_FILE", str(tmp_path / "key"))
-    (tmp_path / "key").write_text("a secret only the service's nodes know\n")
+    key_file = tmp_path.with_name(f"{tmp_path.name}.key")  # outside the cache folder
+    monkeypatch.setenv("BDUNLEARN_CACHE_KEY_FILE", str(key_file))
+    key_file.write_text("a secret only the service's nodes know\n")
     monkeypatch.delenv("BDUNLEARN_CACHE_KEY", raising=False)
     served = run_defense("finetune", view, seed=0, cache_dir=tmp_path, epochs=1)
     assert "from_cache" not in served.info and served.flagged is None
