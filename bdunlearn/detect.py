@@ -1,205 +1,101 @@
-"""Detecting malicious unlearning requests (BAU paper, section 6).
+"""Detecting malicious unlearning requests: the engine behind every detector.
 
-* Model uncertainty (``"mu"``): Gini impurity ``1 - sum_c p_c(x)^2`` of the softmax of the
-  constituent model that was trained on the sample.
-* Sub-model similarity (``"sms"``): standard deviation, across all constituent models, of
-  the probability of the sample's claimed label. Undefined for a single model.
+The detectors themselves are registered in :mod:`bdunlearn.detectors` (one module each,
+with what each needs to see): BAU's model uncertainty (``"mu"``) and sub-model similarity
+(``"sms"``), the loss of the claimed label (``"loss"``), feature-space neighbours
+(``"knn"``) and a batch-level test (``"batch"``). This module scores requests with any
+registered detector (:func:`scores` per sample, :func:`batch_scores` per batch), measures
+them as the BAU authors do (:func:`evaluate`) and as the request-detection benchmark
+does (:func:`benchmark`: thresholds on benign requests alone), and turns a detector and a
+threshold into the ``screen`` of an unlearning service (:class:`RequestFilter`,
+:class:`BatchFilter`, :func:`screen_for`). High scores are suspicious.
 
-Detectors of the request-detection benchmark (notebook 07), beside BAU's two:
-
-* Loss (``"loss"``): cross-entropy of the claimed label under the sample's own model.
-* Feature-space neighbours (``"knn"``, after Deep k-NN, Peri et al. 2020): how many of the
-  sample's :data:`KNN_K` nearest neighbours, among a fixed sample of its own model's
-  training data, in that model's penultimate layer (cosine), carry a label other than
-  the sample's claimed label; ties between equal counts are broken by how much nearer
-  the nearest other-label neighbour is than the nearest same-label one. Scaled to
-  [0, 1]: ``(disagreeing + tie-breaker in [0, 1]) / (KNN_K + 1)``. Without the
-  tie-breaker the score takes only ``KNN_K + 1`` values, and a threshold on benign
-  requests falls on a tie (more than 1% of benign samples have no agreeing neighbour).
-* Batch (``"batch"``, :func:`batch_scores`): a whole request batch at once; the mean
-  pairwise cosine similarity of the batch's penultimate features, each centred on the
-  mean feature of its claimed class in a fixed sample of training data, averaged over
-  the constituent models. An attacker's requests share a trigger, a benign user's do
-  not; centring per class keeps a benign batch of one class (a user deleting their
-  photos of one kind) from looking alike for its label alone.
-
-:data:`NEEDS` says what each needs to see. High scores are suspicious. A
-:class:`RequestFilter` (per sample) or :class:`BatchFilter` turns a detector and a
-threshold into the ``screen`` of an unlearning service (:mod:`bdunlearn.unlearning`).
+The names :data:`SAMPLE_DETECTORS`, :data:`BATCH_DETECTORS`, :data:`BENCHMARK_DETECTORS`
+and :data:`NEEDS` are read from the registry each time, so a detector registered from
+another module is among them.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from . import detectors as registry
 from .checks import integer, number
+from .detectors.base import REFERENCE_SIZE, ModelView, ServiceView, memo  # noqa: F401
+from .detectors.base import outputs as _outputs  # noqa: F401
+from .detectors.base import reference as _reference  # noqa: F401
+from .detectors.knn import KNN_K  # noqa: F401
+from .detectors.mu import gini  # noqa: F401
+from .detectors.sms import claimed_label_spread  # noqa: F401
 from .metrics import auroc, threshold_at_fpr
-from .train import features, predict_logits, predict_proba
 from .unlearning.base import sample_ids
 
 DETECTORS = ("mu", "sms")  # BAU's (notebooks 04 and 06)
-SAMPLE_DETECTORS = ("mu", "sms", "loss", "knn")
-BATCH_DETECTORS = ("batch",)
-BENCHMARK_DETECTORS = SAMPLE_DETECTORS + BATCH_DETECTORS
-NEEDS = {"mu": "the model that trained the sample", "sms": "every constituent model (S >= 2)",
-         "loss": "the model that trained the sample",
-         "knn": "the sample's model's features and a sample of its training data",
-         "batch": "every constituent model's features and a sample of training data"}
-KNN_K = 10
-REFERENCE_SIZE = 2000
 
 
-def gini(probs: torch.Tensor) -> torch.Tensor:
-    """Gini impurity of each row of a probability matrix ``(N, K)``."""
-    if probs.dim() != 2:
-        raise ValueError(f"gini needs probabilities of shape (N, K), got {tuple(probs.shape)}")
-    return 1.0 - (probs.double() ** 2).sum(1)
+def __getattr__(name: str):
+    """The registry's current names (a detector registered later is among them)."""
+    if name == "SAMPLE_DETECTORS":
+        return registry.names("sample")
+    if name == "BATCH_DETECTORS":
+        return registry.names("batch")
+    if name == "BENCHMARK_DETECTORS":
+        return registry.names(benchmark=True)
+    if name == "NEEDS":
+        return {d.name: d.needs for d in registry.REGISTRY.values()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def claimed_label_spread(member_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Std across models of each sample's claimed-label probability; input ``(S, N, K)``."""
-    if member_probs.dim() != 3:
-        raise ValueError("sub-model similarity needs probabilities of shape (models, N, K)")
-    if member_probs.shape[0] < 2:
-        raise ValueError("sub-model similarity is undefined for a single model: "
-                         "it compares the constituent models of a sharded (S >= 2) service")
-    idx = labels.view(1, -1, 1).expand(member_probs.shape[0], -1, 1)
-    p = member_probs.double().gather(2, idx).squeeze(2)
-    return p.std(0, unbiased=False)
-
-
-def _check_detector(detector, allowed) -> str:
-    if detector not in allowed:
-        raise ValueError(f"unknown detector {detector!r}; choose one of {', '.join(allowed)}")
-    return detector
-
-
-_MEMO: dict | None = None
-
-
-@contextmanager
-def memo():
-    """Within this block, each model's probabilities and features of each training sample
-    are computed once (a benchmark scores the same samples under several detectors and
-    populations). Only for models that do not change inside the block."""
-    global _MEMO
-    outer = _MEMO
-    _MEMO = {} if outer is None else outer
-    try:
-        yield
-    finally:
-        _MEMO = outer
-
-
-def _outputs(service, model: int, ids: np.ndarray, what: str) -> torch.Tensor:
-    """``"proba"``, ``"logits"`` or ``"features"`` of the training samples ``ids`` under
-    constituent model ``model`` (memoised inside :func:`memo`)."""
-    net = service.models[model]
-    fn = {"proba": predict_proba, "logits": predict_logits, "features": features}[what]
-    if _MEMO is None:
-        return fn(net, service.x[torch.from_numpy(ids)], device=service.device)
-    have, rows = _MEMO.setdefault((net, what), (np.zeros(len(service.y), dtype=bool), {}))
-    new = np.unique(ids[~have[ids]])
-    if new.size:
-        out = fn(net, service.x[torch.from_numpy(new)], device=service.device)
-        rows.update(zip(new.tolist(), out))
-        have[new] = True
-    return torch.stack([rows[i] for i in ids.tolist()]) if len(ids) else torch.empty(0)
-
-
-def _reference(service, model: int) -> np.ndarray:
-    """A fixed sample of up to :data:`REFERENCE_SIZE` ids model ``model`` trained on
-    (``-1``: any retained id): a function of the service's state alone, so every score
-    (calibration, test, deployed filter) is taken against the same reference."""
-    pool = (np.flatnonzero(~service.removed) if model < 0
-            else np.asarray(service.training_ids(model), dtype=np.int64))
-    rng = np.random.default_rng([31, model + 1])
-    return np.sort(rng.choice(pool, min(REFERENCE_SIZE, pool.size), replace=False))
-
-
-def _knn(service, model: int, ids: np.ndarray) -> np.ndarray:
-    """The ``"knn"`` score (module docstring) of each sample against model ``model``'s
-    reference samples, itself left out."""
-    ref = _reference(service, model)
-    f_ref = torch.nn.functional.normalize(_outputs(service, model, ref, "features"), dim=1)
-    f_q = torch.nn.functional.normalize(_outputs(service, model, ids, "features"), dim=1)
-    sim = (f_q @ f_ref.T).double()
-    sim[torch.from_numpy(ids).view(-1, 1) == torch.from_numpy(ref).view(1, -1)] = -2.0
-    k = min(KNN_K, len(ref) - 1)
-    y_ref, y_q = service.y[torch.from_numpy(ref)], service.y[torch.from_numpy(ids)]
-    disagree = (y_ref[sim.topk(k, dim=1).indices] != y_q.view(-1, 1)).double().sum(1)
-    same = y_ref.view(1, -1) == y_q.view(-1, 1)
-    margin = (sim.masked_fill(~same, -2.0).amax(1)
-              - sim.masked_fill(same, -2.0).amax(1))  # nearest same minus nearest other
-    tie = (2.0 - margin.clamp(-2.0, 2.0)) / 4.0  # 1: the nearest other-label one is nearer
-    return ((disagree + tie) / (k + 1)).numpy()
+def _too_few_models(service, det) -> ValueError:
+    n = service.num_models
+    return ValueError(f"{det.title} is undefined for a service with "
+                      f"{'a single model' if n == 1 else f'{n} models'} "
+                      f"({type(service).__name__} with {n}): it compares the constituent "
+                      f"models of a sharded (S >= {det.min_models}) service")
 
 
 def scores(service, ids, detector: str) -> np.ndarray:
-    """Per-sample scores (:data:`SAMPLE_DETECTORS`) of the training samples ``ids`` of a
-    fitted unlearning service (any :class:`~bdunlearn.unlearning.UnlearningService`;
-    batched per model). A sample's score does not depend on what is scored with it."""
-    _check_detector(detector, SAMPLE_DETECTORS)
+    """Per-sample scores (any registered detector of unit ``"sample"``) of the training
+    samples ``ids`` of a fitted unlearning service (any
+    :class:`~bdunlearn.unlearning.UnlearningService`; batched per model for a detector
+    that sees one model). A sample's score does not depend on what is scored with it."""
+    det = registry.get(detector, "sample")
     ids = sample_ids(ids, len(service.y))
-    t = torch.from_numpy(ids)
-    if detector == "sms":
-        if service.num_models < 2:
-            raise ValueError("sub-model similarity is undefined for a service with a single "
-                             f"model ({type(service).__name__} with {service.num_models}): "
-                             "it compares the constituent models of a sharded (S >= 2) service")
-        probs = torch.stack([_outputs(service, m, ids, "proba")
-                             for m in range(service.num_models)])
-        return claimed_label_spread(probs, service.y[t]).numpy()
+    if service.num_models < det.min_models:
+        raise _too_few_models(service, det)
+    if det.sees == "every model":
+        return _checked(det, det.fn(ServiceView(service, det), ids), len(ids))
     out = np.empty(len(ids))
     owner = service.model_of(ids)
     for m in np.unique(owner):
         sel = np.flatnonzero(owner == m)
-        if detector == "knn":
-            out[sel] = _knn(service, int(m), ids[sel])
-        elif detector == "mu":
-            out[sel] = gini(_outputs(service, int(m), ids[sel], "proba")).numpy()
-        else:  # from the logits: a softmax near 1 would round every confident sample to 0
-            logp = torch.log_softmax(_outputs(service, int(m), ids[sel], "logits").double(), 1)
-            out[sel] = (-logp.gather(1, service.y[t[sel]].view(-1, 1)).squeeze(1)).numpy()
+        out[sel] = _checked(det, det.fn(ModelView(service, int(m), det), ids[sel]), len(sel))
     return out
 
 
-def batch_scores(service, batches) -> np.ndarray:
-    """One score per request batch (a list of id arrays, each of two or more ids): the
-    ``"batch"`` detector (see the module docstring). A class absent from the reference
-    sample is centred on the reference's mean feature."""
+def _checked(det, values, n: int) -> np.ndarray:
+    out = np.asarray(values, dtype=np.float64)
+    if out.shape != (n,):
+        raise ValueError(f"detector {det.name!r} returned scores of shape {out.shape} for "
+                         f"{n} {'batches' if det.unit == 'batch' else 'ids'}; it must "
+                         f"return one score per {det.unit}")
+    return out
+
+
+def batch_scores(service, batches, detector: str = "batch") -> np.ndarray:
+    """One score per request batch (a list of id arrays, each of two or more ids) under a
+    registered batch detector (``"batch"`` by default)."""
+    det = registry.get(detector, "batch")
     batches = [sample_ids(b, len(service.y), what="request id") for b in batches]
     if any(b.size < 2 for b in batches):
         raise ValueError("a batch score needs batches of at least two request ids")
     if not batches:
         return np.empty(0)
-    ref = _reference(service, -1)
-    y_ref = service.y[torch.from_numpy(ref)]
-    every = np.unique(np.concatenate(batches))
-    by_size: dict[int, list[int]] = {}
-    for b, ids in enumerate(batches):
-        by_size.setdefault(len(ids), []).append(b)
-    out = np.zeros(len(batches))
-    with memo():  # every batch's samples and the reference, once per model
-        for m in range(service.num_models):
-            f_ref = _outputs(service, m, ref, "features").double()
-            centres = f_ref.mean(0).repeat(service.num_classes, 1)
-            for c in y_ref.unique().tolist():
-                centres[c] = f_ref[y_ref == c].mean(0)
-            f = _outputs(service, m, every, "features").double()
-            unit = torch.nn.functional.normalize(
-                f - centres[service.y[torch.from_numpy(every)]], dim=1)
-            for n, which in by_size.items():  # the batches of one size at once
-                rows = np.searchsorted(every, np.stack([batches[b] for b in which]))
-                fb = unit[torch.from_numpy(rows)]  # (batches, n, features)
-                sim = fb @ fb.transpose(1, 2)
-                pairs = sim.sum((1, 2)) - sim.diagonal(dim1=1, dim2=2).sum(1)
-                out[which] += (pairs / (n * (n - 1))).numpy()
-    return out / len(service.models)
+    if service.num_models < det.min_models:
+        raise _too_few_models(service, det)
+    return _checked(det, det.fn(ServiceView(service, det), batches), len(batches))
 
 
 def batches_of(ids, size: int) -> list[np.ndarray]:
@@ -275,7 +171,7 @@ class RequestFilter:
     threshold: float
 
     def __post_init__(self):
-        _check_detector(self.detector, SAMPLE_DETECTORS)
+        registry.get(self.detector, "sample")
         self.threshold = number("threshold", self.threshold)
 
     def __call__(self, service, ids) -> np.ndarray:
@@ -299,35 +195,36 @@ class RequestFilter:
 class BatchFilter:
     """Refuse whole request batches (consecutive ``size`` ids of each request, see
     :func:`batches_of`; a shorter last batch is decided by the window of the request's
-    last ``size`` ids) whose ``"batch"`` score exceeds ``threshold``. It scores each
+    last ``size`` ids) whose ``detector`` score exceeds ``threshold``. It scores each
     request as sent: a request of one id is never refused, so a provider must group a
     requester's requests into batches for it to see them."""
 
     threshold: float
     size: int = 10
-    detector = "batch"
+    detector: str = "batch"
 
     def __post_init__(self):
         self.threshold = number("threshold", self.threshold)
         self.size = integer("batch size", self.size, 2)
+        registry.get(self.detector, "batch")
 
     def __call__(self, service, ids) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size < 2:
             return np.zeros(ids.size, dtype=bool)
-        flagged = batch_scores(service, batches_of(ids, self.size)) > self.threshold
+        flagged = batch_scores(service, batches_of(ids, self.size),
+                               self.detector) > self.threshold
         starts = range(0, ids.size, self.size)  # each window decides its own new ids
         return np.repeat(flagged, [min(self.size, ids.size - i) for i in starts])
 
 
 def detector_scores(service, ids, detector: str, *, batch: int = 10, draws: int = 0,
                     seed: int = 0) -> np.ndarray:
-    """Scores of ``ids`` under any of :data:`BENCHMARK_DETECTORS`: one per id for the
-    per-sample detectors; for ``"batch"``, one per request batch of ``batch`` ids, either
-    the consecutive batches of ``ids`` (:func:`batches_of`, ``draws=0``) or ``draws``
-    random batches drawn with ``seed``."""
-    _check_detector(detector, BENCHMARK_DETECTORS)
-    if detector != "batch":
+    """Scores of ``ids`` under any registered detector: one per id for a per-sample
+    detector; for a batch detector, one per request batch of ``batch`` ids, either the
+    consecutive batches of ``ids`` (:func:`batches_of`, ``draws=0``) or ``draws`` random
+    batches drawn with ``seed``."""
+    if registry.get(detector).unit == "sample":
         return scores(service, ids, detector)
     ids = sample_ids(ids, len(service.y), what="request id")
     batch = integer("batch size", batch, 2)
@@ -338,7 +235,7 @@ def detector_scores(service, ids, detector: str, *, batch: int = 10, draws: int 
         groups = [rng.choice(ids, size, replace=False) for _ in range(draws)]
     else:
         groups = batches_of(ids, batch)
-    return batch_scores(service, groups)
+    return batch_scores(service, groups, detector)
 
 
 def benchmark(service, positives, populations: dict, detector: str, *,
@@ -356,7 +253,7 @@ def benchmark(service, positives, populations: dict, detector: str, *,
     its thresholds rest on as many scores as a per-sample detector's. Returns
     ``{name: {"auroc", "tpr@<f>", "fpr@<f>", "threshold@<f>"}}``.
     """
-    _check_detector(detector, BENCHMARK_DETECTORS)
+    unit = registry.get(detector).unit
     if not isinstance(populations, dict) or not populations:
         raise ValueError("populations must be a non-empty dict of name -> benign ids, got "
                          f"{type(populations).__name__}")
@@ -368,7 +265,7 @@ def benchmark(service, positives, populations: dict, detector: str, *,
     pos = pos[~service.removed[pos]]
     if pos.size < 2:
         raise ValueError("the benchmark needs at least two attack requests in the training set")
-    draws = sample if detector == "batch" else 0
+    draws = sample if unit == "batch" else 0
     with memo():
         return _benchmark(service, pos, populations, detector, fprs, batch, draws, sample,
                           seed)
@@ -409,6 +306,6 @@ def split_benign(service, ids, exclude=(), *, sample: int = 2000, seed: int = 0,
 def screen_for(detector: str, threshold: float, *, batch: int = 10):
     """The ``screen`` of a service that refuses what ``detector`` scores above
     ``threshold`` (:class:`RequestFilter` or :class:`BatchFilter`)."""
-    if _check_detector(detector, BENCHMARK_DETECTORS) == "batch":
-        return BatchFilter(threshold, batch)
+    if registry.get(detector).unit == "batch":
+        return BatchFilter(threshold, batch, detector)
     return RequestFilter(detector, threshold)
