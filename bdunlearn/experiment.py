@@ -38,22 +38,6 @@ def dataset(cfg: RunConfig) -> Dataset:
     return ds.subset(cfg.train_subset, cfg.test_subset, seed=0)
 
 
-def build_attack(ds: Dataset, variant: str, seed: int, cfg: RunConfig) -> attacks.AttackSet:
-    """The attack family ``variant`` (:data:`bdunlearn.attack.FAMILIES`) with the run's
-    counts: BAU's BN (``"bn"``) and IT (``"it"``), and the benchmark's families with the
-    run's poison count (their camouflage counts and triggers at their builders' reference
-    settings; the blended family also takes the mitigation count and ``alpha``)."""
-    choice("variant", variant, attacks.FAMILIES)
-    if variant == "it":
-        return attacks.build_input_targeted(ds, poison_num=cfg.it_poison_num,
-                                            mitigation_num=cfg.it_mitigation_num, seed=seed)
-    if variant in ("bn", "blend"):
-        return attacks.BUILDERS[variant](ds, poison_num=cfg.poison_num,
-                                         mitigation_num=cfg.mitigation_num, alpha=cfg.alpha,
-                                         seed=seed)
-    return attacks.BUILDERS[variant](ds, poison_num=cfg.poison_num, seed=seed)
-
-
 def service(x, y, ds: Dataset, cfg: RunConfig, *, shards: int = 1, seed: int = 0,
             requestable=None, screen=None, cache_dir="auto") -> SisaService:
     """A SISA service (exact unlearning when ``shards=1``) with the reference settings."""

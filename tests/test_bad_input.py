@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from bdunlearn import attack, config, data, detect, experiment, metrics, reproduce, train, triggers
+from bdunlearn import attack, config, data, detect, metrics, reproduce, train, triggers
 from bdunlearn.defenses import DefenderView, run_defense
 from bdunlearn.models import build_model
 from bdunlearn.registry import reference_config
@@ -163,7 +163,7 @@ DATA = [
 
 ATTACK = [
     ("unknown variant", lambda c: attack.build_attack(c.ds, "xx"), ValueError, "'xx'"),
-    ("unknown variant (notebooks)", lambda c: experiment.build_attack(c.ds, "xx", 0, None),
+    ("unknown variant (notebooks)", lambda c: attack.build_attack(c.ds, "xx", cfg=None),
      ValueError, "'xx'"),
     ("not a dataset", lambda c: attack.build_badnets([1, 2]), ValueError, "list"),
     ("poison_num too large", lambda c: attack.build_badnets(c.ds, poison_num=10**6),

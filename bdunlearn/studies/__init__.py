@@ -100,7 +100,7 @@ def _attack(kind: str, cfg: RunConfig, seed: int, variant: str | None):
     if kind == "classic":
         return attacks.build_classic_badnets(ds, poison_fraction=cfg.poison_fraction, seed=seed)
     if kind == "attack":
-        return ex.build_attack(ds, variant, seed, cfg)
+        return attacks.build_attack(ds, variant, seed=seed, cfg=cfg)
     return None
 
 
