@@ -10,25 +10,16 @@ results table (:mod:`bdunlearn.summary`) is built from the same claims over the 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
+from . import verdicts as vd
 from .config import PROFILES, RunConfig
 from .experiment import REQUEST_BATCH
-from .metrics import interval, proportion_interval, value_range
+from .verdicts import SWITCH_AFTER, SWITCH_BEFORE, switch_rate, switched_on
 
 ALL_PROFILES = tuple(PROFILES)
-
-
-SWITCH_BEFORE, SWITCH_AFTER = 0.2, 0.8  # "switches on": ASR at most 20% before, 80% after
-
-
-def switched_on(before, after):
-    """The rule a single run's backdoor "switches on" by (notebooks 06 and 07): ASR at most
-    :data:`SWITCH_BEFORE` before the requests and at least :data:`SWITCH_AFTER` after.
-    Works on floats and, element-wise, on pandas Series."""
-    return (before <= SWITCH_BEFORE) & (after >= SWITCH_AFTER)
 
 
 def _pct(v: float) -> str:
@@ -55,11 +46,10 @@ class Claim:
     thresholds: Mapping[str, Mapping[str, float]]
     asserted_at: tuple[str, ...] = ALL_PROFILES
     in_readme: bool = True
-    verdict: Callable[[dict, Mapping[str, float], bool], str] | None = field(default=None)
-    headline: tuple[str, ...] | None = None  # the numbers given per seed with an interval
-    # a grid claim: the key of its numbers naming the setting it reports ("best"); per seed
-    # the headline is then measured on that one setting's rows, not each seed's own best
-    chosen: str | None = None
+    # the README rows by the rules of bdunlearn.verdicts: decide(table, thresholds) ->
+    # [(setting, measured, verdict)], counts per run and intervals over seeds
+    decide: Callable[[pd.DataFrame, Mapping[str, float]], list[tuple[str, str, str]]] | None = (
+        None)
     table_name: str | None = None  # the results table it reads (default: its notebook's)
     # each number rests on its own rows (one rate per setting): a seed need not hold all
     # of them to count, and each number says its own seed count (see whole_seeds)
@@ -68,14 +58,6 @@ class Claim:
     @property
     def table(self) -> str:
         return self.table_name or self.notebook
-
-    def judge(self, numbers: dict, profile: str) -> str:
-        """The README's verdict on ``numbers`` at ``profile``'s thresholds."""
-        t = self.thresholds[profile]
-        ok = self.holds(numbers, t)
-        if self.verdict is not None:
-            return self.verdict(numbers, t, ok)
-        return "agrees" if ok else "weaker than the paper"
 
 
 def _same(values: dict) -> dict:
@@ -130,7 +112,7 @@ def _switch(name, notebook, variant, title, asserted_at, in_readme=True) -> Clai
                  f"BAU {title}: unlearning the mitigation samples switches the backdoor on",
                  "benign before the requests, high ASR after (exact unlearning)",
                  _switch_measure(variant), _switch_holds, _switch_describe, _SWITCH,
-                 asserted_at, in_readme, headline=("asr_before", "asr_after", "acc_before"))
+                 asserted_at, in_readme)
 
 
 # ------------------------------------------------------------ 02: sharding, Amnesiac
@@ -168,40 +150,6 @@ def _auroc_holds(m: dict, t) -> bool:
     return m["fewest"] >= t["min_auroc"] and m["most"] <= m["fewest"] + t["max_gain_with_shards"]
 
 
-def _authors_range(detector: str, shards: int) -> tuple[float, float] | None:
-    """The authors' code's AUROC range over seeds on the paper's setting
-    (``results/crosscheck.csv``), the only reference numbers there are: BAU's tables are
-    not readable."""
-    from .summary import crosscheck
-
-    ref = crosscheck((f"{detector}_auroc",))
-    col = (f"{detector}_auroc", "min")
-    if ref is None or ("authors", shards) not in ref.index or col not in ref:
-        return None
-    row = ref.loc[("authors", shards)]
-    if pd.isna(row[col]):
-        return None
-    return float(row[col]), float(row[(f"{detector}_auroc", "max")])
-
-
-def _auroc_verdict(detector: str):
-    def verdict(m: dict, t, ok: bool) -> str:
-        if not ok:
-            return "differs: near chance or gaining with shards"
-        for shards, value in m["auroc"].items():
-            ref = _authors_range(detector, shards)
-            if ref is not None:
-                where = ("within" if ref[0] <= value <= ref[1] else
-                         "above" if value > ref[1] else "below")
-                return (f"agrees: above chance, falling with shards; {where} the authors' "
-                        f"code's range at S={shards} ({ref[0]:.3f}-{ref[1]:.3f})")
-        return "agrees: above chance, falling with shards"
-    return verdict
-
-
-# At default (the paper's Fashion-MNIST setting) the bars are what the cross-check against
-# the authors' code supports (README): MU with one model and SMS with 5 shards. BAU's own
-# tables are not readable, so no AUROC of the paper's is used as a threshold.
 _AUROC = {det: {p: dict(min_auroc=low, max_gain_with_shards=0.02)
                 for p, low in (("smoke", 0.6), ("default", default), ("paper", 0.6))}
           for det, default in (("mu", 0.65), ("sms", 0.60))}
@@ -213,8 +161,7 @@ def _detects(detector: str, asserted_at) -> Claim:
                  "high AUROC at few shards, falling with more shards",
                  _auroc_measure(detector), _auroc_holds,
                  lambda m: "AUROC " + ", ".join(f"S={s}: {v:.3f}" for s, v in m["auroc"].items()),
-                 _AUROC[detector], asserted_at, verdict=_auroc_verdict(detector),
-                 headline=("auroc",))
+                 _AUROC[detector], asserted_at)
 
 
 def _filter_measure(t: pd.DataFrame) -> dict | None:
@@ -257,8 +204,7 @@ def _overhead(defense: str) -> Claim:
                             f"{m['steps_once']:.0f} once on a classical BadNets model "
                             f"({m['steps_total'] / max(m['steps_once'], 1):.1f}x); seconds "
                             f"{m['seconds_total']:.0f} vs {m['seconds_once']:.0f}"),
-                 _same(dict(min_runs=2, min_step_ratio=1.5)), verdict=lambda m, t, ok: (
-                     "agrees" if ok else "differs"), headline=("steps_total", "steps_once"))
+                 _same(dict(min_runs=2, min_step_ratio=1.5)))
 
 
 def _nc_first_flag(t: pd.DataFrame) -> dict | None:
@@ -309,18 +255,7 @@ def _baeraser(attack: str, asserted_at) -> Claim:
                    f"({_pct(m['reduction'])} lower), clean accuracy "
                    f"{_points(m['acc_before'], m['acc_after'])}"),
         _same(dict(min_asr_reduction=0.9, max_acc_drop=0.03, paper_asr_reduction=0.99)),
-        asserted_at, verdict=_baeraser_verdict, headline=("asr_after", "reduction"))
-
-
-def _baeraser_verdict(m: dict, t: dict, ok: bool) -> str:
-    """Agrees only at the paper's own average reduction; between the package's bar and
-    that, the erasure works but less completely than the paper reports."""
-    if ok and m["reduction"] >= t["paper_asr_reduction"]:
-        return "agrees"
-    if ok:
-        return (f"weaker than the paper's {_pct(t['paper_asr_reduction'])} average; above "
-                f"this package's {_pct(t['min_asr_reduction'])} bar")
-    return "weaker"
+        asserted_at)
 
 
 _GRAD_PRUNE = {"smoke": dict(max_asr_after=1.0, max_acc_drop=1.0),
@@ -332,15 +267,15 @@ def _grad_prune(attack: str, asserted_at) -> Claim:
     return Claim(
         f"grad_prune_{attack}", "05_backdoor_erasure",
         f"Grad-Prune erases the backdoor with little data ({_NAMES[attack]}, known trigger)",
-        "low ASR with 10-100 clean samples per class, small accuracy loss",
+        "low ASR from a small clean set, small accuracy loss (the set sizes, 10-100 per "
+        "class, are this package's sweep)",
         _erasure_measure("grad_prune", attack),
         lambda m, t: (m["asr_after"] < m["asr_before"] and m["asr_after"] < t["max_asr_after"]
                       and m["acc_before"] - m["acc_after"] <= t["max_acc_drop"]),
         lambda m: f"from ASR {_pct(m['asr_before'])}: " + "; ".join(
             f"{n} images: ASR {_pct(a)}, accuracy {100 * g:+.1f} points"
             for n, (a, g) in m["per_samples"].items()),
-        _GRAD_PRUNE, asserted_at, verdict=lambda m, t, ok: "agrees" if ok else "weaker",
-        headline=("asr_after", "reduction"))
+        _GRAD_PRUNE, asserted_at)
 
 
 def _nc_clean(t: pd.DataFrame) -> dict | None:
@@ -411,30 +346,6 @@ def _epochs(t: pd.DataFrame) -> dict | None:
             "mu_auroc": {f"{e} epochs": next(iter(n["mu"].values())) for e, n in out.items()}}
 
 
-def _epochs_verdicts(m: dict, t: Mapping[str, float]) -> dict[str, dict[int, bool]]:
-    """Each verdict the epoch count could change, per epoch count, at thresholds ``t``."""
-    mu = {k[3:]: v for k, v in t.items() if k.startswith("mu_")}
-    out: dict[str, dict[int, bool]] = {}
-    for e, n in m["by_epochs"].items():
-        checks = {"BN switches on": _switch_holds(n["bn"], t)}
-        if "it" in n:
-            checks["IT switches on"] = _switch_holds(n["it"], t)
-        if len(n["final_asr"]) > 1:
-            checks["sharding makes it harder"] = _sharding_holds(n, t)
-        auroc = list(n["mu"].values())
-        checks["MU detects"] = _auroc_holds({"fewest": auroc[0], "most": auroc[-1]}, mu)
-        for name, ok in checks.items():
-            out.setdefault(name, {})[e] = ok
-    return out
-
-
-def _epochs_verdict(m: dict, t: Mapping[str, float], ok: bool) -> str:
-    changed = [name + " (" + ", ".join(f"{e} epochs: {'yes' if v else 'no'}"
-                                       for e, v in by.items()) + ")"
-               for name, by in _epochs_verdicts(m, t).items() if len(set(by.values())) > 1]
-    return "no verdict changes" if not changed else "changes: " + "; ".join(changed)
-
-
 def _epochs_describe(m: dict) -> str:
     return f"{m['seeds']} seed{'s' * (m['seeds'] != 1)} at both: " + "; ".join(
         f"{e} epochs: BN ASR {_pct(n['bn']['asr_before'])} -> {_pct(n['bn']['asr_after'])}"
@@ -444,16 +355,6 @@ def _epochs_describe(m: dict) -> str:
         + ", BN final ASR " + ", ".join(f"S={k}: {_pct(x)}" for k, x in n["final_asr"].items())
         + ", MU AUROC " + ", ".join(f"S={k}: {x:.3f}" for k, x in n["mu"].items())
         for e, n in m["by_epochs"].items())
-
-
-def switch_rate(t: pd.DataFrame) -> dict | None:
-    """Per setting of an IT table: the share of seeds whose run switched on, and how many
-    seeds that share rests on."""
-    if "switched_on" not in t:
-        return None
-    rate = t.groupby(["setting", "seed"]).switched_on.first().astype(bool).groupby("setting")
-    return {"rate": {k: float(v) for k, v in rate.mean().items()},
-            "seeds": {k: int(v) for k, v in rate.size().items()}}
 
 
 def _baeraser_grid(t: pd.DataFrame) -> dict | None:
@@ -496,14 +397,10 @@ def _amnesiac_grid(t: pd.DataFrame) -> dict | None:
 
 
 def _fidelity(name, table, statement, paper, measure, holds, describe, thresholds,
-              asserted_at=(), headline=None, chosen=None, independent=False) -> Claim:
-    """A notebook 06 claim; one without thresholds measures a question and is reported."""
-    graded = any(thresholds.values())
+              asserted_at=(), independent=False) -> Claim:
+    """A notebook 06 claim (its thresholds, where it has any, are for its README verdict)."""
     return Claim(name, "06_fidelity", statement, paper, measure, holds, describe,
-                 thresholds, asserted_at, headline=headline, table_name=table, chosen=chosen,
-                 independent=independent,
-                 verdict=lambda m, t, ok: ("reported (no threshold)" if not graded
-                                           else "holds" if ok else "does not hold"))
+                 thresholds, asserted_at, table_name=table, independent=independent)
 
 
 FIDELITY = (
@@ -514,8 +411,7 @@ FIDELITY = (
               lambda m: (f"S={m['shards']}: ASR before the requests {_pct(m['asr_before'])} "
                          f"(bright patch), {_pct(m['asr_faint_before'])} (faint patch); "
                          f"after {_pct(m['asr_after'])}"),
-              _same(dict(min_faint_gap=0.2)), ("default",),
-              headline=("asr_before", "asr_faint_before")),
+              _same(dict(min_faint_gap=0.2)), ("default",)),
     _fidelity("fidelity_nc_scan", "06_fidelity-dormant",
               "06: a defender who scans once before the requests",
               "BAU: the backdoor hides from model-level detection until activated", _nc_scan,
@@ -524,20 +420,19 @@ FIDELITY = (
                          f"request in {_pct(m['target_flagged'])} of {m['seeds']} seeds; "
                          f"flags a clean model of the same seed in "
                          f"{_pct(m['clean_flagged'])}"),
-              _same({}), headline=("target_flagged", "clean_flagged")),
+              _same({})),
     Claim("fidelity_epochs", "06_fidelity", "06: 20 or 100 training epochs",
           "the authors' scripts: 20 by default, 100 for the detection experiments", _epochs,
-          lambda m, t: _epochs_verdict(m, t, True) == "no verdict changes", _epochs_describe,
+          lambda m, t: True, _epochs_describe,
           {p: {**_SWITCH[p], **{f"mu_{k}": v for k, v in _AUROC["mu"][p].items()}}
-           for p in ALL_PROFILES}, (), table_name="06_fidelity-epochs",
-          verdict=_epochs_verdict, headline=("bn asr_after", "mu_auroc")),
+           for p in ALL_PROFILES}, (), table_name="06_fidelity-epochs"),
     _fidelity("fidelity_it", "06_fidelity-it",
               "06: how often the input-targeted attack switches on",
               "switched on: ASR <= 20% before, >= 80% after", switch_rate,
               lambda m, t: True,
               lambda m: "; ".join(f"{k}: {_pct(v)} of {m['seeds'][k]} seed"
                                   + "s" * (m["seeds"][k] != 1) for k, v in m["rate"].items()),
-              _same({}), headline=("rate",), independent=True),
+              _same({}), independent=True),
     _fidelity("fidelity_baeraser", "06_fidelity-baeraser",
               "06: BAERASER's knobs on the classical BadNets model",
               "ASR lowered by 99% on average, clean accuracy kept", _baeraser_grid,
@@ -545,8 +440,7 @@ FIDELITY = (
               lambda m: (f"best within 2 points of accuracy: {m['best']}, ASR "
                          f"{_pct(m['reduction'])} lower ({_points(0, -m['drop'])}); "
                          f"the paper's setting {_pct(m['paper_setting'])} lower"),
-              _same(dict(paper_asr_reduction=0.99, max_acc_drop=BAERASER_MAX_ACC_DROP)),
-              headline=("reduction",), chosen="best"),
+              _same(dict(paper_asr_reduction=0.99, max_acc_drop=BAERASER_MAX_ACC_DROP))),
     _fidelity("fidelity_amnesiac", "06_fidelity-amnesiac",
               "06: whether Amnesiac unlearning switches the backdoor on",
               "the backdoor appears under approximate unlearning", _amnesiac_grid,
@@ -559,8 +453,7 @@ FIDELITY = (
                          + ("" if m["control_asr"] != m["control_asr"] else
                             f"; fine-tuning alone as long (scale 0): ASR "
                             f"{_pct(m['control_asr'])} after")),
-              _same(dict(min_asr_rise=0.3, max_acc_drop=AMNESIAC_MAX_ACC_DROP)),
-              headline=("rise",), chosen="best"),
+              _same(dict(min_asr_rise=0.3, max_acc_drop=AMNESIAC_MAX_ACC_DROP))),
 )
 
 
@@ -659,8 +552,7 @@ def _benchmark(name, statement, paper, measure, describe) -> Claim:
     # every number says its own seed count, so a shard count stored for fewer seeds does
     # not narrow the others to its seeds (independent: see whole_seeds)
     return Claim(name, "07_request_detection", statement, paper, measure, lambda m, t: True,
-                 describe, _same({}), (), in_readme=False, independent=True,
-                 verdict=lambda m, t, ok: "reported")
+                 describe, _same({}), (), in_readme=False, independent=True)
 
 
 BENCHMARK = (
@@ -675,7 +567,334 @@ BENCHMARK = (
 )
 
 
+# ------------------------------------------------------------ the README's verdicts
+# Each decide(table, thresholds) -> [(setting, measured, verdict)] follows bdunlearn.verdicts:
+# a yes/no outcome per run is k of n with a Wilson interval, a continuous figure a
+# t-interval over seeds, an effect its paired per-seed difference from its own control.
+
+def _p(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _rate(values) -> str:
+    return vd.spread(values, (0.0, 1.0)).text(_p)
+
+
+def _ends(d: pd.DataFrame, col: str = "asr") -> tuple[dict, dict]:
+    """Per seed, ``col`` before the first request and after the last."""
+    g = d.sort_values("requested").groupby("seed")[col]
+    return g.first().to_dict(), g.last().to_dict()
+
+
+def _switches(d: pd.DataFrame) -> dict:
+    """Per seed, whether the run switched on (:func:`switched_on`)."""
+    before, after = _ends(d)
+    return {s: bool(switched_on(before[s], after[s])) for s in before}
+
+
+def _exact(t: pd.DataFrame, variant: str) -> pd.DataFrame:
+    d = t[t.variant == variant] if "variant" in t else t
+    if "unlearning" in d:
+        d = d[d.unlearning == "exact"]
+    return d[d.shards == d.shards.min()] if "shards" in d and len(d) else d
+
+
+def _switch_rows(variant: str):
+    def decide(t: pd.DataFrame, th) -> list:
+        d = _exact(t, variant)
+        if d.empty or "seed" not in d:
+            return []
+        c = vd.count(_switches(d).values())
+        text = f"switches on in {c} runs"
+        if variant != "it":  # IT's ASR is on copies of one image: per run about 0 or 1
+            before, after = _ends(d)
+            text += f"; ASR {_rate(before.values())} before, {_rate(after.values())} after"
+        return [("", text, vd.happens(c))]
+    return decide
+
+
+def _per_epochs(decide):
+    """``decide`` on each epoch count's rows of notebook 06's epochs section."""
+    def rows(t: pd.DataFrame, th) -> list:
+        if "epochs" not in t:
+            return []
+        return [(f"{e} epochs" + (f", {s}" if s else ""), m, v)
+                for e, d in t.groupby("epochs") for s, m, v in decide(d, th)]
+    return rows
+
+
+def _sharding_rows(t: pd.DataFrame, th) -> list:
+    d = t[t.variant == "bn"] if "variant" in t else t
+    if "unlearning" in d:
+        d = d[d.unlearning.isin(["exact", "sisa"])]
+    shards = sorted(d.shards.unique()) if len(d) else []
+    if len(shards) < 2:
+        return []
+    per = {k: d[d.shards == k] for k in shards}
+    counts = ", ".join(f"S={k}: {vd.count(_switches(per[k]).values()).k} of "
+                       f"{per[k].seed.nunique()}" for k in shards)
+    diff = vd.paired(_ends(per[shards[0]])[1], _ends(per[shards[-1]])[1])
+    way = vd.direction(diff)
+    verdict = ("agrees" if way == -1 else "differs" if way == 1 else vd.undecided(diff.n))
+    return [("", f"switches on in {counts}; final ASR S={shards[-1]} minus S={shards[0]}: "
+             f"{diff.text(_pts)} points", verdict + (" (n = 1)" if diff.lo is None else ""))]
+
+
+def _detect_rows(detector: str):
+    def decide(t: pd.DataFrame, th) -> list:
+        col = f"{detector}_auroc" if f"{detector}_auroc" in t else "auroc"
+        d = t[t.variant == "bn"] if "variant" in t else t
+        if "detector" in d:
+            d = d[d.detector == detector]
+        if col not in d:
+            return []
+        d = d[d[col].notna()]
+        shards = sorted(k for k in d.shards.unique() if detector != "sms" or k > 1)
+        if not shards:
+            return []
+        per = {k: d[d.shards == k].groupby("seed")[col].mean().to_dict() for k in shards}
+        level = vd.spread(per[shards[0]].values(), (0.0, 1.0))
+        word = vd.against(level, th["min_auroc"])
+        text = f"AUROC at S={shards[0]}: {level.text()}"
+        if len(shards) > 1:
+            gain = vd.paired(per[shards[0]], per[shards[-1]])
+            text += f"; S={shards[-1]} minus S={shards[0]}: {gain.text('+.3f')}"
+            falls = vd.against(gain, th["max_gain_with_shards"], above=False)
+            if falls.startswith("differs"):
+                word = "differs: gains with shards"
+            elif word.startswith("agrees") and not falls.startswith("agrees"):
+                word = falls
+        return [("", text, f"{word} (bar {th['min_auroc']:.2f}, from this package's "
+                 "cross-check of the authors' code)")]
+    return decide
+
+
+def _filter_rows(t: pd.DataFrame, th) -> list:
+    if t.empty or "unlearning" not in t or not {"no filter", "MU filter"} <= set(t.unlearning):
+        return []
+    none = _ends(t[t.unlearning == "no filter"])[1]
+    kept = _ends(t[t.unlearning == "MU filter"])[1]
+    diff = vd.paired(none, kept)
+    refused = t[t.unlearning == "MU filter"].groupby("seed").refused.sum()
+    way = vd.direction(diff)
+    return [("", f"final ASR {_rate(none.values())} without, {_rate(kept.values())} with it "
+             f"(paired {diff.text(_pts)} points); {refused.mean():.0f} requests refused",
+             "agrees" if way == -1 else "differs" if way == 1 else vd.undecided(diff.n))]
+
+
+def _overhead_rows(defense: str):
+    def decide(t: pd.DataFrame, th) -> list:
+        if "steps" not in t:
+            return []
+        runs = t[(t.setting == "bau") & (t.defense == defense)]
+        once = t[(t.setting == "badnets") & (t.defense == defense)].groupby("seed")
+        if runs.empty or not len(once):
+            return []
+        per_run = runs.groupby("seed")[["steps", "seconds"]].mean()
+        one = once[["steps", "seconds"]].mean()
+        seeds = [s for s in per_run.index if s in one.index]
+        steps = vd.spread([per_run.steps[s] / one.steps[s] for s in seeds])
+        secs = vd.spread([per_run.seconds[s] / one.seconds[s] for s in seeds])
+        n = float(runs.groupby("seed").requested.nunique().mean())
+        total = vd.spread([n * per_run.steps[s] / one.steps[s] for s in seeds])
+        return [("", f"one run on the BAU model: {steps.text('.2f')}x the optimiser steps "
+                 f"({secs.text('.2f')}x the seconds) of one on a classical BadNets model; "
+                 f"re-run {n:.0f} times (the defender's policy: once per request batch): "
+                 f"{total.text('.1f')}x", vd.against(total, th["min_step_ratio"]))]
+    return decide
+
+
+def _nc_hides_rows(t: pd.DataFrame, th) -> list:
+    nc = t[(t.setting == "bau") & (t.defense == "neural_cleanse") & (t.requested == 0)]
+    if nc.empty:
+        return []
+    hidden = nc.groupby("seed").flagged.first().astype(str) != "True"
+    c = vd.count(hidden)
+    return [("", f"Neural Cleanse flags nothing before the requests in {c} runs",
+             vd.happens(c, no="differs: the dormant backdoor is found"))]
+
+
+def _erasure_rows(defense: str, attack: str):
+    def decide(t: pd.DataFrame, th) -> list:
+        d = t[(t.attack == attack) & (t.defense == defense)]
+        if d.empty:
+            return []
+        d = d[d.defender_samples == d.defender_samples.max()].groupby("seed").mean(
+            numeric_only=True)
+        red = vd.spread(1 - d.asr_after / d.asr_before.clip(lower=1e-9), (None, 1.0))
+        drop = vd.spread(d.clean_acc_after - d.clean_acc_before)
+        text = (f"ASR {_rate(d.asr_before)} -> {_rate(d.asr_after)} ({red.text(_p)} lower), "
+                f"clean accuracy {drop.text(_pts)} points")
+        if "paper_asr_reduction" in th:
+            word = vd.against(red, th["paper_asr_reduction"])
+            word = word.replace("differs", "weaker than the paper's "
+                                f"{th['paper_asr_reduction']:.0%}")
+        else:
+            word = vd.against(vd.spread(d.asr_after, (0.0, 1.0)), th["max_asr_after"],
+                              above=False).replace("differs", "weaker")
+        return [("", text, word)]
+    return decide
+
+
+def _nc_clean_rows(t: pd.DataFrame, th) -> list:
+    clean = t[(t.attack == "none") & (t.defense == "neural_cleanse")]
+    if clean.empty:
+        return []
+    c = vd.count(clean.flagged_labels.fillna(0) == 0)
+    return [("", f"no label flagged on {c} clean models",
+             vd.happens(c, no="differs: false positives"))]
+
+
+def _dormant_rows(t: pd.DataFrame, th) -> list:
+    if "part" not in t or "asr_faint" not in t:
+        return []
+    d = t[(t.part == "attack")]
+    d = d[d.shards == d.shards.min()]
+    if d.empty:
+        return []
+    bright, after = _ends(d)
+    faint = _ends(d, "asr_faint")[0]
+    gap = vd.paired(bright, faint)
+    return [("", f"S={int(d.shards.min())}, before the requests: ASR "
+             f"{_rate(bright.values())} under the bright (test) patch, "
+             f"{_rate(faint.values())} under the poison's faint patch; after: "
+             f"{_rate(after.values())} (bright)", vd.against(gap, th["min_faint_gap"]))]
+
+
+def _nc_scan_rows(t: pd.DataFrame, th) -> list:
+    if "part" not in t:
+        return []
+    nc = t[t.part == "neural_cleanse"]
+    bau, clean = nc[nc.model == "bau_before_requests"], nc[nc.model == "clean"]
+    if bau.empty or clean.empty:
+        return []
+    return [("", f"flags the BAU model's target before any request in "
+             f"{vd.count(bau.flags_target.astype(str) == 'True')} runs; flags a clean model "
+             f"in {vd.count(clean.flagged_labels > 0)}", "reported")]
+
+
+def _epochs_rows(t: pd.DataFrame, th) -> list:
+    """20 against 100 epochs, paired by seed: each yes/no outcome (switched on, per
+    variant and shard count) by its per-run counts, BN's final ASR and MU's AUROC by the
+    interval of their paired differences."""
+    if "epochs" not in t or t.epochs.nunique() < 2:
+        return []
+    (e1, a), (e2, b) = list(t.groupby("epochs"))[0], list(t.groupby("epochs"))[-1]
+    changed, counts = [], []
+    for variant in ("bn", "it"):
+        for k in sorted(t[t.variant == variant].shards.unique()):
+            cell = [d[(d.variant == variant) & (d.shards == k)] for d in (a, b)]
+            if any(c.empty for c in cell):
+                continue
+            moved, text = vd.count_change(*map(_switches, cell))
+            counts.append(f"{variant.upper()} S={k} {text.split(' (')[0]}")
+            if moved:
+                changed.append(f"{variant.upper()} switches on at S={k} ({text})")
+            if variant == "bn":
+                d = vd.paired(_ends(cell[0])[1], _ends(cell[1])[1])
+                if vd.direction(d):
+                    changed.append(f"BN final ASR at S={k} ({d.text(_pts)} points)")
+    if "mu_auroc" in t:
+        mu = [d[(d.variant == "bn") & (d.shards == d.shards.min())].groupby("seed")
+              .mu_auroc.mean().dropna().to_dict() for d in (a, b)]
+        d = vd.paired(*mu)
+        if d is not None and vd.direction(d):
+            changed.append(f"MU AUROC at one model ({d.text('+.3f')})")
+    n = t.seed.nunique()
+    verdict = ("changes: " + "; ".join(changed)) if changed else (
+        f"no change shown at n = {n}")
+    return [("", f"{e1} -> {e2} epochs, switched on: " + "; ".join(counts), verdict)]
+
+
+def _it_grid_rows(t: pd.DataFrame, th) -> list:
+    if "switched_on" not in t:
+        return []
+    runs = t.groupby(["setting", "seed"]).switched_on.first().astype(bool)
+    return [(str(s), f"switches on in {vd.count(r)} runs", "reported")
+            for s, r in runs.groupby("setting")]
+
+
+def _baeraser_grid_rows(t: pd.DataFrame, th) -> list:
+    if "setting" not in t or "asr_after" not in t:
+        return []
+    per = t.groupby(["seed", "setting"])[["asr_before", "asr_after", "clean_acc_before",
+                                          "clean_acc_after"]].mean()
+    red = (1 - per.asr_after / per.asr_before.clip(lower=1e-9)).unstack()
+    kept = ((per.clean_acc_before - per.clean_acc_after) <= th["max_acc_drop"]).unstack()
+    chosen = vd.leave_one_out(red, kept)
+    held = vd.spread([red.loc[s, c] for s, c in chosen.items()], (None, 1.0))
+    word = vd.against(held, th["paper_asr_reduction"]).replace(
+        "differs", f"weaker than the paper's {th['paper_asr_reduction']:.0%}")
+    text = (f"setting chosen on the other seeds ({', '.join(sorted(set(chosen.values())))}): "
+            f"ASR {held.text(_p)} lower")
+    if "paper" in red:
+        text += f"; the paper's setting {vd.spread(red['paper'], (None, 1.0)).text(_p)} lower"
+    return [("", text, word)]
+
+
+def _amnesiac_grid_rows(t: pd.DataFrame, th) -> list:
+    """Each setting's final ASR minus its own control's on the same seed (fine-tuning as
+    long with nothing subtracted; with no fine-tuning, the model before the requests), the
+    setting chosen on the other seeds among those keeping clean accuracy."""
+    if "setting" not in t or "asr" not in t:
+        return []
+    from .studies.fidelity import AMNESIAC_GRID
+
+    before, after = (t.sort_values("requested").groupby(["seed", "setting"])[c]
+                     for c in ("asr", "clean_acc"))
+    asr0, asr1 = before.first().unstack(), before.last().unstack()
+    drop = (after.first() - after.last()).unstack()
+    knobs = {s: AMNESIAC_GRID.get(s, {}) for s in asr1.columns}
+    tried = [s for s, k in knobs.items() if k.get("scale")]
+    rise = pd.DataFrame(index=asr1.index)
+    for s in tried:
+        ctrl = next((c for c, k in knobs.items() if k.get("scale") == 0
+                     and k.get("finetune_epochs") == knobs[s].get("finetune_epochs")), None)
+        rise[s] = asr1[s] - (asr1[ctrl] if ctrl else asr0[s])
+    if rise.empty or not tried:
+        return []
+    chosen = vd.leave_one_out(rise, drop[tried] <= th["max_acc_drop"])
+    held = vd.spread([rise.loc[s, c] for s, c in chosen.items()])
+    way = vd.direction(held)
+    word = "agrees" if way == 1 else "differs" if way == -1 else vd.undecided(held.n)
+    return [("", f"setting chosen on the other seeds "
+             f"({', '.join(sorted(set(chosen.values())))}): final ASR {held.text(_pts)} points "
+             "above its fine-tuning-only control", word + (" (n = 1)" if held.lo is None else ""))]
+
+
+def _headline(name: str, statement: str, paper: str, decide, thresholds) -> Claim:
+    """A paper claim at both epoch settings, from notebook 06's epochs section (every
+    seed at 20 and at 100 epochs): reported, one README row per epoch count."""
+    return Claim(name, "06_fidelity", statement, paper,
+                 lambda t: {"seeds": int(t.seed.nunique())} if "epochs" in t and len(t)
+                 else None, lambda m, t: True, lambda m: f"{m['seeds']} seeds",
+                 thresholds, (), table_name="06_fidelity-epochs", independent=True,
+                 decide=_per_epochs(decide))
+
+
+HEADLINE = (
+    _headline("headline_bn", "BAU BadNets-based, one model: unlearning the mitigation "
+              "samples switches the backdoor on", "benign before the requests, high ASR "
+              "after (exact unlearning)", _switch_rows("bn"), _same({})),
+    _headline("headline_it", "BAU input-targeted, one model: unlearning the mitigation "
+              "samples switches the backdoor on", "the target image misclassified after "
+              "the requests only", _switch_rows("it"), _same({})),
+    _headline("headline_sharding", "BAU: sharding (SISA) makes the attack harder",
+              "lower ASR after all requests with more shards", _sharding_rows, _same({})),
+    _headline("headline_mu", "BAU: MU detects mitigation samples; sharding weakens it",
+              "high AUROC at few shards, falling with more shards", _detect_rows("mu"),
+              _AUROC["mu"]),
+    _headline("headline_sms", "BAU: SMS detects mitigation samples; sharding weakens it",
+              "high AUROC at few shards, falling with more shards", _detect_rows("sms"),
+              _AUROC["sms"]),
+)
+
 CLAIMS: dict[str, Claim] = {c.name: c for c in (
+    *HEADLINE,
     _switch("bn_switch_on", "01_attack", "bn", "BadNets-based", ALL_PROFILES),
     _switch("it_switch_on", "01_attack", "it", "input-targeted", ()),
     _switch("bn_trajectory", "02_unlearning_trajectory", "bn", "BadNets-based",
@@ -688,14 +907,13 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           _sharding_holds,
           lambda m: "final ASR " + ", ".join(f"S={s}: {_pct(v)}"
                                              for s, v in m["final_asr"].items()),
-          _same({}), (), verdict=lambda m, t, ok: "agrees" if ok else "differs"),
+          _same({}), ()),
     Claim("amnesiac_switch_on", "02_unlearning_trajectory",
           "BAU (later work): the attack also works against approximate unlearning",
           "the backdoor appears under Amnesiac unlearning", _amnesiac_measure,
           lambda m, t: m["asr_after"] - m["asr_before"] > t["min_asr_rise"],
           lambda m: f"ASR {_pct(m['asr_before'])} before, {_pct(m['asr_after'])} after",
-          _same(dict(min_asr_rise=0.3)), (), verdict=lambda m, t, ok: (
-              "agrees" if ok else "weaker"), headline=("asr_before", "asr_after")),
+          _same(dict(min_asr_rise=0.3)), (), in_readme=False),
     _detects("mu", ALL_PROFILES),
     _detects("sms", ("default",)),
     Claim("filter_lowers_asr", "04_detection",
@@ -704,7 +922,7 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           lambda m, t: m["asr_filtered"] < m["asr_no_filter"],
           lambda m: (f"final ASR {_pct(m['asr_no_filter'])} without the filter, "
                      f"{_pct(m['asr_filtered'])} with it ({m['refused']:.0f} requests refused)"),
-          _same({}), headline=("asr_no_filter", "asr_filtered", "refused"),
+          _same({}),
           table_name="04_detection-filter"),
     _overhead("baeraser"),
     _overhead("grad_prune"),
@@ -716,9 +934,7 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           lambda m: (f"Neural Cleanse flags the target before any request in "
                      f"{m['flagged_before'] * m['seeds']:.0f} of {m['seeds']} seeds (runs after "
                      f"{', '.join(str(k) for k in m['runs'])} requests)"),
-          _same({}), (), verdict=lambda m, t, ok: (
-              "agrees" if ok else "differs: the dormant backdoor is found"),
-          headline=("flagged_before",)),
+          _same({}), ()),
     _baeraser("badnets", ("paper",)),  # default: 92.9% lower over 5 seeds, reported (README)
     _baeraser("bau", ()),
     _grad_prune("badnets", ALL_PROFILES),
@@ -727,11 +943,25 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           "anomaly index below 2 on clean models", _nc_clean,
           lambda m, t: m["flagged"] <= t["max_flagged"],
           lambda m: f"{m['flagged']} of {m['models']} clean models flagged",
-          _same(dict(max_flagged=0)), (), verdict=lambda m, t, ok: (
-              "agrees" if ok else "false positives"), headline=("rate",)),
+          _same(dict(max_flagged=0)), ()),
     *FIDELITY,
     *BENCHMARK,
 )}
+
+# The README's rows of each claim, by the rules of bdunlearn.verdicts.
+_DECIDE = {
+    "bn_switch_on": _switch_rows("bn"), "it_switch_on": _switch_rows("it"),
+    "sharding_harder": _sharding_rows, "mu_detects": _detect_rows("mu"),
+    "sms_detects": _detect_rows("sms"), "filter_lowers_asr": _filter_rows,
+    **{f"overhead_{d}": _overhead_rows(d) for d in ("baeraser", "grad_prune", "neural_cleanse")},
+    "nc_hides": _nc_hides_rows, "nc_clean_models": _nc_clean_rows,
+    **{f"{d}_{a}": _erasure_rows(d, a) for d in ("baeraser", "grad_prune")
+       for a in ("badnets", "bau")},
+    "fidelity_dormant": _dormant_rows, "fidelity_nc_scan": _nc_scan_rows,
+    "fidelity_epochs": _epochs_rows, "fidelity_it": _it_grid_rows,
+    "fidelity_baeraser": _baeraser_grid_rows, "fidelity_amnesiac": _amnesiac_grid_rows,
+}
+CLAIMS = {k: replace(c, decide=c.decide or _DECIDE.get(k)) for k, c in CLAIMS.items()}
 
 
 def get(name: str) -> Claim:
@@ -783,45 +1013,44 @@ def check(name: str, table: pd.DataFrame, run: RunConfig | str) -> dict:
     if asserted:
         status = "holds" if ok else "FAILS"
     elif overridden:
-        status = f"{claim.judge(numbers, profile)}; not asserted: the run overrides " + (
-            ", ".join(overridden))
-    else:  # a claim without thresholds judges itself "reported ..."
-        judged = claim.judge(numbers, profile)
-        status = judged if judged.startswith("reported") else f"reported: {judged}"
+        status = "reported, not asserted: the run overrides " + ", ".join(overridden)
+    else:  # its verdict, by the rules of bdunlearn.verdicts, is in the lines below
+        status = "reported"
     seeds = table.seed.nunique() if "seed" in table else 1
     print(f"{name} ({status}, {seeds} seed{'s' * (seeds != 1)}): {claim.describe(numbers)}; "
           f"thresholds at {profile}: {t}")
+    if claim.decide is not None:
+        one = table if "seed" in table else table.assign(seed=0)
+        for setting, measured, verdict in claim.decide(one, t):
+            print(f"    {setting + ': ' if setting else ''}{measured} -> {verdict}")
     assert ok or not asserted, (f"claim {name} fails at profile {profile}: "
                                 f"{claim.describe(numbers)}; thresholds {t}")
     return numbers
 
 
 def readme_rows(tables: Mapping[str, pd.DataFrame], profile: str = "default"
-                ) -> list[tuple[str, str, str, str, str]]:
-    """``(claim, paper, measured here, per seed, verdict)`` for every README claim whose
-    notebook's table is in ``tables`` (keyed by notebook stem) and holds rows for it.
-
-    "measured here" is the claim measured over all seeds' rows (means over seeds);
-    "per seed" gives the claim's headline numbers measured on each seed's rows alone as
-    the mean, its 95% interval and the number of seeds (:func:`per_seed`). Both use the
-    same seeds: those stored whole for the claim (:func:`whole_seeds`), or, for a claim
-    with ``independent`` numbers, every seed stored for each number."""
+                ) -> list[tuple[str, str, str, str]]:
+    """``(claim, paper, measured here, verdict)`` for every README claim whose table is in
+    ``tables`` (keyed by CSV stem), one row per setting the claim reports and per
+    precision/device group; measured and judged by the claim's ``decide`` (the rules of
+    :mod:`bdunlearn.verdicts`: k of n runs with a Wilson interval for a yes/no outcome per
+    run, mean [95% t-interval] over seeds for a continuous one)."""
     from .store import provenance_groups
 
     rows = []
     for claim in CLAIMS.values():
-        if not claim.in_readme or claim.table not in tables:
+        if not claim.in_readme or claim.decide is None or claim.table not in tables:
             continue
         groups = provenance_groups(tables[claim.table])
         for label, table in groups:
-            if not claim.independent:
-                table = whole_seeds(claim, table)
-            numbers = None if table.empty else claim.measure(table)
-            if numbers is None:
+            if table.empty:
                 continue
+            if "seed" not in table:  # one run
+                table = table.assign(seed=0)
             where = f" [{label}]" if label and len(groups) > 1 else ""
-            rows.append((claim.statement + where, claim.paper, claim.describe(numbers),
-                         per_seed(claim, table), claim.judge(numbers, profile)))
+            for setting, measured, verdict in claim.decide(table, claim.thresholds[profile]):
+                name = claim.statement + (f" ({setting})" if setting else "") + where
+                rows.append((name, claim.paper, measured, verdict))
     return rows
 
 
@@ -849,44 +1078,6 @@ def whole_seeds(claim: Claim, table: pd.DataFrame) -> pd.DataFrame:
     whole = [s for s in table.seed.unique()
              if every <= set(leaves(claim.measure(table[table.seed == s]) or {}))]
     return table[table.seed.isin(whole)] if whole else table
-
-
-def _yes_no(name: str, values: list[float]) -> bool:
-    """Whether ``values`` are one yes/no outcome per seed (a rate or a flag, each 0 or 1)."""
-    return (any(w in name for w in ("rate", "flagged"))
-            and all(v in (0.0, 1.0) for v in values))
-
-
-def per_seed(claim: Claim, table: pd.DataFrame) -> str:
-    """The claim's headline numbers over seeds: ``name mean [lo, hi]`` and ``n seeds``; the
-    interval is the 95% Student-t interval of the per-seed numbers, or, for a yes/no
-    outcome per seed (switched on, flagged), the 95% Wilson interval of the rate."""
-    seeds = sorted(table.seed.unique()) if "seed" in table else []
-    if claim.chosen is not None and "setting" in table:
-        setting = (claim.measure(table) or {}).get(claim.chosen)
-        table = table[table.setting == setting] if setting is not None else table.iloc[:0]
-    runs = [claim.measure(table[table.seed == s]) for s in seeds]
-    runs = [leaves(m) for m in runs if m]
-    if not runs:
-        return "n/a"
-    names = [k for k in runs[0] if claim.headline is None
-             or any(k == h or k.startswith(h + " ") for h in claim.headline)]
-    counts = {k: sum(r.get(k) is not None for r in runs) for k in names}
-    uneven = len(set(counts.values())) > 1  # then each number says its own n
-    cells = []
-    for k in names:
-        values = [r[k] for r in runs if r.get(k) is not None]
-        if _yes_no(k, values):  # one yes/no outcome per seed: a Wilson interval
-            mean, lo, hi = proportion_interval(int(sum(values)), len(values))
-        else:
-            mean, lo, hi = interval(values, bounds=value_range(k))
-        percent = ("asr", "acc", "reduction", "rise", "rate", "flagged")
-        f = ("{:.3f}".format if "auroc" in k else _pct if any(w in k for w in percent)
-             else "{:.4g}".format)
-        cells.append(f"{k} {f(mean)}" + ("" if lo is None else f" [{f(lo)}, {f(hi)}]")
-                     + (f" (n={counts[k]})" if uneven else ""))
-    return "; ".join(cells) + ("" if uneven else
-                               f" (n={len(runs)} seed{'s' * (len(runs) > 1)})")
 
 
 def threshold_values() -> set[float]:

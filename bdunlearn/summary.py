@@ -43,9 +43,9 @@ def table(results: Path) -> str:
     rows = claims.readme_rows(tables, profile)
     if not rows:
         return "_No results yet: run `make reproduce`._"
-    lines = ["| claim | paper | measured here (mean over seeds) | per seed: mean [95% interval] "
-             "| verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {c} | {p} | {m} | {s} | {v} |" for c, p, m, s, v in rows]
+    lines = ["| claim | paper | measured here: k of n runs [95% Wilson] or mean over seeds "
+             "[95% t-interval] | verdict |", "|---|---|---|---|"]
+    lines += [f"| {c} | {p} | {m} | {v} |" for c, p, m, v in rows]
     lines += ["", provenance_line(tables)]
     if timings.is_file():
         t = pd.read_csv(timings)
@@ -65,8 +65,10 @@ def provenance_line(tables: dict[str, pd.DataFrame]) -> str:
     every = pd.concat(rows, ignore_index=True)
     parts = []
     for (precision, device), g in every.groupby(["precision", "device"]):
+        cpus = sorted(g.processor.dropna().unique())
+        pooled = (f", pooling seeds from {len(cpus)} processors" if len(cpus) > 1 else "")
         parts.append(f"{precision} on {device}: computed {g.date.min()} to {g.date.max()} on "
-                     f"{'; '.join(sorted(g.processor.dropna().unique()))} "
+                     f"{'; '.join(cpus)}{pooled} "
                      f"(commits {', '.join(sorted(g.commit.dropna().astype(str).unique()))})")
     return "Stored runs behind these rows: " + "; ".join(parts) + "."
 

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from bdunlearn import claims, config
+from bdunlearn.metrics import interval, proportion_interval
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb"))
 
@@ -31,7 +32,8 @@ def test_check_passes_reports_and_fails_with_the_numbers(capsys):
     # the input-targeted claim is reported, never asserted
     it = attack_table(0.10).assign(variant="it")
     assert claims.check("it_switch_on", it, "default")["asr_after"] == pytest.approx(0.10)
-    assert "reported: weaker than the paper" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "it_switch_on (reported, 1 seed)" in out and "-> differs (n = 1)" in out
 
 
 def test_a_table_without_rows_fails_where_the_claim_is_asserted():
@@ -40,20 +42,22 @@ def test_a_table_without_rows_fails_where_the_claim_is_asserted():
         claims.check("bn_switch_on", empty, "default")
 
 
-def test_detection_verdict_levels():
-    det = lambda a1, a10: pd.DataFrame({"variant": ["bn"] * 2, "detector": ["mu"] * 2,  # noqa: E731
-                                        "shards": [1, 10], "auroc": [a1, a10]})
-    judge = lambda t: claims.readme_rows({"04_detection": t})[0][-1]  # noqa: E731
-    # no paper number: the reference is the authors' code's seed range (results/crosscheck.csv)
-    low, high = claims._authors_range("mu", 1)
-    assert 0.5 < low < high < 1
-    assert judge(det(high + 0.01, 0.6)).endswith(
-        f"above the authors' code's range at S=1 ({low:.3f}-{high:.3f})")
-    assert "within the authors' code's range" in judge(det((low + high) / 2, 0.5))
-    assert "below the authors' code's range" in judge(det(low - 0.01, 0.5))
-    assert judge(det(0.55, 0.5)).startswith("differs: near chance")
+def test_detection_verdict_is_decided_on_the_interval_not_the_mean():
+    def det(at1, at10):
+        return pd.DataFrame({"variant": "bn", "detector": "mu", "seed": list(range(len(at1))) * 2,
+                             "shards": [1] * len(at1) + [10] * len(at10), "auroc": at1 + at10})
+    verdict = lambda t: claims.readme_rows({"04_detection": t})[0][-1]  # noqa: E731
+    # mean 0.69 above the 0.65 bar, but the interval reaches under it: undecided, not "agrees"
+    assert verdict(det([0.62, 0.70, 0.75], [0.55] * 3)).startswith("undecided at n = 3")
+    assert verdict(det([0.70, 0.71, 0.72], [0.55, 0.56, 0.55])).startswith("agrees")
+    assert verdict(det([0.50, 0.52, 0.51], [0.50] * 3)).startswith("differs")
+    # above the bar but gaining with shards: differs
+    assert verdict(det([0.70, 0.71, 0.72], [0.80, 0.81, 0.82])).startswith(
+        "differs: gains with shards")
+    assert "from this package's cross-check of the authors' code" in verdict(
+        det([0.70, 0.71, 0.72], [0.55] * 3))
     with pytest.raises(AssertionError, match="AUROC S=1: 0.550"):
-        claims.check("mu_detects", det(0.55, 0.5), "smoke")
+        claims.check("mu_detects", det([0.55], [0.5]), "smoke")
 
 
 def test_every_claim_has_thresholds_at_every_profile():
@@ -99,20 +103,20 @@ def test_a_run_with_overrides_reports_instead_of_asserting(capsys):
         claims.check("bn_switch_on", attack_table(0.10), config.resolve("paper", device="cpu"))
 
 
-def test_readme_rows_give_each_seed_with_a_t_interval():
+def test_readme_rows_give_rates_as_k_of_n_and_figures_with_t_intervals():
     t = pd.DataFrame({"variant": ["bn"] * 4, "detector": ["mu"] * 4, "shards": [1, 1, 5, 5],
                       "seed": [0, 1, 0, 1], "auroc": [0.70, 0.74, 0.55, 0.57]})
     row = claims.readme_rows({"04_detection": t})[0]
-    assert "S=1: 0.720" in row[2]
     # mean 0.72, sd 0.0283, t(0.975, 1) = 12.706: half-width 0.254, clipped at 1
-    assert row[3].startswith("auroc S=1 0.720 [0.466, 0.974]") and row[3].endswith("(n=2 seeds)")
-    # a seed half stored (S=1 only) joins neither column until its S=5 row is stored
-    half = pd.concat([t, pd.DataFrame({"variant": ["bn"], "detector": ["mu"], "shards": [1],
-                                       "seed": [2], "auroc": [0.99]})], ignore_index=True)
-    assert claims.readme_rows({"04_detection": half})[0][2:4] == row[2:4]
-    mean, lo, hi = claims.interval([0.9, 0.95, 1.0], bounds=(0.0, 1.0))
+    assert row[2].startswith("AUROC at S=1: 0.720 [0.466, 0.974]")
+    # a switch-on claim counts runs: 2 of 3 with its Wilson interval, never a t-interval
+    runs = pd.concat([attack_table(a).assign(seed=s, variant="it")
+                      for s, a in enumerate((0.9, 0.95, 0.1))])
+    row = [r for r in claims.readme_rows({"01_attack": runs}) if "input" in r[0]][0]
+    assert row[2] == "switches on in 2 of 3 [21%, 94%] runs" and row[3] == "undecided at n = 3"
+    mean, lo, hi = interval([0.9, 0.95, 1.0], bounds=(0.0, 1.0))
     assert (round(mean, 3), hi) == (0.95, 1.0) and round(lo, 3) == 0.826
-    assert claims.interval([0.5]) == (0.5, None, None)
+    assert interval([0.5]) == (0.5, None, None)
 
 
 def test_an_interval_is_clipped_by_what_the_number_is_not_by_its_values():
@@ -131,7 +135,7 @@ def test_an_interval_is_clipped_by_what_the_number_is_not_by_its_values():
     assert shown["benign_refused_random 95% CI"] == "[0.000, 2.101]"
     assert shown["auroc 95% CI"] == "[0.826, 1.000]"
     assert shown["reduction 95% CI"] == "[-0.077, 0.210]"
-    mean, lo, hi = claims.interval([0.9, 0.95, 1.0])
+    mean, lo, hi = interval([0.9, 0.95, 1.0])
     assert round(hi, 3) == 1.074  # unbounded unless told
 
 
@@ -183,19 +187,35 @@ def test_fidelity_grid_claims_on_constructed_tables():
     assert baeraser.holds(m, baeraser.thresholds["default"])
 
 
-def test_a_grid_claim_gives_its_chosen_setting_per_seed_not_each_seeds_best():
-    # "a" is best on average (95%); seed 1 alone would pick "b" (99%)
-    grid = pd.DataFrame({"setting": ["a", "b", "a", "b"], "seed": [0, 0, 1, 1],
-                         "asr_before": 1.0, "asr_after": [0.02, 0.50, 0.08, 0.01],
-                         "clean_acc_before": 0.9, "clean_acc_after": 0.9})
+def test_a_grid_claim_reports_the_setting_chosen_on_the_other_seeds():
+    from bdunlearn.verdicts import leave_one_out
+
+    # "b" is best on seeds 1 and 2, "a" on seed 0: each seed is scored at the setting the
+    # *other* seeds choose, so no seed is credited with its own luck
+    red = {0: {"a": 0.99, "b": 0.50}, 1: {"a": 0.60, "b": 0.99}, 2: {"a": 0.60, "b": 0.98}}
+    assert leave_one_out(pd.DataFrame(red).T) == {0: "b", 1: "a", 2: "a"}
+    grid = pd.DataFrame([{"setting": k, "seed": s, "asr_before": 1.0, "asr_after": 1 - r,
+                          "clean_acc_before": 0.9, "clean_acc_after": 0.9}
+                         for s, by in red.items() for k, r in by.items()])
     row = [r for r in claims.readme_rows({"06_fidelity-baeraser": grid}) if "BAERASER" in r[0]][0]
-    assert "best within 2 points of accuracy: a, ASR 95.0% lower" in row[2]
-    assert row[3].startswith("reduction 95.0% [") and row[3].endswith("(n=2 seeds)")
-    assert row[4] == "does not hold"
-    it = pd.DataFrame({"setting": "x", "seed": [0, 1], "requested": 15,
-                       "switched_on": [True, False]})
-    row = [r for r in claims.readme_rows({"06_fidelity-it": it}) if "input-targeted" in r[0]][0]
-    assert row[3].startswith("rate x 50.0% [") and row[4] == "reported (no threshold)"
+    assert "ASR 56.7% [42.3%, 71.0%] lower" in row[2]
+    assert row[3] == "weaker than the paper's 99%"
+
+
+def test_amnesiac_is_measured_against_its_fine_tuning_control_of_the_same_seed():
+    rows = []
+    for seed, (treated, control) in enumerate(((0.60, 0.40), (0.50, 0.42), (0.45, 0.40))):
+        for setting, after in (("finetune 5, scale 0.5", treated),
+                               ("finetune 5, scale 0", control)):
+            rows += [{"setting": setting, "seed": seed, "requested": 0, "asr": 0.05,
+                      "clean_acc": 0.9},
+                     {"setting": setting, "seed": seed, "requested": 300, "asr": after,
+                      "clean_acc": 0.89}]
+    row = [r for r in claims.readme_rows({"06_fidelity-amnesiac": pd.DataFrame(rows)})
+           if "Amnesiac" in r[0]][0]
+    # +20, +8, +5 points over the control (not +55, +45, +40 over the ASR before)
+    assert "+11.0 [" in row[2] and "above its fine-tuning-only control" in row[2]
+    assert row[3] == "undecided at n = 3"
 
 
 def test_a_yes_no_outcome_per_seed_gets_a_wilson_interval():
@@ -204,62 +224,55 @@ def test_a_yes_no_outcome_per_seed_gets_a_wilson_interval():
     it = pd.DataFrame({"setting": "x", "seed": range(10), "requested": 15,
                        "switched_on": [s in (5, 8) for s in range(10)]})
     row = [r for r in claims.readme_rows({"06_fidelity-it": it}) if "input-targeted" in r[0]][0]
-    assert row[3] == "rate x 20.0% [5.7%, 51.0%] (n=10 seeds)"
-    # a setting stored for fewer seeds leaves the others' seeds alone and says its own n
+    assert row[2] == "switches on in 2 of 10 [6%, 51%] runs"
+    # a setting stored for fewer seeds says its own n
     more = pd.concat([it, pd.DataFrame({"setting": "y", "seed": [0, 1, 2], "requested": 15,
                                         "switched_on": [True, True, False]})])
-    row = [r for r in claims.readme_rows({"06_fidelity-it": more})
-           if "input-targeted" in r[0]][0]
-    assert row[2] == "x: 20.0% of 10 seeds; y: 66.7% of 3 seeds"
-    assert row[3] == "rate x 20.0% [5.7%, 51.0%] (n=10); rate y 66.7% [20.8%, 93.9%] (n=3)"
-    rate, lo, hi = claims.proportion_interval(10, 10)
+    rows = [r for r in claims.readme_rows({"06_fidelity-it": more}) if "input-targeted" in r[0]]
+    assert [r[2] for r in rows] == ["switches on in 2 of 10 [6%, 51%] runs",
+                                    "switches on in 2 of 3 [21%, 94%] runs"]
+    rate, lo, hi = proportion_interval(10, 10)
     assert rate == 1.0 and hi == pytest.approx(1.0) and round(lo, 3) == 0.722
-    # a number that only happens to be 0 or 1 in every seed (an ASR) keeps its t-interval
-    assert not claims._yes_no("asr_after", [1.0, 1.0, 1.0])
-    assert claims._yes_no("rate", [0.0, 1.0]) and not claims._yes_no("rate", [0.5, 1.0])
 
 
-def test_the_epochs_claim_names_each_verdict_the_longer_training_changes():
-    def rows(epochs, seed, asr_after, mu):
-        out = []
-        for v, n in (("bn", 300), ("it", 15)):
-            for shards, after, auroc in ((1, asr_after, mu), (5, asr_after / 2, mu - 0.05)):
-                out += [{"epochs": epochs, "seed": seed, "variant": v, "shards": shards,
-                         "requested": 0, "asr": 0.02, "clean_acc": 0.90,
-                         "mu_auroc": auroc if v == "bn" else 0.5},
-                        {"epochs": epochs, "seed": seed, "variant": v, "shards": shards,
-                         "requested": n, "asr": after if v == "bn" else 0.0,
-                         "clean_acc": 0.90, "mu_auroc": float("nan")}]
-        return out
-    t = pd.DataFrame([r for s in (0, 1)
-                      for r in rows(20, s, 0.98, 0.72) + rows(100, s, 0.97, 0.60)])
-    claim = claims.get("fidelity_epochs")
-    m = claim.measure(t)
-    # MU's bar at default is 0.65: met at 20 epochs, missed at 100; the switch holds at both
-    assert claim.judge(m, "default") == "changes: MU detects (20 epochs: yes, 100 epochs: no)"
-    assert claim.judge(m, "smoke") == "no verdict changes"  # smoke's MU bar is 0.60
-    same = t.assign(mu_auroc=t.mu_auroc.where(t.epochs == 20, t.mu_auroc + 0.12))
-    assert claim.judge(claim.measure(same), "default") == "no verdict changes"
-    row = [r for r in claims.readme_rows({"06_fidelity-epochs": t}) if "epochs" in r[0]][0]
-    assert row[2].startswith("2 seeds at both: 20 epochs: BN ASR 2.0% -> 98.0%")
-    assert ("100 epochs: BN ASR 2.0% -> 97.0%, IT 2.0% -> 0.0% (switched on in S=1: 0, "
-            "S=5: 0 of 2)") in row[2]
-    # IT is also counted seed by seed: seed 0 switching at 100 epochs is one of two
-    it_on = (t.epochs == 100) & (t.seed == 0) & (t.variant == "it") & (t.requested > 0)
-    by = claim.measure(t.assign(asr=t.asr.mask(it_on, 0.9)))["by_epochs"]
-    assert (by[20]["it_switched"], by[100]["it_switched"]) == ({1: 0, 5: 0}, {1: 1, 5: 1})
-    assert row[3] == ("bn asr_after 20 epochs 98.0% [98.0%, 98.0%]; bn asr_after 100 epochs "
-                      "97.0% [97.0%, 97.0%]; mu_auroc 20 epochs 0.720 [0.720, 0.720]; "
-                      "mu_auroc 100 epochs 0.600 [0.600, 0.600] (n=2 seeds)")
-    # a seed stored at one epoch count only is left out: the comparison is paired
-    extra = pd.DataFrame(rows(20, 2, 0.10, 0.99))
-    assert claim.measure(pd.concat([t, extra])) == m
-    # so is a seed stored at both counts but in some cells only (BN exact at 100 epochs)
-    half = pd.DataFrame([r for r in rows(20, 3, 0.10, 0.99) + rows(100, 3, 0.10, 0.99)
-                         if r["epochs"] == 20 or (r["variant"], r["shards"]) == ("bn", 1)])
-    assert claim.measure(pd.concat([t, half])) == m
-    # one epoch count alone measures nothing
-    assert claim.measure(t[t.epochs == 20]) is None
+def epochs_table(it_on: dict, bn_after: float = 0.98) -> pd.DataFrame:
+    """Notebook 06's epochs section over three seeds; ``it_on[epochs]`` the seeds whose IT
+    run switches on at that epoch count (at both shard counts)."""
+    rows = []
+    for e in (20, 100):
+        for seed in range(3):
+            for v, n in (("bn", 300), ("it", 15)):
+                for shards in (1, 5):
+                    after = (bn_after if shards == 1 else 0.3) if v == "bn" else (
+                        1.0 if seed in it_on[e] else 0.0)
+                    rows += [{"epochs": e, "seed": seed, "variant": v, "shards": shards,
+                              "requested": 0, "asr": 0.02, "clean_acc": 0.9,
+                              "mu_auroc": 0.70 + 0.01 * seed},
+                             {"epochs": e, "seed": seed, "variant": v, "shards": shards,
+                              "requested": n, "asr": after, "clean_acc": 0.9,
+                              "mu_auroc": float("nan")}]
+    return pd.DataFrame(rows)
+
+
+def test_the_epochs_verdict_follows_the_per_run_counts():
+    # IT switches on in 0 of 3 seeds at 20 epochs and 2 of 3 at 100: the verdict changes,
+    # although the mean ASR before the requests is the same at both
+    t = epochs_table({20: (), 100: (0, 1)})
+    row = [r for r in claims.readme_rows({"06_fidelity-epochs": t}) if "20 or 100" in r[0]][0]
+    assert "IT S=1 0 of 3 -> 2 of 3" in row[2]
+    assert row[3].startswith("changes: IT switches on at S=1 (0 of 3 -> 2 of 3 (2 on, 0 off))")
+    # the same counts at both: no change shown
+    same = epochs_table({20: (0, 1), 100: (0, 1)})
+    row = [r for r in claims.readme_rows({"06_fidelity-epochs": same}) if "20 or 100" in r[0]][0]
+    assert row[3] == "no change shown at n = 3"
+    # each epoch count also gets its own headline rows, counted per run
+    heads = [r for r in claims.readme_rows({"06_fidelity-epochs": t}) if "one model" in r[0]]
+    it = {r[0].split("(")[-1]: r[2] for r in heads if "input-targeted" in r[0]}
+    assert it == {"20 epochs)": "switches on in 0 of 3 [0%, 56%] runs",
+                  "100 epochs)": "switches on in 2 of 3 [21%, 94%] runs"}
+    # one epoch count alone compares nothing
+    assert not [r for r in claims.readme_rows({"06_fidelity-epochs": t[t.epochs == 20]})
+                if "20 or 100" in r[0]]
 
 
 def test_the_leaderboard_shows_each_tpr_beside_the_fpr_it_reached_at_either_point():

@@ -10,7 +10,7 @@ disagrees with the papers, or where the setting itself was a choice.
   after, clean accuracy, MU and SMS AUROC; every seed.
 * ``06_fidelity-it``: the input-targeted attack over every seed, at the authors' counts
   and at each setting of :data:`IT_GRID`; it *switches on* by
-  :func:`bdunlearn.claims.switched_on` (ASR at most 20% before the requests and at least
+  :func:`bdunlearn.verdicts.switched_on` (ASR at most 20% before the requests and at least
   80% after them: the rule, stated before any run).
 * ``06_fidelity-baeraser``: BAERASER on the classical BadNets model over
   :data:`BAERASER_GRID`, the first three seeds.
@@ -27,9 +27,9 @@ import pandas as pd
 
 from .. import detect
 from .. import experiment as ex
-from ..claims import switch_rate, switched_on
 from ..metrics import proportion_interval
 from ..train import predict
+from ..verdicts import switch_rate, switched_on
 from . import COMMON, MEASURED, Need, Run
 
 PARAMETERS = (*COMMON, "shards", "poison_num", "mitigation_num", "alpha", "epochs",
