@@ -29,6 +29,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -55,15 +56,39 @@ def _value(text: str):
 
 
 def notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
-    """The numbered notebooks in order, restricted to ``only`` (numbers or stems)."""
+    """The numbered notebooks in order, restricted to ``only``: whole numbers (``"4"`` or
+    ``"04"``) or whole stems (``"04_detection"``), each may be given more than once."""
     found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
     if not only:
         return found
-    picked = [p for p in found if any(p.stem == o or p.stem.startswith(o) for o in only)]
-    if len(picked) < len(only) or not picked:
-        names = ", ".join(p.stem for p in found)
-        raise SystemExit(f"--only {','.join(only)} matches no notebook; choose from {names}")
-    return picked
+    names = ", ".join(p.stem for p in found)
+    picked = []
+    for o in only:
+        match = [p for p in found if _names(o, p)]
+        if not match:
+            raise SystemExit(f"--only {o!r} matches no notebook; give a number or a "
+                             f"stem of {names}")
+        picked += [p for p in match if p not in picked]
+    return [p for p in found if p in picked]
+
+
+def _names(text: str, nb: Path) -> bool:
+    """Whether ``text`` names notebook ``nb``: its whole stem or its whole number."""
+    number = nb.stem.split("_")[0]
+    text = str(text).strip()
+    return text == nb.stem or (re.fullmatch("[0-9]{1,3}", text) is not None
+                               and int(text) == int(number))
+
+
+def parse_only(text: str | None) -> list[str] | None:
+    """``--only``'s comma-separated notebook numbers or stems as a list (``None``: all)."""
+    if text is None:
+        return None
+    only = [o.strip() for o in text.split(",")]
+    if not all(only):
+        raise SystemExit(f"--only {text!r} names no notebook; give numbers or stems "
+                         "such as 01,04")
+    return only
 
 
 def notebook_parameters(nb: Path) -> set[str]:
@@ -402,10 +427,7 @@ def main(argv=None) -> None:
     ap.add_argument("--figures", help="figures folder (default: see above)")
     args = ap.parse_args(argv)
     params = {k: _value(v) for k, v in args.parameter}
-    only = None if args.only is None else [o.strip() for o in args.only.split(",")]
-    if only is not None and not all(only):
-        raise SystemExit(f"--only {args.only!r} names no notebook; give numbers or stems "
-                         "such as 01,04")
+    only = parse_only(args.only)
     try:
         config.profile_name(args.profile)
     except ValueError as exc:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from .cache import default_cache_dir
 from .config import PROFILES, profile_datasets, profile_name
 from .plan import Chain, Job, plan
-from .reproduce import _value, available
+from .reproduce import _value, available, parse_only
 
 MAX_RETRIES = 3  # Ray re-runs a task whose worker died this many times
 
@@ -253,10 +253,7 @@ def main(argv=None) -> None:
         for why in available(profile_datasets(profile), params.get("data_root"))[1]:
             print(f"not planned: {why}", flush=True)
     try:
-        only = None if args.only is None else [o.strip() for o in args.only.split(",")]
-        if only is not None and not all(only):
-            raise ValueError(f"--only {args.only!r} names no notebook; give numbers or stems "
-                             "such as 01,04")
+        only = parse_only(args.only)
         jobs = plan(profile, only=only, **params)
         backend = backend_for(args.ray, args.workers)
     except ValueError as err:
