@@ -4,7 +4,9 @@ Each row is one claim of the three papers (defined once in :mod:`bdunlearn.claim
 the paper reports, what this package measured, and whether they agree. The table is
 written between the markers ``<!-- results:start -->`` and ``<!-- results:end -->`` of
 README.md; the request-detection benchmark's leaderboard (notebook 07) between
-``<!-- benchmark:start -->`` and ``<!-- benchmark:end -->``.
+``<!-- benchmark:start -->`` and ``<!-- benchmark:end -->``, and the two precision groups
+seed by seed between ``<!-- precision:start -->`` and ``<!-- precision:end -->``, in the
+README or any page of ``docs/``.
 """
 
 from __future__ import annotations
@@ -135,6 +137,36 @@ def benchmark_table(results: Path) -> str:
     return "\n".join(lines).strip()
 
 
+def precision_table(results: Path) -> str:
+    """The same attack in both precision groups, seed by seed: the BN and IT attacks at one
+    model as notebook 01 stores them (its group) and as notebook 07 stores its ``bn`` and
+    ``it`` families at one model (same attack, same counts, same seed; its group), so a
+    reader comparing the two notebooks sees what the precision alone moves."""
+    tables = _tables(results)
+    one = tables.get("01_attack", pd.DataFrame())
+    bench = tables.get("07_request_detection", pd.DataFrame())
+    if one.empty or bench.empty or "precision" not in one or "precision" not in bench:
+        return "_Both notebooks' stored runs are needed for this comparison._"
+    if "unlearning" in one:
+        one = one[one.unlearning == "exact"]
+    one = one.sort_values("requested").groupby(["variant", "seed"])
+    a = pd.DataFrame({"before": one.asr.first(), "after": one.asr.last(),
+                      "group": one.precision.first() + ", " + one.processor.first()})
+    b = bench[bench.shards == 1].groupby(["variant", "seed"]).first()
+    b = pd.DataFrame({"before": b.asr_before, "after": b.asr_after,
+                      "group": b.precision + ", " + b.processor})
+    both = a.join(b, lsuffix=" (01)", rsuffix=" (07)", how="inner")
+    if both.empty:
+        return "_No seed is stored in both notebooks yet._"
+    lines = ["| attack | seed | 01: ASR before -> after | its group | 07: ASR before -> after "
+             "| its group |", "|---|---|---|---|---|---|"]
+    for (variant, seed), r in both.iterrows():
+        lines.append(f"| {variant.upper()} | {seed} | {r['before (01)']:.1%} -> "
+                     f"{r['after (01)']:.1%} | {r['group (01)']} | {r['before (07)']:.1%} -> "
+                     f"{r['after (07)']:.1%} | {r['group (07)']} |")
+    return "\n".join(lines)
+
+
 def _between(text: str, start: str, end: str, body: str, readme: Path) -> str:
     if start not in text or end not in text:
         raise SystemExit(f"{readme} has no {start} ... {end} markers")
@@ -142,11 +174,30 @@ def _between(text: str, start: str, end: str, body: str, readme: Path) -> str:
                   lambda _: f"{start}\n{body}\n{end}", text, flags=re.S)
 
 
+BLOCKS = {"results": table, "benchmark": benchmark_table, "precision": precision_table}
+
+
+def update(page: Path, results: Path) -> bool:
+    """Rewrite every generated block (``<!-- name:start -->`` ... ``<!-- name:end -->``,
+    ``name`` one of :data:`BLOCKS`) that ``page`` holds; whether it held any."""
+    text = page.read_text()
+    found = [n for n in BLOCKS if f"<!-- {n}:start -->" in text]
+    for name in found:
+        text = _between(text, f"<!-- {name}:start -->", f"<!-- {name}:end -->",
+                        BLOCKS[name](results), page)
+    if found:
+        page.write_text(text)
+    return bool(found)
+
+
 def update_readme(readme: Path, results: Path) -> None:
-    text = _between(readme.read_text(), START, END, table(results), readme)
-    if BENCH_START in text:
-        text = _between(text, BENCH_START, BENCH_END, benchmark_table(results), readme)
-    readme.write_text(text)
+    """The README's generated blocks (it must hold the results table's markers), then those
+    of the pages in ``docs/`` beside it."""
+    if START not in readme.read_text():
+        raise SystemExit(f"{readme} has no {START} ... {END} markers")
+    update(readme, results)
+    for page in sorted((readme.parent / "docs").glob("*.md")):
+        update(page, results)
 
 
 def main(argv=None) -> None:
@@ -156,8 +207,8 @@ def main(argv=None) -> None:
     ap.add_argument("--print", action="store_true", help="print the table, leave README alone")
     args = ap.parse_args(argv)
     if args.print:
-        print(table(Path(args.results)))
-        print(benchmark_table(Path(args.results)))
+        for make in BLOCKS.values():
+            print(make(Path(args.results)), end="\n\n")
     else:
         update_readme(Path(args.readme), Path(args.results))
 

@@ -45,14 +45,18 @@ def test_summary_table_reads_the_csvs(tmp_path):
                   "auroc": [0.69, 0.52, 0.49]}).to_csv(tmp_path / "04_detection.csv",
                                                        index=False)
     text = summary.table(tmp_path)
-    assert "ASR 5.0% before, 93.0% after" in text and "| agrees |" in text
-    assert "AUROC S=1: 0.690, S=5: 0.520, S=10: 0.490" in text
-    assert "within the authors' code's range at S=1" in text
+    assert "switches on in 1 of 1 [21%, 100%] runs; ASR 5.0% before, 93.0% after" in text
+    assert "| agrees (n = 1) |" in text
+    assert "AUROC at S=1: 0.690; S=10 minus S=1: -0.200" in text
     assert summary.table(tmp_path / "missing").startswith("_No results yet")
     readme = tmp_path / "README.md"
     readme.write_text(f"a\n{summary.START}\nold\n{summary.END}\nb\n")
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "page.md"
+    page.write_text("<!-- results:start -->\nold\n<!-- results:end -->\n")
     summary.update_readme(readme, tmp_path)
     assert "old" not in readme.read_text() and "93.0%" in readme.read_text()
+    assert "93.0%" in page.read_text()  # the docs pages' blocks too
 
 
 def test_benchmark_leaderboard_is_generated_from_the_csv(tmp_path):
