@@ -11,6 +11,8 @@ such as the BN attack at 5 shards). The notebook's study module in this package 
   (:mod:`bdunlearn.plan`) trains their slices ahead without running anything else;
 * ``compute(run, ctx) -> rows`` (or ``(rows, {name: side table})``): the run's rows, built
   from the very same recipes.
+* optionally ``select(stored, cfg) -> rows``: which stored rows the notebook shows
+  (notebook 07: each detector's current version, naming those with no stored rows).
 
 :func:`setup` is a notebook's first cell: it resolves the notebook's parameters into a
 run configuration and returns a :class:`Notebook`, whose :meth:`Notebook.collect`
@@ -258,6 +260,8 @@ class Notebook:
             self.store.put(run.table, *stored_key(self.study, run, self.cfg),
                            self.study.VERSION, rows, prov, extras)
         stored = self.store.table(table, settings_key(self.study, table, self.cfg))
+        if hasattr(self.study, "select"):  # which stored rows it shows (07: current versions)
+            stored = self.study.select(stored, self.cfg)
         if not self.cfg.compute and not stored.empty and set(GROUP) <= set(stored.columns):
             runs = stored.groupby(list(GROUP)).run_key.nunique()
             mine = runs.get((self.cfg.precision, self.cfg.device_type), 0)
