@@ -12,6 +12,10 @@ from bdunlearn import experiment as ex
 from bdunlearn.store import RunStore, StoreError, cpu_name, merge, provenance, provenance_groups
 
 
+CUDA = {"precision": "bf16", "device": "cuda", "processor": "NVIDIA H100", "torch": "2.5",
+        "date": "2026-12-01", "commit": "abc1234"}  # a GPU machine's provenance
+
+
 def rows(seed: int, asr: float) -> pd.DataFrame:
     return pd.DataFrame({"seed": [seed, seed], "requested": [0, 300], "asr": [0.05, asr]})
 
@@ -65,17 +69,17 @@ def test_an_unwritable_store_is_one_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(StoreError, match="give a writable store_dir"):
-        RunStore(blocker / "store").put("t", "s", "r", 1, rows(0, 0.9), {})
+        RunStore(blocker / "store").put("t", "s", "r", 1, rows(0, 0.9), CUDA)
     with pytest.raises(ValueError, match="store folder 5 must be a non-empty path"):
         RunStore(5)
 
 
 def test_merge_copies_new_runs_and_keeps_existing_ones(tmp_path):
     a, b = RunStore(tmp_path / "a"), RunStore(tmp_path / "b")
-    a.put("t", "s", "r0", 1, rows(0, 0.9), {"precision": "bf16", "device": "cuda"},
+    a.put("t", "s", "r0", 1, rows(0, 0.9), CUDA,
           {"scores": pd.DataFrame({"score": [0.5]})})
-    a.put("t", "s", "r1", 1, rows(1, 0.8), {"precision": "bf16", "device": "cuda"})
-    b.put("t", "s", "r1", 1, rows(1, 0.7), {"precision": "bf16", "device": "cuda"})
+    a.put("t", "s", "r1", 1, rows(1, 0.8), CUDA)
+    b.put("t", "s", "r1", 1, rows(1, 0.7), CUDA)
     assert merge(a.folder, b.folder) == (1, 1)
     assert sorted(b.table("t", "s").asr.tolist()) == [0.05, 0.05, 0.7, 0.9]  # r1 kept as is
     assert b.table("t", "s", "scores").score.tolist() == [0.5]
