@@ -1,4 +1,5 @@
-"""One figure style for every notebook, the notebooks' figures, and the explorer widgets.
+"""One figure style for every notebook, and the notebooks' figures (the explorer widgets
+are in :mod:`bdunlearn.widgets`).
 
 Each figure function takes the tidy table its notebook builds (the columns are named in its
 docstring), returns a matplotlib ``Figure`` and leaves saving to :func:`save`. Rates (ASR,
@@ -9,7 +10,6 @@ bar of height zero reads as "0%", not as missing data.
 from __future__ import annotations
 
 import functools
-import io
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -191,75 +191,6 @@ def trajectory(traj: pd.DataFrame, hue: str = "setting") -> Figure:
                title_fontsize=8)
     _seeds_title(fig, traj)
     return fig
-
-
-def _png(fig, dpi: int = 100) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _box_with_fallback(children, png: bytes, text: str):
-    """A ``VBox`` of ``children`` that also carries a static PNG and a plain-text line.
-
-    A live JupyterLab renders the widget; a saved notebook without widget state (GitHub,
-    nbviewer, an untrusted notebook) shows the PNG instead of ``VBox(children=...)``.
-    """
-    import ipywidgets as widgets
-
-    class FallbackBox(widgets.VBox):
-        def _repr_mimebundle_(self, **kwargs):
-            return {**super()._repr_mimebundle_(**kwargs), "image/png": png,
-                    "text/plain": text}
-
-    return FallbackBox(children)
-
-
-def trajectory_slider(traj: pd.DataFrame, hue: str = "setting"):
-    """Notebook 02: a slider over the number of mitigation samples unlearned.
-
-    The slider's readout is that number (the values of ``traj.requested``); moving it
-    redraws the :func:`trajectory` panels with a marker at that point and shows the mean
-    clean accuracy and ASR of each setting there. Saved without widget state, the
-    notebook shows the figure at the last request instead.
-    """
-    import ipywidgets as widgets
-
-    _require(traj, ["requested", "asr", "clean_acc", "retrain_seconds", hue],
-             "trajectory_slider")
-    steps = [int(k) for k in sorted(traj.requested.unique())]
-
-    def frame(k: int) -> bytes:
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
-        _trajectory_axes(axes, traj, hue, at=k)
-        sns.move_legend(axes[0], "lower left", bbox_to_anchor=(0, 1.12), ncol=6,
-                        title=None, fontsize=8)
-        return _png(fig)
-
-    def readout(k: int) -> str:
-        now = traj[traj.requested == k].groupby(hue, sort=False)[["clean_acc", "asr"]].mean()
-        now.columns = ["clean accuracy", "ASR"]
-        return (f"<b>{k} mitigation samples unlearned</b>"
-                + now.style.format("{:.1%}").to_html())
-
-    slider = widgets.SelectionSlider(options=steps, value=steps[-1],
-                                     description="mitigation samples unlearned",
-                                     continuous_update=False,
-                                     style={"description_width": "initial"},
-                                     layout=widgets.Layout(width="640px"))
-    last = frame(steps[-1])
-    image = widgets.Image(value=last, format="png")
-    table = widgets.HTML(readout(steps[-1]))
-
-    def redraw(change):
-        image.value = frame(change["new"])
-        table.value = readout(change["new"])
-
-    slider.observe(redraw, names="value")
-    return _box_with_fallback([slider, image, table], last,
-                              f"trajectory slider over {len(steps)} request counts "
-                              f"(live in JupyterLab; the figure shows the last one)")
 
 
 def _seeds_title(fig, table: pd.DataFrame, kind: str = "t-interval",
@@ -504,45 +435,6 @@ def attack_gallery(atk, classes, n: int = 6):
                           [classes[int(label)] for label in mit.label])
     rows["test trigger"] = (atk.x_eval[:n], ["trigger"] * min(n, len(atk.x_eval)))
     return gallery(rows, ncol=n)
-
-
-def image_viewer(atk, classes):
-    """A dropdown over the roles of an attack's samples and a slider over their index.
-
-    Saved without widget state, the notebook shows the first poison sample instead.
-    """
-    import ipywidgets as widgets
-
-    m = atk.manifest
-    role = widgets.Dropdown(options=["poison", "mitigation", "test trigger"],
-                            description="samples")
-    index = widgets.IntSlider(0, 0, 10, description="index")
-
-    def pick():
-        if role.value == "test trigger":
-            return atk.x_eval, ["test trigger"] * len(atk.x_eval)
-        rows = m[m.role == role.value]
-        return (atk.x[torch.tensor(rows.id.to_numpy())],
-                [f"id {i}, label {classes[int(label)]}" for i, label in zip(rows.id, rows.label)])
-
-    def frame() -> bytes:
-        imgs, titles = pick()
-        index.max = max(len(imgs) - 1, 0)
-        i = min(index.value, len(imgs) - 1)
-        fig, ax = plt.subplots(figsize=(2.4, 2.4))
-        _show(ax, imgs[i], titles[i])
-        return _png(fig)
-
-    first = frame()
-    image = widgets.Image(value=first, format="png")
-
-    def redraw(change=None):
-        image.value = frame()
-
-    role.observe(redraw, names="value")
-    index.observe(redraw, names="value")
-    return _box_with_fallback([widgets.HBox([role, index]), image], first,
-                              "image viewer over the attack's samples (live in JupyterLab)")
 
 
 def bars(table: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: str,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bdunlearn import plots
+from bdunlearn import plots, widgets
 
 
 @pytest.fixture(autouse=True)
@@ -165,10 +165,10 @@ def test_defense_cost_accumulates_seconds_and_circles_the_detections():
 
 
 def test_trajectory_slider_reads_out_samples_and_carries_a_static_image():
-    widgets = pytest.importorskip("ipywidgets")
-    box = plots.trajectory_slider(trajectory_table())
+    ipw = pytest.importorskip("ipywidgets")
+    box = widgets.trajectory_slider(trajectory_table())
     slider, image, table = box.children
-    assert isinstance(slider, widgets.SelectionSlider)
+    assert isinstance(slider, ipw.SelectionSlider)
     assert list(slider.options) == [0, 200, 400, 600] and slider.value == 600
     assert slider.description == "mitigation samples unlearned"
     assert slider.style.description_width == "initial"
@@ -197,7 +197,7 @@ def test_image_viewer_switches_roles_and_carries_a_static_image():
     manifest = pd.DataFrame({"id": range(6), "role": ["poison"] * 3 + ["mitigation"] * 3,
                              "label": [1, 1, 1, 0, 0, 0]})
     atk = SimpleNamespace(manifest=manifest, x=x, x_eval=x[:2])
-    box = plots.image_viewer(atk, ["zero", "one"])
+    box = widgets.image_viewer(atk, ["zero", "one"])
     (role, index), image = box.children[0].children, box.children[1]
     assert box._repr_mimebundle_()["image/png"].startswith(b"\x89PNG")
     assert index.max == 2
