@@ -206,7 +206,8 @@ def stored_key(mod, run: Run, cfg: RunConfig) -> tuple[str, str]:
 def missing(stem: str, cfg: RunConfig) -> list[Run]:
     """The runs of notebook ``stem`` at ``cfg`` that its store does not hold yet."""
     mod, store = study(stem), RunStore(cfg.store_dir)
-    return [r for r in mod.runs(cfg) if not store.has(r.table, *stored_key(mod, r, cfg))]
+    return [r for r in mod.runs(cfg)
+            if not store.has(r.table, *stored_key(mod, r, cfg), run=r.key())]
 
 
 class Notebook:
@@ -244,7 +245,8 @@ class Notebook:
 
         table = table or self.stem
         todo = [r for r in self.runs(table)
-                if not self.store.has(r.table, *stored_key(self.study, r, self.cfg))]
+                if not self.store.has(r.table, *stored_key(self.study, r, self.cfg),
+                                      run=r.key())]  # a file of another run is no run
         if todo and not self.cfg.compute:
             print(f"{table}: {len(todo)} of {len(self.runs(table))} runs not stored; compute "
                   "is False, so the table holds the stored runs only")
@@ -259,7 +261,8 @@ class Notebook:
             rows, extras = out if isinstance(out, tuple) else (out, {})
             self.store.put(run.table, *stored_key(self.study, run, self.cfg),
                            self.study.VERSION, rows, prov, extras)
-        stored = self.store.table(table, settings_key(self.study, table, self.cfg))
+        stored = self.store.table(table, settings_key(self.study, table, self.cfg), runs={
+            stored_key(self.study, r, self.cfg)[1]: r.key() for r in self.runs(table)})
         if hasattr(self.study, "select"):  # which stored rows it shows (07: current versions)
             stored = self.study.select(stored, self.cfg)
         if not self.cfg.compute and not stored.empty and set(GROUP) <= set(stored.columns):
