@@ -16,18 +16,20 @@ is missing where and how to get it.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import os
 import pickle
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .checks import choice, flag, integer
-from .registry import DATASETS, spec
+from .train import TrainConfig
 
 DEBIAN_ROOT = Path("/usr/share/datasets")
 
@@ -39,16 +41,6 @@ DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
 IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-# What a root must hold, completing "expected ..." in the not-found message.
-EXPECTED = {
-    "fmnist": f"the idx files {', '.join(IDX_STEMS)} (optionally .gz) in <root>, "
-              "<root>/fashion-mnist or <root>/FashionMNIST/raw",
-    "mnist": f"the idx files {', '.join(IDX_STEMS)} (optionally .gz) in <root>/MNIST/raw "
-             "or <root>/mnist",
-    "cifar10": "<root>/cifar-10-batches-py with data_batch_1 to data_batch_5 and test_batch",
-    "gtsrb": "<root>/gtsrb/GTSRB/Training, <root>/gtsrb/GTSRB/Final_Test/Images and "
-             "<root>/gtsrb/GT-final_test.csv",
-}
 RUNNER_HINT = 'from the command line: make reproduce ARGS="-p data_root /path"'
 
 
@@ -128,6 +120,108 @@ class Dataset:
         return out[0], out[1]
 
 
+# ---------------------------------------------------------------- the registry
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the package knows about one dataset.
+
+    ``train_size`` and ``test_size`` are the standard splits' sizes (a smaller copy on disk
+    is used whole). ``poison_num``/``mitigation_num`` are the BAU paper's BadNets-based
+    counts, ``it_poison_num``/``it_mitigation_num`` its input-targeted counts, ``alpha``
+    its faint-patch intensity (0.5 for 1-channel images, 0.7 for 3-channel ones).
+    ``train`` is the reference optimiser with the authors' attack scripts' default epochs.
+    ``how_to_get`` completes the sentence "<name> data not found under ...; " when the
+    files are missing, ``expected`` the words "(expected ...)" in it: what a root must hold.
+
+    ``reader(root) -> Dataset | None`` finds the dataset under one root folder (``None``:
+    not there; ``FileNotFoundError`` when it is there but incomplete, :class:`DataFileError`
+    when a file cannot be read); :func:`register` sets it. ``fetch(root)`` downloads it
+    into ``root`` (``None``: no download). ``on_disk`` False: the reader needs no root
+    (it is called with ``None``).
+    """
+
+    name: str
+    title: str
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    train_size: int
+    test_size: int
+    arch: str
+    train: TrainConfig
+    poison_num: int
+    mitigation_num: int
+    it_poison_num: int
+    it_mitigation_num: int
+    alpha: float
+    how_to_get: str
+    expected: str = ""
+    reader: Callable | None = field(default=None, repr=False, compare=False)
+    fetch: Callable | None = field(default=None, repr=False, compare=False)
+    on_disk: bool = True
+
+
+SPECS: dict[str, DatasetSpec] = {}  # the registry: name -> spec with its reader
+
+
+def register(spec: DatasetSpec, reader: Callable | None = None):
+    """Register dataset ``spec`` with its ``reader`` (see :class:`DatasetSpec`); without
+    ``reader``, a decorator for the reader function. Call it from any module; the name
+    is then a ``dataset`` every notebook parameter and :func:`load` accept::
+
+        @register(DatasetSpec(name="svhn", title="SVHN", image_shape=(3, 32, 32), ...))
+        def read_svhn(root: Path) -> Dataset | None: ...
+    """
+    if not isinstance(spec, DatasetSpec):
+        raise ValueError(f"register needs a bdunlearn.data.DatasetSpec, got "
+                         f"{type(spec).__name__}")
+    if not isinstance(spec.name, str) or not spec.name.isidentifier():
+        raise ValueError(f"a dataset's name must be a word of letters, digits and "
+                         f"underscores, got {spec.name!r}")
+    if spec.name in SPECS:
+        raise ValueError(f"a dataset named {spec.name!r} is already registered; choose "
+                         "another name")
+    if spec.fetch is not None and not callable(spec.fetch):
+        raise ValueError(f"dataset {spec.name!r}: fetch must be callable or None, got "
+                         f"{type(spec.fetch).__name__}")
+
+    def add(fn):
+        if not callable(fn):
+            raise ValueError(f"dataset {spec.name!r}: its reader must be a function of a root "
+                             f"folder, got {type(fn).__name__}")
+        if spec.name in SPECS:
+            raise ValueError(f"a dataset named {spec.name!r} is already registered; choose "
+                             "another name")
+        SPECS[spec.name] = replace(spec, reader=fn)
+        return fn
+    return add if reader is None else add(reader)
+
+
+def datasets() -> tuple[str, ...]:
+    """The registered datasets' names, in registration order."""
+    return tuple(SPECS)
+
+
+def __getattr__(name: str):
+    if name == "DATASETS":  # the registry's current names
+        return datasets()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def spec(name: str) -> DatasetSpec:
+    """The facts of dataset ``name``; an unknown name fails naming the known ones."""
+    if not isinstance(name, str) or name not in SPECS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(datasets())}")
+    return SPECS[name]
+
+
+def reference_config(dataset: str, **overrides) -> TrainConfig:
+    """The BAU paper's optimiser settings for ``dataset``, with ``overrides`` replaced
+    (``None`` values are ignored)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return replace(spec(dataset).train, **overrides)
+
+
 def candidate_roots(root: str | os.PathLike | None = None) -> list[Path]:
     """Folders searched for data, in order: only ``root`` when it is given."""
     if root is not None:
@@ -144,33 +238,34 @@ def candidate_roots(root: str | os.PathLike | None = None) -> list[Path]:
 
 
 def load(name: str, root: str | os.PathLike | None = None, *, fetch: bool = False) -> Dataset:
-    """Load dataset ``name`` (a name in :mod:`bdunlearn.registry`) from the first root holding it.
+    """Load dataset ``name`` (a registered name, :func:`register`) with its reader, from
+    the first root holding it.
 
     ``fetch=True`` downloads into ``root`` (or the user cache) through torchvision when
     the data is missing; torchvision is imported only then. An explicit ``root`` is the
     only folder searched (no fallback to the other roots).
     """
-    choice("dataset", name, DATASETS)
+    choice("dataset", name, datasets())
     flag("fetch", fetch)
-    if name == "digits":
-        return _read_digits()
-    reader = {"fmnist": _find_fmnist, "mnist": _find_mnist,
-              "cifar10": _find_cifar10, "gtsrb": _find_gtsrb}[name]
+    s = spec(name)
+    if not s.on_disk:
+        return s.reader(None)
     roots = candidate_roots(root)
     for r in roots:
-        found = reader(r)
+        found = s.reader(r)
         if found is not None:
             return found
-    if fetch:
+    if fetch and s.fetch is not None:
         target = roots[0] if root is not None else roots[-2]
-        _fetch(name, target)
-        found = reader(target)
+        s.fetch(target)
+        found = s.reader(target)
         if found is not None:
             return found
     searched = ", ".join(str(r) for r in roots)
     hint = "" if name == "fmnist" else f"; {RUNNER_HINT}"
-    raise FileNotFoundError(f"{name} data not found under {searched} (expected "
-                            f"{EXPECTED[name]}); {spec(name).how_to_get}{hint}.")
+    expected = f" (expected {s.expected})" if s.expected else ""
+    raise FileNotFoundError(f"{name} data not found under {searched}{expected}; "
+                            f"{s.how_to_get}{hint}.")
 
 
 # ---------------------------------------------------------------- idx (MNIST family)
@@ -422,3 +517,57 @@ def _fetch(name: str, root: Path) -> None:
             cls(str(root), split=split, download=True)
         else:
             cls(str(root), train=split == "train", download=True)
+
+
+# ---------------------------------------------------------------- the built-in datasets
+# Each spec registered with its reader: shape, classes, default architecture, reference
+# optimiser, the BAU paper's attack counts and alpha, and how to get the files.
+
+_IDX = f"the idx files {', '.join(IDX_STEMS)} (optionally .gz)"
+
+register(DatasetSpec(
+    name="fmnist", title="Fashion-MNIST", image_shape=(1, 28, 28), num_classes=10,
+    train_size=60000, test_size=10000, arch="fmnist_cnn",
+    train=TrainConfig(epochs=20, momentum=0.9, weight_decay=5e-4, shuffle="once"),
+    poison_num=200, mitigation_num=300, it_poison_num=5, it_mitigation_num=15, alpha=0.5,
+    how_to_get="install it with `apt-get install dataset-fashion-mnist` (or `make setup`)",
+    expected=f"{_IDX} in <root>, <root>/fashion-mnist or <root>/FashionMNIST/raw",
+    fetch=functools.partial(_fetch, "fmnist")), _find_fmnist)
+register(DatasetSpec(
+    name="mnist", title="MNIST", image_shape=(1, 28, 28), num_classes=10,
+    train_size=60000, test_size=10000, arch="lenet5",
+    train=TrainConfig(epochs=20, shuffle="once"),
+    poison_num=200, mitigation_num=600, it_poison_num=5, it_mitigation_num=15, alpha=0.5,
+    how_to_get="put the four MNIST idx files in <root>/MNIST/raw, or call "
+               "bdunlearn.data.load('mnist', root, fetch=True) where torchvision imports",
+    expected=f"{_IDX} in <root>/MNIST/raw or <root>/mnist",
+    fetch=functools.partial(_fetch, "mnist")), _find_mnist)
+register(DatasetSpec(
+    name="cifar10", title="CIFAR-10", image_shape=(3, 32, 32), num_classes=10,
+    train_size=50000, test_size=10000, arch="vgg11_bn",
+    train=TrainConfig(epochs=60, momentum=0.9, weight_decay=5e-4, lr_step=10, crop=True,
+                      flip=True),
+    poison_num=300, mitigation_num=100, it_poison_num=5, it_mitigation_num=15, alpha=0.7,
+    how_to_get="extract cifar-10-python.tar.gz so that <root>/cifar-10-batches-py exists, "
+               "or call load('cifar10', root, fetch=True) where torchvision imports",
+    expected="<root>/cifar-10-batches-py with data_batch_1 to data_batch_5 and test_batch",
+    fetch=functools.partial(_fetch, "cifar10")), _find_cifar10)
+register(DatasetSpec(
+    name="gtsrb", title="GTSRB", image_shape=(3, 32, 32), num_classes=43,
+    train_size=39209, test_size=12630, arch="gtsrb_cnn",
+    train=TrainConfig(epochs=20, crop=True),
+    poison_num=1000, mitigation_num=2000, it_poison_num=5, it_mitigation_num=15,
+    alpha=0.7,
+    how_to_get="extract the GTSRB training and test archives into <root>/gtsrb "
+               "(torchvision's layout), or call load('gtsrb', root, fetch=True) where "
+               "torchvision imports",
+    expected="<root>/gtsrb/GTSRB/Training, <root>/gtsrb/GTSRB/Final_Test/Images and "
+             "<root>/gtsrb/GT-final_test.csv",
+    fetch=functools.partial(_fetch, "gtsrb")), _find_gtsrb)
+register(DatasetSpec(
+    name="digits", title="scikit-learn digits (tests)", image_shape=(1, 28, 28),
+    num_classes=10, train_size=1500, test_size=297, arch="fmnist_cnn",
+    train=TrainConfig(epochs=20, momentum=0.9, weight_decay=5e-4),
+    poison_num=60, mitigation_num=90, it_poison_num=5, it_mitigation_num=15, alpha=0.5,
+    how_to_get="it ships with scikit-learn (`pip install scikit-learn`)", on_disk=False),
+    lambda root: _read_digits())

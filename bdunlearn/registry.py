@@ -1,4 +1,8 @@
-"""Dataset facts in one place: one :class:`DatasetSpec` per dataset the package knows.
+"""The package's registries in one place: datasets here (each one's facts and reader,
+kept in :mod:`bdunlearn.data` beside the readers), detectors in
+:mod:`bdunlearn.detectors`, attack families in :mod:`bdunlearn.attacks`, defenses in
+:mod:`bdunlearn.defenses`; and :func:`load_plugins`, which imports the modules that
+register one's own.
 
 Everything that needs a fact about a dataset (its image shape and classes, the reference
 model and optimiser, the BAU paper's attack counts and patch intensity, where to get the
@@ -7,91 +11,53 @@ files) reads it here: ``registry.spec("fmnist").poison_num``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
 
-from .train import TrainConfig
+from .data import SPECS, DatasetSpec, datasets, reference_config, register, spec
 
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What the package knows about one dataset.
-
-    ``train_size`` and ``test_size`` are the standard splits' sizes (a smaller copy on disk
-    is used whole). ``poison_num``/``mitigation_num`` are the BAU paper's BadNets-based
-    counts, ``it_poison_num``/``it_mitigation_num`` its input-targeted counts, ``alpha``
-    its faint-patch intensity (0.5 for 1-channel images, 0.7 for 3-channel ones).
-    ``train`` is the reference optimiser with the authors' attack scripts' default epochs.
-    ``how_to_get`` completes the sentence "<name> data not found under ...; " when the
-    files are missing.
-    """
-
-    name: str
-    title: str
-    image_shape: tuple[int, int, int]
-    num_classes: int
-    train_size: int
-    test_size: int
-    arch: str
-    train: TrainConfig
-    poison_num: int
-    mitigation_num: int
-    it_poison_num: int
-    it_mitigation_num: int
-    alpha: float
-    how_to_get: str
+PLUGINS_ENV = "BDUNLEARN_PLUGINS"
+_LOADED: dict[str, object] = {}
 
 
-SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
-    DatasetSpec(
-        name="fmnist", title="Fashion-MNIST", image_shape=(1, 28, 28), num_classes=10,
-        train_size=60000, test_size=10000, arch="fmnist_cnn",
-        train=TrainConfig(epochs=20, momentum=0.9, weight_decay=5e-4, shuffle="once"),
-        poison_num=200, mitigation_num=300, it_poison_num=5, it_mitigation_num=15, alpha=0.5,
-        how_to_get="install it with `apt-get install dataset-fashion-mnist` (or `make setup`)"),
-    DatasetSpec(
-        name="mnist", title="MNIST", image_shape=(1, 28, 28), num_classes=10,
-        train_size=60000, test_size=10000, arch="lenet5",
-        train=TrainConfig(epochs=20, shuffle="once"),
-        poison_num=200, mitigation_num=600, it_poison_num=5, it_mitigation_num=15, alpha=0.5,
-        how_to_get="put the four MNIST idx files in <root>/MNIST/raw, or call "
-                   "bdunlearn.data.load('mnist', root, fetch=True) where torchvision imports"),
-    DatasetSpec(
-        name="cifar10", title="CIFAR-10", image_shape=(3, 32, 32), num_classes=10,
-        train_size=50000, test_size=10000, arch="vgg11_bn",
-        train=TrainConfig(epochs=60, momentum=0.9, weight_decay=5e-4, lr_step=10, crop=True,
-                          flip=True),
-        poison_num=300, mitigation_num=100, it_poison_num=5, it_mitigation_num=15, alpha=0.7,
-        how_to_get="extract cifar-10-python.tar.gz so that <root>/cifar-10-batches-py exists, "
-                   "or call load('cifar10', root, fetch=True) where torchvision imports"),
-    DatasetSpec(
-        name="gtsrb", title="GTSRB", image_shape=(3, 32, 32), num_classes=43,
-        train_size=39209, test_size=12630, arch="gtsrb_cnn",
-        train=TrainConfig(epochs=20, crop=True),
-        poison_num=1000, mitigation_num=2000, it_poison_num=5, it_mitigation_num=15,
-        alpha=0.7,
-        how_to_get="extract the GTSRB training and test archives into <root>/gtsrb "
-                   "(torchvision's layout), or call load('gtsrb', root, fetch=True) where "
-                   "torchvision imports"),
-    DatasetSpec(
-        name="digits", title="scikit-learn digits (tests)", image_shape=(1, 28, 28),
-        num_classes=10, train_size=1500, test_size=297, arch="fmnist_cnn",
-        train=TrainConfig(epochs=20, momentum=0.9, weight_decay=5e-4),
-        poison_num=60, mitigation_num=90, it_poison_num=5, it_mitigation_num=15, alpha=0.5,
-        how_to_get="it ships with scikit-learn (`pip install scikit-learn`)"),
-)}
-
-DATASETS: tuple[str, ...] = tuple(SPECS)
+def __getattr__(name: str):
+    if name == "DATASETS":  # the registry's current names
+        return datasets()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def spec(name: str) -> DatasetSpec:
-    """The facts of dataset ``name``; an unknown name fails naming the known ones."""
-    if not isinstance(name, str) or name not in SPECS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return SPECS[name]
+def load_plugins(plugins: str | None = None) -> list[str]:
+    """Import the modules that register one's own detectors, attack families or datasets:
+    ``plugins`` (default: the ``BDUNLEARN_PLUGINS`` environment variable) is a
+    comma-separated list of module names (``my_lab.detectors``) or ``.py`` files. Each
+    is imported once per process (a notebook's first cell calls this, so a runner's
+    notebooks see the same registries as the caller). Returns the names imported now."""
+    plugins = os.environ.get(PLUGINS_ENV, "") if plugins is None else plugins
+    if not isinstance(plugins, str):
+        raise ValueError(f"plugins must be a comma-separated string, got "
+                         f"{type(plugins).__name__}")
+    done = []
+    for item in (p.strip() for p in plugins.split(",")):
+        if not item or item in _LOADED:
+            continue
+        if item.endswith(".py"):
+            path = Path(item).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"plug-in file {path} does not exist ({PLUGINS_ENV})")
+            name = f"bdunlearn_plugin_{path.stem}"
+            mod_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[name] = module
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(item)
+        _LOADED[item] = module
+        done.append(item)
+    return done
 
 
-def reference_config(dataset: str, **overrides) -> TrainConfig:
-    """The BAU paper's optimiser settings for ``dataset``, with ``overrides`` replaced
-    (``None`` values are ignored)."""
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    return replace(spec(dataset).train, **overrides)
+__all__ = ["SPECS", "DatasetSpec", "PLUGINS_ENV", "datasets", "load_plugins",
+           "reference_config", "register", "spec"]
