@@ -11,7 +11,6 @@ from bdunlearn import config, studies
 from bdunlearn import experiment as ex
 from bdunlearn.store import RunStore, StoreError, cpu_name, merge, provenance, provenance_groups
 
-
 CUDA = {"precision": "bf16", "device": "cuda", "processor": "NVIDIA H100", "torch": "2.5",
         "date": "2026-12-01", "commit": "abc1234"}  # a GPU machine's provenance
 
