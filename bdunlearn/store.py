@@ -530,8 +530,8 @@ def _where(source: Path, shown: str) -> str:
     if depth > 0:
         inner = Path(*rel.parts[:depth])
         return (f"{shown} holds no run at <table>/<settings key>/<run key>.csv but "
-                f"{len(found)} CSV files {depth} folder{'s' * (depth > 1)} deeper, under "
-                f"{inner}; merge that folder")
+                f"{len(found)} CSV files {'one' if depth == 1 else depth} "
+                f"folder{'s' * (depth > 1)} deeper, under {inner}; merge that folder")
     return (f"{shown} holds no run at <table>/<settings key>/<run key>.csv (its CSV files, "
             f"such as {rel}, sit higher)")
 

@@ -263,7 +263,7 @@ def test_merge_errors_are_one_sentence_and_exit_non_zero(no_key, tmp_path, monke
     expected = {"truncated": "is not a readable .tar.gz (truncated or damaged",
                 "target is a file": f"the target {target} is a file, not a store folder",
                 "read-only target": f"cannot write the merge target {target} (Permission",
-                "one folder too deep": "1 folder deeper, under runs; merge that folder",
+                "one folder too deep": "one folder deeper, under runs; merge that folder",
                 "no run at all": "holds no run at <table>/<settings key>/<run key>.csv",
                 "bad run": f"{archive}:/01_attack/{SKEY}/{rkey(6)}.csv is not text"}[what]
     assert exit_.value.code not in (0, None)
