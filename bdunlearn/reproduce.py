@@ -25,21 +25,24 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from . import cache, config, data
-from .store import cpu_name
+from .store import RunStore, cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 READABLE = Path("docs") / "notebooks"  # under ROOT: the default run's executed notebooks
@@ -238,13 +241,313 @@ def _move_into(src: Path, dst: Path) -> list[Path]:
     return moved
 
 
+# ----------------------------------------------------------------------------- the plan
+LONG = 2 * 3600  # a plan longer than this (seconds) names the quick path and the GPU kit
+QUICK_PATH = ("to render every figure from the stored runs instead (about a minute), run "
+              "`make figures` (python -m bdunlearn.reproduce -p compute False); to compute "
+              "the runs on a GPU machine, see tools/device/ and docs/scaling.md (or train "
+              "the plan on every core first with `make reproduce RAY=local`)")
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as a person reads it: ``"40 s"``, ``"12 min"``, ``"3 h 20 min"``,
+    ``"2 days 4 h"``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} days {hours} h" if hours else f"{days} days"
+
+
+def survey(profile: str, params: dict, stems: list[str], datasets: list[str], results=None):
+    """The runner's plan (:func:`bdunlearn.plan.survey`) of the notebooks ``stems``;
+    ``SystemExit`` with its sentence when a parameter is bad."""
+    from . import plan
+
+    overrides = {k: v for k, v in params.items() if k != "dataset"}
+    try:
+        return plan.survey(profile, only=stems, results=results, datasets=datasets,
+                           **overrides)
+    except ValueError as exc:
+        raise SystemExit(f"-p: {exc}") from None
+
+
+def timing_rates(host: str, folders_=None) -> dict[tuple[str, str, str], float]:
+    """Planned sample-epochs per second of whole notebooks that computed runs on this
+    machine (``host``, :func:`machine`), per ``(dataset, notebook, precision)``, from the
+    newest such row of the ``timings.csv`` files under ``results/`` (the committed one and
+    each run's): the plan's measure of a notebook's work over its wall time, the
+    notebook's other work (defenses, detectors) included."""
+    files = folders_ if folders_ is not None else [
+        ROOT / "results" / "timings.csv", *sorted((ROOT / "results").glob("*/timings.csv")),
+        *sorted((ROOT / "results").glob("*/*/timings.csv"))]
+    rows = []
+    for path in files:
+        try:
+            t = pd.read_csv(path)
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        need = {"notebook", "machine", "precision", "seconds", "planned_sample_epochs",
+                "date"}
+        if need <= set(t.columns):
+            rows.append(t)
+    if not rows:
+        return {}
+    t = pd.concat(rows, ignore_index=True)
+    t = t[(t.machine == host) & (pd.to_numeric(t.planned_sample_epochs, errors="coerce") > 0)
+          & (pd.to_numeric(t.seconds, errors="coerce") > 0)]
+    if "dataset" not in t.columns:
+        t = t.assign(dataset="fmnist")
+    out = {}
+    for _, r in t.sort_values("date").iterrows():
+        out[(str(r.dataset), str(r.notebook), str(r.precision))] = (
+            float(r.planned_sample_epochs) / float(r.seconds))
+    return out
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def show_plan(steps, host: str, measure_seconds: float = 2.0) -> dict:
+    """Print the plan: per notebook, the runs stored for this machine's precision and
+    device group and the runs to compute, the slices they train and the request chains
+    they run, and an estimate; a plan longer than :data:`LONG` names the quick path.
+    Returns the estimated seconds per ``(dataset, stem)``."""
+    estimate, how = _estimate([s for s in steps if not s.renders], host, measure_seconds)
+    for dataset in dict.fromkeys(s.dataset for s in steps):
+        mine = [s for s in steps if s.dataset == dataset]
+        width = max(len("notebook"), *(len(s.stem) for s in mine))
+        if any(s.renders for s in mine):
+            print(f"plan on {dataset}: render the stored runs, compute nothing", flush=True)
+            for s in mine:
+                held = s.groups.get(s.group, 0)
+                print(f"  {s.stem:<{width}}  {_n(held, 'stored run')} of {s.group}"
+                      + (" (its largest group)" if len(s.groups) > 1 else ""), flush=True)
+            continue
+        group = mine[0].group
+        print(f"plan on {dataset}, computing in {group} on this machine "
+              f"({host.rsplit(', torch', 1)[0]}):", flush=True)
+        head = ("notebook", f"runs stored ({group})", "to compute", "slices to train",
+                "request chains", "estimate")
+        rows = [(s.stem, f"{s.stored} of {s.runs}", str(len(s.missing)),
+                 str(len(s.slices)), str(len(s.chains)),
+                 "-" if not s.missing else
+                 duration(estimate[(s.dataset, s.stem)]) if estimate[(s.dataset, s.stem)]
+                 else "trains nothing new") for s in mine]
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        for r in [head, *rows]:
+            print("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                   for i, (c, w) in enumerate(zip(r, widths))).rstrip(),
+                  flush=True)
+        for s in mine:
+            others = {g: n for g, n in s.groups.items() if g != s.group}
+            if others and s.missing:
+                g, n = next(iter(others.items()))
+                print(f"  {s.stem}: {g} holds {_n(n, 'stored run')}; -p precision "
+                      f"{g.split()[0]} computes in that group (make figures renders it)",
+                      flush=True)
+        cached = sum(len(s.cached) for s in mine)
+        if cached:
+            print(f"  ({_n(cached, 'more planned slice')} already in the checkpoint cache)",
+                  flush=True)
+    computed = [s for s in steps if not s.renders]
+    runs = sum(len(s.missing) for s in computed)
+    if computed and not runs:
+        print("every run is stored: the notebooks render them and train nothing", flush=True)
+    elif runs:
+        total = sum(estimate.values())
+        print(f"total: {_n(runs, 'run')} to compute, "
+              f"{_n(sum(len(s.slices) for s in computed), 'model slice')} to train and "
+              f"{_n(sum(len(s.chains) for s in computed), 'request chain')} to run: about "
+              f"{duration(total)} on this machine", flush=True)
+        print(f"estimate: {how}", flush=True)
+        if total > LONG:
+            print(f"this plan is far longer than an hour (about {duration(total)}); "
+                  f"{QUICK_PATH}", flush=True)
+    return estimate
+
+
+def _estimate(steps, host: str, measure_seconds: float) -> tuple[dict, str]:
+    """Seconds per ``(dataset, stem)`` of the notebooks ``steps`` compute, and a sentence
+    saying where the speed comes from: the notebook's last run on this machine
+    (:func:`timing_rates`), else a short training of its model measured now
+    (:func:`bdunlearn.plan.measure`)."""
+    from . import plan
+
+    estimate: dict = {}
+    todo = [s for s in steps if s.missing]
+    known = timing_rates(host)
+    timed = [s for s in todo if (s.dataset, s.stem, s.cfg.precision) in known]
+    rest = [s for s in todo if s not in timed]
+    how = []
+    if timed:
+        how.append(f"{', '.join(s.stem for s in timed)} at the pace of their last run on this "
+                   "machine (timings.csv, the whole notebook)")
+    for s in timed:
+        estimate[(s.dataset, s.stem)] = (sum(s.work().values())
+                                         / known[(s.dataset, s.stem, s.cfg.precision)])
+    models = plan.models(rest)
+    if models:
+        import torch
+
+        rates = {m: plan.measure(m, measure_seconds) for m in models}
+        estimate.update(plan.estimate(rest, rates))
+        load = (f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
+                if hasattr(os, "getloadavg") else "")
+        how.append("; ".join(f"{m[0]} in {m[4].precision} on {m[5]} trains "
+                             f"{rates[m]:,.0f} samples/s" for m in models)
+                   + f", measured here now in a {measure_seconds:g} s training ({load}"
+                   f"{torch.get_num_threads()} torch threads: a busy machine measures slow)")
+    for s in steps:
+        estimate.setdefault((s.dataset, s.stem), 0.0)
+    return estimate, ("; ".join(how) + "; request chains counted at their most (every "
+                      "request batch retrains); defenses and detectors, which train no "
+                      "slice, come on top")
+
+
+def check_stored(steps) -> None:
+    """``SystemExit`` when a notebook that renders the stored runs has none to render."""
+    empty = [s for s in steps if s.renders and not s.groups]
+    if empty:
+        stores = sorted({s.cfg.store_dir for s in empty})
+        raise SystemExit(f"-p compute False renders the stored runs, but there are no stored "
+                         f"runs of {', '.join(s.stem for s in empty)} in "
+                         f"{', '.join(stores)}; compute them first (leave compute True) "
+                         f"or merge runs computed elsewhere (python -m bdunlearn.store merge)")
+
+
+class Progress:
+    """A progress bar (a line per stored run when stderr is not a terminal) over the runs
+    a notebook computes, read from its run store every ``every`` seconds while the
+    notebook runs in its kernel; its time left starts from the plan's ``estimate`` and
+    follows the measured pace once a run is stored."""
+
+    def __init__(self, step, estimate: float, every: float = 2.0):
+        self.step, self.estimate, self.every = step, float(estimate), every
+        self.store = None if step is None else RunStore(step.cfg.store_dir)
+        self.total = 0 if step is None else len(step.missing)
+        self.done = 0
+        self._stop = threading.Event()
+        self._thread = None
+        self._bar = None
+
+    def _count(self) -> int:
+        return sum(self.store.has(*key) for key in self.step.missing)
+
+    def _left(self, elapsed: float) -> str:
+        if self.done:
+            return f"about {duration(elapsed / self.done * (self.total - self.done))} left"
+        if self.estimate:
+            return f"about {duration(max(self.estimate - elapsed, 0))} left (plan)"
+        return "time left unknown"
+
+    def _tick(self) -> None:
+        done = self._count()
+        elapsed = time.perf_counter() - self._start
+        if self._bar is not None:
+            self._bar.update(done - self._bar.n)
+            self._bar.set_postfix_str(self._left(elapsed))
+        elif done > self.done:
+            print(f"  {self.step.stem}: {done} of {self.total} runs stored, "
+                  f"{self._left(elapsed) if done < self.total else 'done'}", flush=True)
+        self.done = done
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self._tick()
+            except OSError:
+                pass
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+        if not self.total:
+            return self
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, desc=f"{self.step.stem} runs", unit="run",
+                             file=sys.stderr, leave=False)
+            self._bar.set_postfix_str(self._left(0))
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            with contextlib.suppress(OSError):
+                self._tick()
+        if self._bar is not None:
+            self._bar.close()
+        return False
+
+
+# ----------------------------------------------------------------------------- the cache's writers
+def _writers_dir() -> Path:
+    return cache.default_cache_dir() / ".writers"
+
+
+@contextlib.contextmanager
+def writing(role: str = "runner"):
+    """Mark this process as writing the checkpoint cache while the block runs (a file
+    ``<cache>/.writers/<host>-<pid>`` naming ``role``), so that a runner on the same
+    cache can tell whose models it counts (:func:`other_writers`)."""
+    mark = _writers_dir() / f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.write_text(f"{role} {' '.join(sys.argv)}"[:500])
+    except OSError:  # a read-only cache: it trains nothing into it
+        mark = None
+    try:
+        yield
+    finally:
+        if mark is not None:
+            with contextlib.suppress(OSError):
+                mark.unlink()
+
+
+def other_writers() -> set[str]:
+    """The other live processes marked as writing the checkpoint cache (``"runner pid
+    1234"``; another host's marks are taken as live); marks of dead processes on this
+    host are removed."""
+    here, out = socket.gethostname(), set()
+    folder = _writers_dir()
+    if not folder.is_dir():
+        return out
+    for mark in folder.iterdir():
+        host, _, pid = mark.name.rpartition("-")
+        if not pid.isdigit() or (host == here and int(pid) == os.getpid()):
+            continue
+        if host == here and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                mark.unlink()
+            continue
+        try:
+            role = mark.read_text().split(" ", 1)[0] or "process"
+        except OSError:
+            role = "process"
+        out.add(f"{role} pid {pid}" + ("" if host == here else f" on {host}"))
+    return out
+
+
 def run(profile: str, only=None, params=None, results=None, figures=None,
-        folder: Path = ROOT / "notebooks") -> pd.DataFrame:
-    """Run the notebooks (see the module docstring); returns this run's timing rows."""
+        folder: Path = ROOT / "notebooks", plan_only: bool = False) -> pd.DataFrame:
+    """Run the notebooks (see the module docstring); returns this run's timing rows.
+    The plan (:func:`show_plan`) is printed first; ``plan_only`` prints it and returns
+    an empty table."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    from .studies import renders_stored
+    from .studies import STEMS, renders_stored
 
     params = dict(params or {})
     absolute_env_paths()
@@ -270,59 +573,87 @@ def run(profile: str, only=None, params=None, results=None, figures=None,
           + f": tables to {res_top}, figures to {fig_top}", flush=True)
     own = {nb: notebook_parameters(nb) for nb in todo}  # papermill warns about others
     host, rows, staged = machine(), [], []
-    for dataset in found:
-        res_dir, fig_dir, store = folders(profile, params, dataset, only, results, figures)
+    for dataset in found if not plan_only else ():  # before the plan: it takes a while
+        res_dir = folders(profile, params, dataset, only, results, figures)[0]
         try:
             res_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise SystemExit(f"--results {res_dir}: cannot create the folder "
                              f"({err.strerror or err}); give a writable folder") from None
-        remove_orphans(res_dir)
-        precision = ("stored" if renders_stored(params.get("compute"), params.get("precision"))
-                     else config.resolve(profile, dataset=dataset,
-                                         **{k: v for k, v in params.items()
-                                            if k in ("device", "precision")}).precision)
-        for i, nb in enumerate(todo, 1):
-            label = f"[{i}/{len(todo)}] {nb.stem} ({profile}, {dataset}, {precision})"
-            work = Path(tempfile.mkdtemp(prefix=f".{nb.stem}-{os.getpid()}-", dir=res_dir))
-            out = work / f"{nb.stem}.ipynb"
-            start, before = time.perf_counter(), cache_entries()
-            try:
-                pm.execute_notebook(
-                    str(nb), str(out), cwd=str(folder), kernel_name="python3",
-                    progress_bar=sys.stderr.isatty(), kernel_manager_class=_kernel_manager(),
-                    parameters={**{k: v for k, v in params.items() if k in own[nb]},
-                                "profile": profile, "dataset": dataset,
-                                **({"store_dir": str(store)} if "store_dir" in own[nb] else {}),
-                                "results_dir": str(work / "results"),
-                                "figures_dir": str(work / "figures")})
-            except PapermillExecutionError as err:
-                failed = res_dir / f"{nb.stem}.failed.ipynb"
-                shutil.move(str(out), str(failed))
-                shutil.rmtree(work, ignore_errors=True)
-                raise SystemExit(f"{label} failed in cell {err.cell_index}: {err.ename}: "
-                                 f"{err.evalue}\nthe executed notebook with the traceback is "
-                                 f"{failed}; the last good outputs are unchanged") from None
-            except BaseException:  # interrupted, or the kernel died: nothing is published
-                shutil.rmtree(work, ignore_errors=True)
-                raise
-            seconds = time.perf_counter() - start
-            new = cache_entries() - before
-            slices = sum(len(p.parts) == 1 for p in new)
-            print(f"{label} done in {seconds:.0f} s; {slices} model slices trained, "
-                  f"{len(new) - slices} other cache entries written", flush=True)
-            rows.append({"notebook": nb.stem, "profile": profile, "dataset": dataset,
-                         "seconds": round(seconds, 1), "slices_trained": slices,
-                         "precision": precision, "date": dt.date.today().isoformat(),
-                         "machine": host})
-            step = [(work / "results", res_dir), (work / "figures", fig_dir), (work, res_dir)]
-            if committed:
-                staged.append((work, step))
-            else:
-                _publish(work, step)
-                _record(res_dir / "timings.csv", [r for r in rows if r["dataset"] == dataset])
-    for work, step in staged:  # a complete default run: every notebook passed
-        _publish(work, step)
+    stems = [nb.stem for nb in todo if nb.stem in STEMS]
+    if stems and params.get("compute") is False:
+        print("planning: reading the stored runs", flush=True)
+    elif stems:
+        print("planning: the runs to compute, the trainings they need, and a short training "
+              "timed here (a minute or two at default)", flush=True)
+    steps = survey(profile, params, stems, found, results) if stems else []
+    check_stored(steps)
+    estimate = show_plan(steps, host)
+    if plan_only:
+        return pd.DataFrame(rows)
+    by_notebook = {(s.dataset, s.stem): s for s in steps}
+    with writing("runner"):
+        for dataset in found:
+            res_dir, fig_dir, store = folders(profile, params, dataset, only, results, figures)
+            remove_orphans(res_dir)
+            precision = ("stored" if renders_stored(params.get("compute"), params.get("precision"))
+                         else config.resolve(profile, dataset=dataset,
+                                             **{k: v for k, v in params.items()
+                                                if k in ("device", "precision")}).precision)
+            for i, nb in enumerate(todo, 1):
+                label = f"[{i}/{len(todo)}] {nb.stem} ({profile}, {dataset}, {precision})"
+                work = Path(tempfile.mkdtemp(prefix=f".{nb.stem}-{os.getpid()}-", dir=res_dir))
+                out = work / f"{nb.stem}.ipynb"
+                start, before = time.perf_counter(), cache_entries()
+                step = by_notebook.get((dataset, nb.stem))
+                writers = other_writers()
+                try:
+                    with Progress(step, estimate.get((dataset, nb.stem), 0.0)):
+                        pm.execute_notebook(
+                            str(nb), str(out), cwd=str(folder), kernel_name="python3",
+                            progress_bar=sys.stderr.isatty() and step is None,
+                            kernel_manager_class=_kernel_manager(),
+                            parameters={**{k: v for k, v in params.items() if k in own[nb]},
+                                        "profile": profile, "dataset": dataset,
+                                        **({"store_dir": str(store)} if "store_dir" in own[nb]
+                                           else {}),
+                                        "results_dir": str(work / "results"),
+                                        "figures_dir": str(work / "figures")})
+                except PapermillExecutionError as err:
+                    failed = res_dir / f"{nb.stem}.failed.ipynb"
+                    shutil.move(str(out), str(failed))
+                    shutil.rmtree(work, ignore_errors=True)
+                    raise SystemExit(f"{label} failed in cell {err.cell_index}: {err.ename}: "
+                                     f"{err.evalue}\nthe executed notebook with the traceback is "
+                                     f"{failed}; the last good outputs are unchanged") from None
+                except BaseException:  # interrupted, or the kernel died: nothing is published
+                    shutil.rmtree(work, ignore_errors=True)
+                    raise
+                seconds = time.perf_counter() - start
+                new = cache_entries() - before
+                slices = sum(len(p.parts) == 1 for p in new)
+                writers |= other_writers()
+                planned = "" if step is None or step.renders else f" of {len(step.slices)} planned"
+                if writers:
+                    who = (f"{slices} model slices new in the cache{planned}, trained by this run "
+                           f"or by the {', '.join(sorted(writers))} writing the same cache")
+                else:
+                    who = f"{slices} model slices trained by this run{planned}"
+                print(f"{label} done in {seconds:.0f} s; {who}, {len(new) - slices} other cache "
+                      "entries written", flush=True)
+                work_done = 0 if step is None else sum(step.work().values())
+                rows.append({"notebook": nb.stem, "profile": profile, "dataset": dataset,
+                             "seconds": round(seconds, 1), "slices_trained": slices,
+                             "planned_sample_epochs": work_done, "precision": precision,
+                             "date": dt.date.today().isoformat(), "machine": host})
+                moves = [(work / "results", res_dir), (work / "figures", fig_dir), (work, res_dir)]
+                if committed:
+                    staged.append((work, moves, res_dir / f"{nb.stem}.failed.ipynb"))
+                else:
+                    _publish(work, moves, res_dir / f"{nb.stem}.failed.ipynb")
+                    _record(res_dir / "timings.csv", [r for r in rows if r["dataset"] == dataset])
+    for work, moves, failed in staged:  # a complete default run: every notebook passed
+        _publish(work, moves, failed)
     if committed:
         _record(res_top / "timings.csv", rows)
         for nb in todo:
@@ -397,11 +728,16 @@ def readable_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _publish(work: Path, steps) -> None:
+def _publish(work: Path, steps, failed: Path | None = None) -> None:
+    """Move a finished notebook's outputs into place; its older failed copy ``failed``
+    (``<stem>.failed.ipynb``) goes, since a good run replaces it."""
     for src, dst in steps:
         if src.is_dir():
             _move_into(src, dst)
     shutil.rmtree(work, ignore_errors=True)
+    if failed is not None:
+        with contextlib.suppress(OSError):
+            failed.unlink()
 
 
 def _record(path: Path, rows: list[dict]) -> pd.DataFrame:
@@ -425,6 +761,9 @@ def main(argv=None) -> None:
                     help="override a notebook parameter (Python literal), e.g. -p dataset mnist")
     ap.add_argument("--results", help="results folder (default: see above)")
     ap.add_argument("--figures", help="figures folder (default: see above)")
+    ap.add_argument("--plan", action="store_true",
+                    help="print what the run would compute (runs stored and to compute per "
+                         "notebook, the trainings, an estimate on this machine) and exit")
     args = ap.parse_args(argv)
     params = {k: _value(v) for k, v in args.parameter}
     only = parse_only(args.only)
@@ -432,8 +771,10 @@ def main(argv=None) -> None:
         config.profile_name(args.profile)
     except ValueError as exc:
         raise SystemExit(f"BDUNLEARN_PROFILE: {exc}") from None
-    timings = run(args.profile, only, params, args.results, args.figures)
-    print(timings[["notebook", "dataset", "seconds"]].to_string(index=False))
+    timings = run(args.profile, only, params, args.results, args.figures,
+                  plan_only=args.plan)
+    if not timings.empty:
+        print(timings[["notebook", "dataset", "seconds"]].to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,11 @@ def test_only_selects_by_number_or_stem_and_refuses_unknown(tmp_path):
     assert pick(["01_attack", "02"]) == ["01_attack", "02_unlearning_trajectory"]
     with pytest.raises(SystemExit, match="matches no notebook"):
         pick(["99"])
+    # whole numbers or stems, never a prefix; a repeat is the same notebook
+    assert pick(["01", "01"]) == pick(["1"]) == pick(["01_attack", "1"]) == ["01_attack"]
+    for prefix in ("0", "01_att", "_attack", "001x"):
+        with pytest.raises(SystemExit, match=f"--only '{prefix}' matches no notebook"):
+            pick([prefix])
 
 
 def test_timings_merge_newer_rows_win(tmp_path):
@@ -35,6 +40,23 @@ def test_timings_merge_newer_rows_win(tmp_path):
     reproduce._record(path, [row("02_b", 7.0)])
     t = pd.read_csv(path)
     assert t.notebook.tolist() == ["01_a", "02_b"] and t.seconds.tolist() == [3.0, 7.0]
+
+
+def test_the_estimate_reads_this_machines_last_runs_and_reads_as_time(tmp_path):
+    row = lambda nb, s, w, day, machine="m", precision="bf16": {  # noqa: E731
+        "notebook": nb, "dataset": "fmnist", "seconds": s, "planned_sample_epochs": w,
+        "precision": precision, "date": f"2026-12-0{day}", "machine": machine}
+    pd.DataFrame([row("06_fidelity", 100, 1000, 1), row("06_fidelity", 100, 4000, 2),
+                  row("07_request_detection", 50, 0, 3),  # trained nothing: no pace
+                  row("01_attack", 10, 500, 3, machine="another"),
+                  row("01_attack", 10, 700, 3, precision="stored")]).to_csv(
+        tmp_path / "timings.csv", index=False)
+    (tmp_path / "old.csv").write_text("notebook,seconds\n01_attack,3\n")  # an older table
+    rates = reproduce.timing_rates("m", [tmp_path / "timings.csv", tmp_path / "old.csv"])
+    assert rates == {("fmnist", "06_fidelity", "bf16"): 40.0,
+                     ("fmnist", "01_attack", "stored"): 70.0}
+    assert [reproduce.duration(s) for s in (40, 600, 3 * 3600 + 1200, 50 * 3600)] == [
+        "40 s", "10 min", "3 h 20 min", "2 days 2 h"]
 
 
 def test_summary_table_reads_the_csvs(tmp_path):
@@ -250,6 +272,65 @@ def test_runner_publishes_a_notebook_only_when_it_passed(tmp_path, capfd):
     out, err = capfd.readouterr()
     assert "[1/1] 01_tiny (smoke, fmnist, " in out and ") done in" in out
     assert "without encryption" not in out + err
+    # a later good run replaces the failed copy too
+    reproduce.run("smoke", params={"epochs": 3}, results=res, figures=fig, folder=tmp_path)
+    assert (res / "01_tiny.csv").read_text() == "epochs\n3\n"
+    assert not (res / "01_tiny.failed.ipynb").exists()
+
+
+def test_the_slices_count_names_the_other_writers_of_the_cache(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("BDUNLEARN_CACHE", str(tmp_path / "cache"))
+    _tiny_notebook(tmp_path)
+    go = lambda: reproduce.run("smoke", params={"epochs": 2}, results=tmp_path / "res",  # noqa: E731
+                               figures=tmp_path / "fig", folder=tmp_path)
+    go()
+    out = capfd.readouterr().out
+    assert "0 model slices trained by this run," in out
+    marks = tmp_path / "cache" / ".writers"
+    assert not list(marks.iterdir())  # this runner's own mark went with it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    host = reproduce.socket.gethostname()
+    (marks / f"{host}-{dead}").write_text("runner gone")
+    (marks / f"{host}-{os.getppid()}").write_text("sweep python -m bdunlearn.sweep")
+    go()
+    out = capfd.readouterr().out
+    assert (f"0 model slices new in the cache, trained by this run or by the sweep pid "
+            f"{os.getppid()} writing the same cache") in out
+    assert sorted(p.name for p in marks.iterdir()) == [f"{host}-{os.getppid()}"]  # dead: gone
+
+
+@pytest.mark.skipif(not FMNIST, reason="dataset-fashion-mnist is not installed")
+def test_the_plan_says_what_a_run_then_computes(tmp_path, monkeypatch, capfd):
+    # One cheap notebook at smoke, into an empty store and an empty cache: the plan-only
+    # option prints the runs and an estimate, then the run computes and trains exactly that.
+    monkeypatch.setenv("BDUNLEARN_CACHE", str(tmp_path / "cache"))
+    store, res = tmp_path / "store", tmp_path / "res"
+    params = {"train_subset": 1000, "epochs": 1, "store_dir": str(store)}
+    argv = ["--profile", "smoke", "--only", "01", "--results", str(res), "--figures",
+            str(tmp_path / "fig")] + [a for k, v in params.items() for a in ("-p", k, str(v))]
+    reproduce.main([*argv, "--plan"])
+    out = capfd.readouterr().out
+    (step,) = reproduce.survey("smoke", params, ["01_attack"], ["fmnist"], res)
+    assert step.stored == 0 and len(step.missing) == step.runs >= 1 and step.slices
+    assert re.search(rf"01_attack +0 of {step.runs} +{step.runs} +{len(step.slices)} +0 +\S",
+                     out), out
+    assert (f"total: {step.runs} run{'s' * (step.runs > 1)} to compute, "
+            f"{len(step.slices)} model slices to train") in out
+    assert "samples/s, measured here now" in out
+    assert not store.exists() and not res.exists()  # the plan computed nothing
+    t = reproduce.run("smoke", only=["01"], params=params, results=res,
+                      figures=tmp_path / "fig")
+    out = capfd.readouterr().out
+    assert t.slices_trained.tolist() == [len(step.slices)]
+    assert f"{len(step.slices)} model slices trained by this run of {len(step.slices)} planned" \
+        in out
+    stored = reproduce.RunStore(store)
+    assert all(stored.has(*key) for key in step.missing)
+    assert len(list(store.glob("*/*/*.csv"))) == len(step.missing)
+    assert f"01_attack: {step.runs} of {step.runs} runs stored, done" in out  # the progress
+    (again,) = reproduce.survey("smoke", params, ["01_attack"], ["fmnist"], res)
+    assert (again.stored, again.missing, again.slices) == (step.runs, [], [])
 
 
 @pytest.mark.skipif(not FMNIST, reason="dataset-fashion-mnist is not installed")
