@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data lint test reproduce lab bench clean-cache
+.PHONY: setup data lint test reproduce figures plan lab bench clean-cache
 
 setup: $(VENV)/.installed data
 
@@ -49,6 +49,16 @@ reproduce: setup
 	$(if $(filter-out none,$(RAY)),$(MAKE) --no-print-directory $(VENV)/.cluster)
 	$(if $(RAY),$(BIN)/python -m bdunlearn.sweep --profile $(PROFILE) --ray $(RAY) --no-notebooks $(ARGS))
 	$(BIN)/python -m bdunlearn.reproduce --profile $(PROFILE) $(ARGS)
+
+# Every table and figure from the stored runs (each notebook's largest precision/device
+# group), computing nothing: about a minute at the default profile.
+figures: setup
+	$(BIN)/python -m bdunlearn.reproduce --profile $(PROFILE) -p compute False $(ARGS)
+
+# What `make reproduce` would do here (runs stored and to compute per notebook, the
+# trainings, an estimate on this machine), without doing it.
+plan: setup
+	$(BIN)/python -m bdunlearn.reproduce --profile $(PROFILE) --plan $(ARGS)
 
 # As root (a container) Jupyter needs --allow-root; SUDO is empty exactly then.
 lab: setup
