@@ -536,6 +536,23 @@ CONFIG = [
      SystemExit, "--results /proc/nope/x"),
     ("runner: BDUNLEARN_PROFILE=huge", _runner_env({"BDUNLEARN_PROFILE": "huge"}), SystemExit,
      "BDUNLEARN_PROFILE: unknown profile 'huge'"),
+    ("seeds '0-200000' (refused before the range is built)",
+     lambda c: config.resolve("smoke", seeds="0-200000"), ValueError,
+     "seeds '0-200000' holds more than 10000 seeds; give at most 10000"),
+    ("seeds 20,000 in a list", lambda c: config.resolve("smoke", seeds=list(range(20000))),
+     ValueError, "holds 20000 values; give at most 10000"),
+    ("seed 2**31", lambda c: config.resolve("smoke", seeds="0,2147483648"), ValueError,
+     "holds 2147483648; give seeds between 0 and 2147483647"),
+    ("runner: seeds 0-200000", _runner("--only", "01", "-p", "seeds", "0-200000"), SystemExit,
+     "seeds '0-200000' holds more than 10000 seeds"),
+    ("runner: --only 0 (no prefix match)", _runner("--only", "0"), SystemExit,
+     "--only '0' matches no notebook"),
+    ("runner: --only 01,9", _runner("--only", "01,9"), SystemExit,
+     "--only '9' matches no notebook"),
+    ("runner: compute False on an empty store",
+     lambda c: _runner("--only", "01,01", "-p", "compute", "False", "-p", "store_dir",
+                       str(c.tmp / "empty-store"))(c), SystemExit,
+     "there are no stored runs of 01_attack in"),
 ]
 
 CASES = ([("data", *c) for c in DATA] + [("attack", *c) for c in ATTACK]
