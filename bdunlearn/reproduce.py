@@ -434,12 +434,16 @@ class Progress:
         self.store = None if step is None else RunStore(step.cfg.store_dir)
         self.total = 0 if step is None else len(step.missing)
         self.done = 0
+        self._stored: set = set()
         self._stop = threading.Event()
         self._thread = None
         self._bar = None
 
     def _count(self) -> int:
-        return sum(self.store.has(*key) for key in self.step.missing)
+        """Runs stored so far (each run is checked until it is there, then counted)."""
+        self._stored.update(k for k in self.step.missing
+                            if k not in self._stored and self.store.has(*k))
+        return len(self._stored)
 
     def _left(self, elapsed: float) -> str:
         if self.done:
@@ -449,15 +453,15 @@ class Progress:
         return "time left unknown"
 
     def _tick(self) -> None:
-        done = self._count()
+        done, before = self._count(), self.done
+        self.done = done
         elapsed = time.perf_counter() - self._start
         if self._bar is not None:
             self._bar.update(done - self._bar.n)
             self._bar.set_postfix_str(self._left(elapsed))
-        elif done > self.done:
+        elif done > before:
             print(f"  {self.step.stem}: {done} of {self.total} runs stored, "
                   f"{self._left(elapsed) if done < self.total else 'done'}", flush=True)
-        self.done = done
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):

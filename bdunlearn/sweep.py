@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from .cache import default_cache_dir
 from .config import PROFILES, profile_datasets, profile_name
 from .plan import Chain, Job, plan
-from .reproduce import _value, available, parse_only
+from .reproduce import _value, available, parse_only, writing
 
 MAX_RETRIES = 3  # Ray re-runs a task whose worker died this many times
 
@@ -262,7 +262,8 @@ def main(argv=None) -> None:
     print(f"sweep: {len(jobs) - chains} slice checkpoints and {chains} request chains planned "
           f"for profile {profile}, cache {default_cache_dir()}", flush=True)
     try:
-        result = execute(jobs, backend)
+        with writing("sweep"):  # a runner on the same cache names this process
+            result = execute(jobs, backend)
     finally:
         backend.close()
     print(f"sweep: {result.trained} trained, {result.cached} already cached, "
