@@ -1,88 +1,93 @@
 #!/usr/bin/env bash
 # Device side of the kit, one command: tools/device/run.sh OUT [RUNNER ARGS...]
 #
-# Installs the carried wheels (tools/device/payload, see prepare.sh) into a scratch folder
-# when the image lacks papermill, then runs each job (runner arguments: the default jobs
-# below, or the RUNNER ARGS given) through `python -m bdunlearn.reproduce` into one run
-# store, and after every job packs into OUT (at most 8 files, all small):
-#   runs.tar.gz       the run store: every run finished so far (merge it on the CPU side
-#                     with `python -m bdunlearn.store merge runs.tar.gz results/runs`)
-#   notebooks.tar.gz  the executed notebooks
-#   timings.csv       the runner's wall time per notebook, with slices trained
-#   bench.txt         `python -m bdunlearn.bench --quick` on this machine (GPU figures)
-#   env.txt, log.txt  the machine (nvidia-smi, torch) and what ran when
-# A job is stopped when DEADLINE seconds (default 540) have passed since the start; what
-# finished before is already packed. On a GPU the notebooks train a fit's shards together
-# (stacked with vmap), so no separate sweep runs here.
+# With no RUNNER ARGS it runs the default plan (printed at its start), coverage first:
+# every notebook at `smoke` with `-p device cuda` (one job each), `make bench`'s benchmark,
+# then the longest `default` work: notebook 06's 20- against 100-epoch section seed by
+# seed, then notebook 07. RUNNER ARGS make one job of `python -m bdunlearn.reproduce ARGS`.
+# Every job is bounded in time; a job that fails is recorded and the next one runs.
+# Results are packed into OUT every PACK_EVERY seconds, before a job is stopped and after
+# every job (at most 7 files): runs.tar.gz (the run store: merge it with
+# `python -m bdunlearn.store merge OUT/runs.tar.gz results/runs`), notebooks.tar.gz (each
+# job's tables and executed notebooks, those still running included), timings.csv,
+# bench.csv (one row as each is measured), bench.txt, env.txt, log.txt. docs/scaling.md.
+#
+# Environment: PYTHON (default python3, the image's torch), LIMIT (the run's time limit,
+# default 600 s) and MARGIN (60 s) make DEADLINE (LIMIT - MARGIN), PACK_EVERY (60),
+# SMOKE_SECONDS (150 a notebook), BENCH_SECONDS (120), BENCH_ARGS, PLAN (a file of
+# jobs, NAME|SECONDS|ARGS a line), PLAN_ONLY=1 (print the plan, run nothing), DEVICE
+# (cuda), BDUNLEARN_PAYLOAD (tools/device/payload), FORCE_INSTALL=1.
+# Everything is checked before anything is written; a wrong argument or environment
+# exits 2 with one line, a failed job makes the exit status 1.
 set -uo pipefail
-OUT=${1:?usage: tools/device/run.sh OUT [RUNNER ARGS...]}
+die() { echo "run.sh: $*" >&2; exit 2; }
+int() { [[ $2 =~ ^[0-9]+$ ]] || die "$1=$2 is not a whole number of seconds"; }
+
+[ $# -ge 1 ] && [ -n "$1" ] || die "usage: tools/device/run.sh OUT [RUNNER ARGS...]"
+OUT=$1
 shift
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-PAYLOAD=${BDUNLEARN_PAYLOAD:-$HERE/payload}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=${PYTHON:-python3}
-DEADLINE=${DEADLINE:-540}
-START=$(date +%s)
-SCRATCH=$(mktemp -d)
-STORE=$SCRATCH/store
-mkdir -p "$OUT" "$STORE"
-OUT=$(cd "$OUT" && pwd)
-log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
-left() { echo $((DEADLINE - ($(date +%s) - START))); }
-
-if ! "$PY" -c "import papermill, ipykernel" 2>/dev/null; then
-  log "installing the carried wheels into $SCRATCH/site"
-  "$PY" -m pip install -q --no-index --find-links "$PAYLOAD/wheels" --target "$SCRATCH/site" \
-    papermill ipykernel ipywidgets >>"$OUT/log.txt" 2>&1 || { log "wheel install failed"; exit 1; }
-  export PYTHONPATH="$SCRATCH/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-  export PATH="$SCRATCH/site/bin:$PATH"
-else
-  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-fi
-"$PY" -m ipykernel install --prefix "$SCRATCH/jupyter" --name python3 >/dev/null 2>&1
-export JUPYTER_PATH="$SCRATCH/jupyter/share/jupyter"
-export BDUNLEARN_CACHE="$SCRATCH/cache"
-[ -d "$PAYLOAD/data" ] && export BDUNLEARN_DATA="$PAYLOAD/data"
-{ nvidia-smi 2>/dev/null || echo "no nvidia-smi"; "$PY" -c "import torch; print('torch', \
-torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) \
-if torch.cuda.is_available() else '')"; nproc; } >"$OUT/env.txt" 2>&1
-
-pack() {  # everything finished so far into OUT, atomically
-  tar -czf "$OUT/.runs.tar.gz" -C "$STORE" . && mv "$OUT/.runs.tar.gz" "$OUT/runs.tar.gz"
-  if ls "$SCRATCH"/res-*/*.ipynb >/dev/null 2>&1; then
-    tar -czf "$OUT/.notebooks.tar.gz" -C "$SCRATCH" $(cd "$SCRATCH" && ls -d res-*/*.ipynb) \
-      && mv "$OUT/.notebooks.tar.gz" "$OUT/notebooks.tar.gz"
-  fi
-  "$PY" - "$SCRATCH" "$OUT/timings.csv" <<'PYEOF'
-import sys
-from pathlib import Path
-import pandas as pd
-found = sorted(Path(sys.argv[1]).glob("res-*/**/timings.csv"))
-if found:
-    pd.concat([pd.read_csv(p).assign(job=p.parts[-2] if p.parent.name.startswith("res-")
-               else p.parts[-3]) for p in found]).to_csv(sys.argv[2], index=False)
-PYEOF
-}
-
-if [ $# -gt 0 ]; then
-  JOBS=("$*")
-else  # by value: what the 2-core CPU cannot afford first
-  JOBS=("--profile default --only 06 -p seeds 0-9 -p device cuda"
-        "--profile default --only 07 -p device cuda"
-        "--profile default --only 01,02,04 -p seeds 0-9 -p device cuda"
-        "--profile default --only 03,05 -p seeds 0-4 -p device cuda")
-  log "bench"
-  timeout 120 "$PY" -m bdunlearn.bench --quick >"$OUT/bench.txt" 2>&1 || log "bench stopped"
-fi
-i=0
-for job in "${JOBS[@]}"; do
-  i=$((i + 1))
-  if [ "$(left)" -lt 30 ]; then log "job $i skipped (deadline): $job"; continue; fi
-  log "job $i: $job"
-  # shellcheck disable=SC2086
-  timeout "$(left)" "$PY" -m bdunlearn.reproduce $job -p store_dir "'$STORE'" \
-    --results "$SCRATCH/res-$i" --figures "$SCRATCH/fig-$i" >>"$OUT/log.txt" 2>&1
-  log "job $i exit $?"
-  pack
+PAYLOAD=${BDUNLEARN_PAYLOAD:-$HERE/payload}
+LIMIT=${LIMIT:-600}; int LIMIT "$LIMIT"
+MARGIN=${MARGIN:-60}; int MARGIN "$MARGIN"
+[ "$LIMIT" -gt "$MARGIN" ] || die "LIMIT=$LIMIT must exceed MARGIN=$MARGIN"
+DEADLINE=${DEADLINE:-$((LIMIT - MARGIN))}; int DEADLINE "$DEADLINE"
+[ "$DEADLINE" -ge 1 ] || die "DEADLINE=$DEADLINE must be at least 1 second"
+PACK_EVERY=${PACK_EVERY:-60}; int PACK_EVERY "$PACK_EVERY"
+[ "$PACK_EVERY" -ge 1 ] || die "PACK_EVERY=$PACK_EVERY must be at least 1 second"
+for var in SMOKE_SECONDS BENCH_SECONDS; do
+  [ -z "${!var:-}" ] || int "$var" "${!var}"
 done
-log "done: $(find "$STORE" -name '*.csv' ! -name '*.*.csv' | wc -l) runs stored"
+[ -z "${PLAN:-}" ] || [ -f "$PLAN" ] || die "PLAN=$PLAN is not a file"
+
+command -v "$PY" >/dev/null 2>&1 || die "no Python: '$PY' is not found; set PYTHON to the image's python3"
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1 \
+  || die "'$PY' does not run as Python 3.10 or newer; set PYTHON to the image's python3"
+"$PY" -c 'import torch' >/dev/null 2>&1 || die "'$PY' has no torch; set PYTHON to the image's python3"
+if [ -z "${PLAN_ONLY:-}" ] && { [ -n "${FORCE_INSTALL:-}" ] || \
+    ! "$PY" -c 'import papermill, ipykernel' >/dev/null 2>&1; }; then
+  compgen -G "$PAYLOAD/wheels/*.whl" >/dev/null || die "no payload: '$PY' lacks papermill and \
+$PAYLOAD/wheels holds no wheels; run tools/device/prepare.sh and carry tools/device/payload"
+fi
+
+# OUT last: created only once everything else holds, never '/' or a file.
+if [ -e "$OUT" ]; then
+  [ -d "$OUT" ] || die "OUT $OUT exists and is not a folder"
+  [ "$(cd "$OUT" && pwd -P)" != / ] || die "OUT is '/'; give a folder of its own"
+else
+  mkdir -p -- "$OUT" 2>/dev/null || die "cannot create OUT $OUT; give a writable folder"
+fi
+OUT=$(cd "$OUT" && pwd -P)
+probe=$(mktemp "$OUT/.probe.XXXXXX" 2>/dev/null) || die "cannot write into OUT $OUT"
+rm -f "$probe"
+
+# One scratch folder per kit (store, cache, notebooks' results, the carried wheels),
+# removed at the end; those of kits killed before they could remove theirs go now.
+TMP=${TMPDIR:-/tmp}
+for old in "$TMP"/bdunlearn-kit-*; do
+  [ -d "$old" ] || continue
+  pid=${old#"$TMP"/bdunlearn-kit-}; pid=${pid%%-*}
+  [[ $pid =~ ^[0-9]+$ ]] && ! kill -0 "$pid" 2>/dev/null && rm -rf -- "$old"
+done
+SCRATCH=$(mktemp -d "$TMP/bdunlearn-kit-$$-XXXXXX") || die "cannot create a scratch folder in $TMP"
+KIT=""
+cleanup() {
+  if [ -n "$KIT" ] && kill -0 "$KIT" 2>/dev/null; then kill -TERM "$KIT"; wait "$KIT"; fi
+  rm -rf -- "$SCRATCH"
+  rm -f -- "$OUT"/.*.tmp "$OUT"/.probe.*
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+args=(--out "$OUT" --scratch "$SCRATCH" --deadline "$DEADLINE" --python "$PY"
+      --payload "$PAYLOAD" --pack-every "$PACK_EVERY" --device "${DEVICE:-cuda}")
+[ -n "${PLAN:-}" ] && args+=(--plan "$PLAN")
+[ -n "${PLAN_ONLY:-}" ] && args+=(--plan-only)
+[ -n "${FORCE_INSTALL:-}" ] && args+=(--force-install)
+"$PY" "$HERE/kit.py" "${args[@]}" -- "$@" &
+KIT=$!
+wait "$KIT"
+rc=$?
+KIT=""
+exit "$rc"

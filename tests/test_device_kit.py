@@ -1,0 +1,171 @@
+"""The device kit (tools/device/): it fails loudly before writing anything, plans every
+notebook first, keeps going past a failed job, and a run killed mid-job returns every
+finished run, which merges into a store and reads back whole."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from bdunlearn import studies
+from bdunlearn.reproduce import ROOT
+
+RUN = ROOT / "tools" / "device" / "run.sh"
+PREPARE = ROOT / "tools" / "device" / "prepare.sh"
+FMNIST = Path("/usr/share/datasets/fashion-mnist").is_dir()
+
+
+def kit_env(tmp_path, **extra) -> dict:
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path / "tmp"),
+           "BDUNLEARN_CACHE": str(tmp_path / "cache"), **extra}
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    for name in ("BDUNLEARN_RESULTS", "BDUNLEARN_FIGURES", "DEADLINE", "LIMIT", "MARGIN",
+                 "PLAN", "PLAN_ONLY", "FORCE_INSTALL"):
+        if name not in extra:
+            env.pop(name, None)
+    return env
+
+
+def run_kit(tmp_path, *args, timeout=300, **extra):
+    return subprocess.run(["bash", str(RUN), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=kit_env(tmp_path, **extra), cwd=tmp_path)
+
+
+def test_an_uncreatable_out_exits_nonzero_and_writes_nothing(tmp_path):
+    before = set(os.listdir("/"))
+    done = run_kit(tmp_path, "/proc/nope")
+    assert done.returncode == 2 and not done.stdout
+    assert done.stderr.strip() == ("run.sh: cannot create OUT /proc/nope; give a writable "
+                                   "folder")
+    assert set(os.listdir("/")) == before  # no log.txt, env.txt or runs.tar.gz in /
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]
+    assert not any((tmp_path / "tmp").iterdir())  # no scratch folder either
+
+
+@pytest.mark.parametrize("extra, args, says", [
+    ({"DEADLINE": "abc"}, ("out",), "DEADLINE=abc is not a whole number of seconds"),
+    ({"LIMIT": "10m"}, ("out",), "LIMIT=10m is not a whole number of seconds"),
+    ({"LIMIT": "30", "MARGIN": "60"}, ("out",), "LIMIT=30 must exceed MARGIN=60"),
+    ({"PYTHON": "/nonexistent/python3"}, ("out",), "no Python: '/nonexistent/python3'"),
+    ({"PYTHON": "/bin/false"}, ("out",), "'/bin/false' does not run as Python 3.10"),
+    ({"FORCE_INSTALL": "1", "BDUNLEARN_PAYLOAD": "nowhere"}, ("out",), "no payload:"),
+    ({"PLAN": "noplan.txt"}, ("out",), "PLAN=noplan.txt is not a file"),
+    ({}, ("afile",), "OUT afile exists and is not a folder"),
+    ({}, ("",), "usage: tools/device/run.sh OUT"),
+    ({}, ("/",), "OUT is '/'"),
+])
+def test_each_wrong_argument_or_environment_is_one_line_and_nothing_written(
+        tmp_path, extra, args, says):
+    (tmp_path / "afile").write_text("not a folder")
+    done = run_kit(tmp_path, *args, **extra)
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "out").exists() and (tmp_path / "afile").read_text() == "not a folder"
+    assert not any((tmp_path / "tmp").iterdir())
+
+
+def test_prepare_says_what_is_wrong_in_one_line_and_leaves_no_temporary_folder(tmp_path):
+    payload = ROOT / "tools" / "device" / "payload.tmp"
+    for args, env, says in [(["/bin/false"], {}, "'/bin/false' cannot run pip"),
+                            (["/nonexistent/python3"], {}, "no Python: '/nonexistent/python3'"),
+                            ([sys.executable], {"FMNIST": str(tmp_path)}, "run make data first"),
+                            ([sys.executable], {"PYVER": "twelve"}, "PYVER=twelve"),
+                            (["a", "b"], {}, "usage:")]:
+        done = subprocess.run(["bash", str(PREPARE), *args], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, **env})
+        assert done.returncode == 2 and says in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and not payload.exists()
+
+
+def test_the_default_plan_runs_every_notebook_at_smoke_on_cuda_first(tmp_path):
+    done = run_kit(tmp_path, tmp_path / "out", PLAN_ONLY="1")
+    assert done.returncode == 0, done.stderr
+    plan = [line.split(". ", 1)[1] for line in done.stdout.splitlines() if ". " in line
+            and ": at most" in line]
+    smoke = [f"smoke {nb}: at most 150 s: -m bdunlearn.reproduce --profile smoke --only {nb} "
+             "-p device cuda" for nb in ("01", "02", "03", "04", "05", "06", "07")]
+    assert plan[:7] == smoke
+    assert plan[7].startswith("bench: ") and "-m bdunlearn.bench" in plan[7]
+    assert "section.py 06_fidelity-epochs --profile default -p seeds 0-9 -p device cuda" in plan[8]
+    assert "--profile default --only 07 -p device cuda" in plan[9] and len(plan) == 10
+    assert "deadline 540 s" in done.stdout  # LIMIT 600 s less the 60 s margin
+
+
+def test_a_failed_job_is_recorded_the_next_runs_and_the_kit_exits_nonzero(tmp_path):
+    plan = tmp_path / "plan.txt"
+    plan.write_text("\n".join([
+        "# name|seconds|python arguments",
+        "works|60|-c \"print('first job ran')\"",
+        "claim|60|-c \"raise SystemExit('claim 3 does not hold on this GPU')\"",
+        "slow|2|-c \"import time; print('sleeping', flush=True); time.sleep(120)\"",
+        "after|60|-c \"print('the job after the failures ran')\""]))
+    out = tmp_path / "out"
+    done = run_kit(tmp_path, out, PLAN=str(plan), PACK_EVERY="1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    reasons = done.stderr.splitlines()  # the reasons, not only in log.txt
+    assert reasons[0] == "device kit: 2 failure(s):"
+    assert "job 2 claim exit 1: claim 3 does not hold on this GPU" in reasons[1]
+    assert "job 3 slow stopped at its 2 s bound; last output: sleeping" in reasons[2]
+    log = (out / "log.txt").read_text()
+    assert "first job ran" in log and "the job after the failures ran" in log
+    assert "job 4 after: ok" in log
+    assert {"log.txt", "env.txt", "runs.tar.gz"} <= {p.name for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files
+    assert not any((tmp_path / "tmp").iterdir())  # the scratch folder is gone
+
+
+def packed_runs(archive: Path) -> list[str]:
+    try:
+        with tarfile.open(archive) as tar:
+            return [m.name for m in tar.getmembers()
+                    if m.name.endswith(".csv") and m.name.count(".") == 1]
+    except (OSError, tarfile.TarError, EOFError):
+        return []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FMNIST, reason="dataset-fashion-mnist is not installed")
+def test_a_run_killed_mid_job_returns_every_finished_run_which_merges_and_reads_back(tmp_path):
+    """The kit, packing every second, is killed (SIGKILL, as the device's time limit does)
+    once notebook 01 has stored its first seed and is computing the next: what came back
+    merges, every run in it whole, and the notebook's table reads back from it."""
+    out, merged = tmp_path / "out", tmp_path / "merged"
+    params = ["-p", "device", "cpu", "-p", "seeds", "0-2", "-p", "epochs", "2",
+              "-p", "train_subset", "1000"]
+    kit = subprocess.Popen(["bash", str(RUN), str(out), "--profile", "smoke", "--only", "01",
+                            *params], env=kit_env(tmp_path, PACK_EVERY="1"), cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 1200
+        while not packed_runs(out / "runs.tar.gz"):
+            assert kit.poll() is None, (out / "log.txt").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no run was packed in 20 minutes"
+            time.sleep(1)
+    finally:
+        os.killpg(kit.pid, signal.SIGKILL)  # the kit, its job and its packer, mid-job
+        kit.wait()
+    runs = packed_runs(out / "runs.tar.gz")
+    with tarfile.open(out / "notebooks.tar.gz") as tar:  # the notebook being run, staged
+        assert any(n.endswith("/01_attack.ipynb") and "/.01_attack-" in n
+                   for n in tar.getnames())
+    done = subprocess.run([sys.executable, "-m", "bdunlearn.store", "merge",
+                           str(out / "runs.tar.gz"), str(merged)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and f"merge: {len(runs)} runs copied" in done.stdout, done.stdout
+    cfg = studies.config("01_attack", "smoke", device="cpu", seeds=[0, 1, 2], epochs=2,
+                         train_subset=1000, store_dir=str(merged),
+                         results_dir=str(tmp_path / "res"), figures_dir=str(tmp_path / "fig"),
+                         compute=False)
+    table = studies.Notebook("01_attack", cfg).collect(progress=False)
+    assert table.run_key.nunique() == len(runs) >= 1  # every finished run, and no other
+    assert len(studies.missing("01_attack", cfg)) == 3 - len(runs)
+    assert set(table.device) == {"cpu"} and table.processor.notna().all()
+    assert table.select_dtypes("number").notna().all().all()  # nothing half-written
