@@ -471,7 +471,7 @@ def test_the_device_kit_runs_on_the_cpu_and_its_runs_merge_in(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     files = sorted(p.name for p in out.iterdir())
     assert {"runs.tar.gz", "notebooks.tar.gz", "timings.csv", "env.txt", "log.txt"} <= set(files)
-    assert len(files) <= 8 and "job 1 exit 0" in (out / "log.txt").read_text()
+    assert len(files) <= 8 and "job 1 runner: ok" in (out / "log.txt").read_text()
     merged = subprocess.run([sys.executable, "-m", "bdunlearn.store", "merge",
                              str(out / "runs.tar.gz"), str(store)], capture_output=True,
                             text=True, cwd=reproduce.ROOT)
