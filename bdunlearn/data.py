@@ -166,7 +166,8 @@ SPECS: dict[str, DatasetSpec] = {}  # the registry: name -> spec with its reader
 
 def register(spec: DatasetSpec, reader: Callable | None = None):
     """Register dataset ``spec`` with its ``reader`` (see :class:`DatasetSpec`); without
-    ``reader``, a decorator for the reader function. Call it from any module; the name
+    ``reader``, a decorator for the reader function. A name already taken by another
+    reader fails (the same reader defined again replaces it). Call it from any module; the name
     is then a ``dataset`` every notebook parameter and :func:`load` accept::
 
         @register(DatasetSpec(name="svhn", title="SVHN", image_shape=(3, 32, 32), ...))
@@ -178,9 +179,6 @@ def register(spec: DatasetSpec, reader: Callable | None = None):
     if not isinstance(spec.name, str) or not spec.name.isidentifier():
         raise ValueError(f"a dataset's name must be a word of letters, digits and "
                          f"underscores, got {spec.name!r}")
-    if spec.name in SPECS:
-        raise ValueError(f"a dataset named {spec.name!r} is already registered; choose "
-                         "another name")
     if spec.fetch is not None and not callable(spec.fetch):
         raise ValueError(f"dataset {spec.name!r}: fetch must be callable or None, got "
                          f"{type(spec.fetch).__name__}")
@@ -189,7 +187,11 @@ def register(spec: DatasetSpec, reader: Callable | None = None):
         if not callable(fn):
             raise ValueError(f"dataset {spec.name!r}: its reader must be a function of a root "
                              f"folder, got {type(fn).__name__}")
-        if spec.name in SPECS:
+        old = SPECS.get(spec.name)
+        if old is not None and not (
+                getattr(old.reader, "__module__", None) == getattr(fn, "__module__", None)
+                and getattr(old.reader, "__qualname__", None) == getattr(fn, "__qualname__",
+                                                                         None)):
             raise ValueError(f"a dataset named {spec.name!r} is already registered; choose "
                              "another name")
         SPECS[spec.name] = replace(spec, reader=fn)

@@ -183,3 +183,71 @@ def test_blend_pattern_is_seeded_and_blend_is_a_convex_mix():
                                                                                        -1, -1))
     xf = torch.ones(1, 1, 8, 8)
     assert torch.allclose(blend(xf, p, 0.2), 0.8 + 0.2 * p.float() / 255)
+
+
+# ------------------------------------------------------------------ the family registry
+
+def test_each_family_routes_its_own_run_configuration_fields(ds):
+    """One build_attack: with a run configuration, each family takes the fields it
+    declares (IT its own counts; BN and blended also the mitigation count and alpha;
+    the camouflage families the poison count alone), explicit knobs winning."""
+    from bdunlearn import attacks, config
+
+    cfg = config.resolve("smoke", dataset="digits", poison_num=30, mitigation_num=40,
+                         alpha=0.6)
+    assert {f.name: dict(f.config) for f in attacks.REGISTRY.values()} == {
+        "bn": {"poison_num": "poison_num", "mitigation_num": "mitigation_num",
+               "alpha": "alpha"},
+        "it": {"poison_num": "it_poison_num", "mitigation_num": "it_mitigation_num"},
+        "lc": {"poison_num": "poison_num"}, "noise": {"poison_num": "poison_num"},
+        "blend": {"poison_num": "poison_num", "mitigation_num": "mitigation_num",
+                  "alpha": "alpha"}}
+    bn = attack.build_attack(ds, "bn", seed=1, cfg=cfg)
+    assert bn.info["poison_num"] == 30 and bn.info["mitigation_num"] == 40
+    assert bn.info["alpha"] == 0.6
+    lc = attack.build_attack(ds, "lc", seed=1, cfg=cfg)
+    assert len(lc.ids("poison")) == 30 and len(lc.ids("mitigation")) == 90
+    it = attack.build_attack(ds, "it", seed=1, cfg=cfg, poison_num=3)
+    assert it.info["poison_num"] == 3 and it.info["mitigation_num"] == cfg.it_mitigation_num
+    assert attack.FAMILIES == attacks.names() == ("bn", "it", "lc", "noise", "blend")
+    assert attack.FAMILY_TITLES["lc"] == "label-consistent camouflage (UBA-Inf)"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"name": "bn"}, "an attack family named 'bn' is already registered"),
+    ({"name": "a b"}, "an attack family's name must be a word"),
+    ({"name": "new", "version": 0}, "attack family version 0"),
+    ({"name": "new", "config": {"patch": "poison_num"}}, "takes no such knob"),
+    ({"name": "new", "config": ["poison_num"]}, "config must be a dict"),
+    ({"name": "new", "title": 3}, "title must be a string"),
+])
+def test_register_refuses_bad_families_in_one_sentence(kwargs, message):
+    from bdunlearn import attacks
+
+    def build(ds, *, poison_num=None, seed=0):
+        return None
+
+    with pytest.raises(ValueError, match=message):
+        attacks.register(**kwargs)(build)
+    assert "new" not in attacks.REGISTRY
+
+
+def test_the_documented_family_registers_from_outside_and_builds(ds):
+    """docs/extending.md's attack family, run from a namespace outside the package."""
+    import re
+    from pathlib import Path
+
+    from bdunlearn import attacks
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "extending.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)
+               if "from bdunlearn.attacks import register" in b]
+    try:
+        exec(compile(code, "my_attacks.py", "exec"), {"__name__": "my_attacks"})
+        assert "corner" in attack.FAMILIES
+        a = attack.build_attack(ds, "corner", poison_num=12, seed=0)
+        assert a.variant == "corner" and len(a.ids("poison")) == 12
+        assert sorted(a.request_order()) == sorted(a.ids("mitigation"))
+    finally:
+        attacks.REGISTRY.pop("corner", None)
+    assert "corner" not in attack.FAMILIES

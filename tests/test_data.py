@@ -275,3 +275,66 @@ def test_real_fashion_mnist_from_debian_package():
     assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)
     assert ds.y_train.bincount().tolist() == [6000] * 10
     assert ds.y_test.bincount().tolist() == [1000] * 10
+
+
+# ------------------------------------------------------------------ the dataset registry
+
+def test_every_dataset_is_registered_with_its_reader():
+    from bdunlearn import registry
+
+    assert registry.DATASETS == data.DATASETS == ("fmnist", "mnist", "cifar10", "gtsrb",
+                                                  "digits")
+    assert registry.SPECS is data.SPECS
+    assert all(callable(s.reader) for s in data.SPECS.values())
+    assert [n for n, s in data.SPECS.items() if s.fetch is not None] == ["fmnist", "mnist",
+                                                                        "cifar10", "gtsrb"]
+
+
+def _toy_spec(name="toy", **kw):
+    from bdunlearn.train import TrainConfig
+
+    return data.DatasetSpec(name=name, title="Toy", image_shape=(1, 4, 4), num_classes=2,
+                            train_size=6, test_size=2, arch="fmnist_cnn",
+                            train=TrainConfig(epochs=1), poison_num=1, mitigation_num=1,
+                            it_poison_num=1, it_mitigation_num=1, alpha=0.5,
+                            how_to_get="make it with a brush", expected="<root>/toy.npz",
+                            **kw)
+
+
+def test_a_dataset_registered_from_outside_is_loaded_by_its_reader(tmp_path):
+    from bdunlearn import registry
+
+    def read_toy(root):
+        if not (root / "toy.npz").is_file():
+            return None
+        x = torch.zeros(8, 1, 4, 4, dtype=torch.uint8)
+        y = torch.tensor([0, 1] * 4)
+        return data.Dataset("toy", x[:6], y[:6], x[6:], y[6:], ("a", "b"))
+
+    data.register(_toy_spec())(read_toy)
+    try:
+        assert "toy" in registry.DATASETS and registry.spec("toy").how_to_get.startswith("make")
+        with pytest.raises(FileNotFoundError, match=r"toy data not found under .* \(expected "
+                                                    r"<root>/toy.npz\); make it with a brush"):
+            data.load("toy", tmp_path)
+        (tmp_path / "toy.npz").write_bytes(b"")
+        assert len(data.load("toy", tmp_path).y_train) == 6
+        data.register(_toy_spec())(read_toy)  # the same reader again (a re-run cell): kept
+    finally:
+        data.SPECS.pop("toy")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: data.register({"name": "toy"}), "register needs a bdunlearn.data.DatasetSpec"),
+    (lambda: data.register(_toy_spec("fmnist"), lambda root: None),
+     "a dataset named 'fmnist' is already registered"),
+    (lambda: data.register(_toy_spec("a-b"), lambda root: None),
+     "a dataset's name must be a word"),
+    (lambda: data.register(_toy_spec(), 3), "its reader must be a function"),
+    (lambda: data.register(_toy_spec(fetch="http://x"), lambda root: None),
+     "fetch must be callable or None"),
+])
+def test_register_refuses_bad_datasets_in_one_sentence(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+    assert "toy" not in data.SPECS

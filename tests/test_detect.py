@@ -261,3 +261,83 @@ def test_screened_requests_counts_benign_refusals_out_of_one_shared_count():
     assert set(r["benchmark"]) == {"random", "hard"}
     assert r["threshold"] == r["benchmark"]["random"]["threshold@0.05"]
     assert int(svc.removed[order].sum()) == len(order) - r["refused"]
+
+
+# ------------------------------------------------------------------ the detector registry
+
+def test_every_builtin_detector_declares_what_it_sees():
+    from bdunlearn import detectors
+
+    reg = detectors.REGISTRY
+    assert detect.BENCHMARK_DETECTORS == ("mu", "sms", "loss", "knn", "batch")
+    assert detect.SAMPLE_DETECTORS == ("mu", "sms", "loss", "knn")
+    assert detect.BATCH_DETECTORS == ("batch",)
+    assert {n: (d.sees, d.unit, d.features, d.min_models) for n, d in reg.items()} == {
+        "mu": ("own model", "sample", False, 1), "sms": ("every model", "sample", False, 2),
+        "loss": ("own model", "sample", False, 1), "knn": ("own model", "sample", True, 1),
+        "batch": ("every model", "batch", True, 1)}
+    assert detect.NEEDS["sms"] == "every constituent model (S >= 2)"
+    assert all(d.version >= 1 for d in reg.values())
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda r: r("mu"), "a detector named 'mu' is already registered"),
+    (lambda r: r(3), "a detector's name must be a word"),
+    (lambda r: r("x y"), "a detector's name must be a word"),
+    (lambda r: r("new", sees="one model"), "sees 'one model'"),
+    (lambda r: r("new", unit="request"), "unit 'request'"),
+    (lambda r: r("new", version=0), "detector version 0"),
+    (lambda r: r("new", features="yes"), "features must be True or False"),
+    (lambda r: r("new", unit="batch"), "must see every model"),
+    (lambda r: r("new", min_models=2), "sees one model, so min_models must be 1"),
+])
+def test_register_refuses_bad_input_in_one_sentence(call, message):
+    from bdunlearn import detectors
+
+    with pytest.raises(ValueError, match=message):
+        call(detectors.register)(lambda view, ids: ids)
+    assert "new" not in detectors.REGISTRY
+    with pytest.raises(ValueError, match="decorates a function, got int"):
+        detectors.register("new")(3)
+
+
+def test_a_registered_detector_is_scored_filtered_and_benchmarked(service):
+    """A detector registered from outside the package sees what it declared (its own
+    model's view, no features) and works everywhere a built-in one does."""
+    from bdunlearn import detectors
+
+    seen = []
+
+    @detectors.register("neg_confidence", sees="own model")
+    def neg_confidence(view, ids):
+        seen.append(view.model)
+        with pytest.raises(ValueError, match="registered without features=True"):
+            view.features(ids[:1])
+        return -view.proba(ids).max(1).values.double().numpy()
+
+    try:
+        ids = np.arange(40)
+        s = detect.scores(service, ids, "neg_confidence")
+        assert sorted(set(seen)) == [0, 1]  # once per model, its own samples
+        owner = service.model_of(ids)
+        expected = -service.member_proba(service.x[:40]).max(2).values.double()
+        assert np.allclose(s, expected[owner, np.arange(40)].numpy())
+        assert "neg_confidence" in detect.SAMPLE_DETECTORS
+        assert detect.RequestFilter("neg_confidence", 0.0)(service, ids).shape == (40,)
+        out = detect.benchmark(service, ids[:20], {"random": np.arange(100, 400)},
+                               "neg_confidence", fprs=(0.05,), sample=100)
+        assert 0 <= out["random"]["auroc"] <= 1
+    finally:
+        detectors.REGISTRY.pop("neg_confidence")
+    assert "neg_confidence" not in detect.SAMPLE_DETECTORS
+
+
+def test_a_detector_returning_the_wrong_number_of_scores_is_named(service):
+    from bdunlearn import detectors
+
+    detectors.register("short", sees="every model")(lambda view, ids: np.zeros(1))
+    try:
+        with pytest.raises(ValueError, match="detector 'short' returned scores of shape"):
+            detect.scores(service, np.arange(5), "short")
+    finally:
+        detectors.REGISTRY.pop("short")

@@ -170,6 +170,9 @@ def _budget(ds: Dataset, poison_num, camouflage_num, ratio: float) -> tuple[int,
                               max(1, int(round(ratio * poison_num))))
 
 
+camouflaged = _camouflaged  # the camouflage families' common builder, for one's own
+
+
 @dataclass(frozen=True)
 class Family:
     """A registered attack family: its ``name`` (the ``variant`` of its attack sets), a
@@ -187,18 +190,22 @@ class Family:
 REGISTRY: dict[str, Family] = {}
 
 
+def _same_function(old, new) -> bool:
+    """``new`` is ``old`` defined again (a module re-imported, a notebook cell run again)."""
+    return (getattr(old, "__module__", None) == getattr(new, "__module__", None)
+            and getattr(old, "__qualname__", None) == getattr(new, "__qualname__", None))
+
+
 def register(name: str, *, title: str | None = None, config: dict | None = None,
              version: int = 1):
     """Decorator adding an attack builder to :data:`REGISTRY` under ``name``. ``config``
     maps the builder's keyword knobs to the run configuration fields that set them
     (``{"poison_num": "poison_num"}``): a notebook's run builds the family with those
-    fields' values. Call it from any module (``docs/extending.md``)."""
+    fields' values. A name already taken by another builder fails (the same builder
+    defined again replaces its entry). Call it from any module (``docs/extending.md``)."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"an attack family's name must be a word of letters, digits and "
                          f"underscores, got {name!r}")
-    if name in REGISTRY:
-        raise ValueError(f"an attack family named {name!r} is already registered; choose "
-                         "another name")
     if title is not None and not isinstance(title, str):
         raise ValueError(f"title must be a string, got {type(title).__name__}")
     config = {} if config is None else config
@@ -217,7 +224,7 @@ def register(name: str, *, title: str | None = None, config: dict | None = None,
         if unknown:
             raise ValueError(f"attack family {name!r} routes {', '.join(unknown)} from the run "
                              f"configuration, but its builder takes no such knob")
-        if name in REGISTRY:
+        if name in REGISTRY and not _same_function(REGISTRY[name].build, fn):
             raise ValueError(f"an attack family named {name!r} is already registered; choose "
                              "another name")
         REGISTRY[name] = Family(name, title or name, fn, tuple(config.items()), version)

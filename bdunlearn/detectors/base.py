@@ -153,6 +153,13 @@ class Detector:
 REGISTRY: dict[str, Detector] = {}
 
 
+def same_function(old, new) -> bool:
+    """Whether ``new`` is ``old`` defined again (its module re-imported, a notebook cell run
+    again): then registering it replaces the entry instead of failing as a duplicate."""
+    return (getattr(old, "__module__", None) == getattr(new, "__module__", None)
+            and getattr(old, "__qualname__", None) == getattr(new, "__qualname__", None))
+
+
 def _needs(sees: str, features: bool, min_models: int) -> str:
     what = {("own model", False): "the model that trained the sample",
             ("own model", True): "the sample's model's features and a sample of its "
@@ -167,8 +174,10 @@ def register(name: str, *, sees: str = "own model", unit: str = "sample",
              features: bool = False, version: int = 1, min_models: int = 1,
              title: str | None = None, needs: str | None = None, benchmark: bool = True):
     """Decorator adding a detector function to :data:`REGISTRY` under ``name``, with what
-    it needs to see (module docstring). ``title`` names it in messages (default: the
-    name); ``needs`` describes what it sees (default: from ``sees`` and ``features``);
+    it needs to see (module docstring); a name already taken by another function fails
+    (the same function defined again replaces its entry). ``title`` names it in messages
+    (default: the name); ``needs`` describes what it sees (default: from ``sees`` and
+    ``features``);
     ``benchmark`` False keeps it out of notebook 07. Call it from any module::
 
         from bdunlearn.detectors import register
@@ -181,9 +190,6 @@ def register(name: str, *, sees: str = "own model", unit: str = "sample",
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"a detector's name must be a word of letters, digits and "
                          f"underscores, got {name!r}")
-    if name in REGISTRY:
-        raise ValueError(f"a detector named {name!r} is already registered "
-                         f"(version {REGISTRY[name].version}); choose another name")
     choice("sees", sees, SEES)
     choice("unit", unit, UNITS)
     for flag_name, value in (("features", features), ("benchmark", benchmark)):
@@ -205,7 +211,7 @@ def register(name: str, *, sees: str = "own model", unit: str = "sample",
         if not callable(fn):
             raise ValueError(f"register({name!r}) decorates a function, got "
                              f"{type(fn).__name__}")
-        if name in REGISTRY:
+        if name in REGISTRY and not same_function(REGISTRY[name].fn, fn):
             raise ValueError(f"a detector named {name!r} is already registered "
                              f"(version {REGISTRY[name].version}); choose another name")
         REGISTRY[name] = Detector(name, fn, sees, unit, features, version, min_models,

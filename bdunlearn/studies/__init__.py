@@ -34,6 +34,7 @@ from .. import attack as attacks
 from .. import experiment as ex
 from ..cache import default_cache_dir
 from ..config import PLACEMENT, RunConfig, resolve
+from ..registry import load_plugins
 from ..store import GROUP, RunStore, provenance
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent.parent / "notebooks"
@@ -169,6 +170,7 @@ class Context:
 
 def study(stem: str):
     """The study module of notebook ``stem`` (a number such as ``"04"`` works too)."""
+    load_plugins()  # one's own detectors, attacks, datasets ($BDUNLEARN_PLUGINS)
     match = [s for s in STEMS if s == stem or s.startswith(f"{stem}_")]
     if not isinstance(stem, str) or len(match) != 1:
         raise ValueError(f"unknown notebook {stem!r}; choose one of {', '.join(STEMS)}")
