@@ -177,8 +177,8 @@ def register(name: str, *, sees: str = "own model", unit: str = "sample",
     it needs to see (module docstring); a name already taken by another function fails
     (the same function defined again replaces its entry). ``title`` names it in messages
     (default: the name); ``needs`` describes what it sees (default: from ``sees`` and
-    ``features``);
-    ``benchmark`` False keeps it out of notebook 07. Call it from any module::
+    ``features``); ``benchmark`` False keeps it out of notebook 07. Call it from any
+    module (``docs/extending.md``)::
 
         from bdunlearn.detectors import register
 
