@@ -111,3 +111,43 @@ def test_the_runner_imports_plugins_named_in_the_environment(tmp_path, monkeypat
         sys.modules.pop("bdunlearn_plugin_my_detectors", None)
     with pytest.raises(FileNotFoundError, match="plug-in file .*nothing.py does not exist"):
         registry.load_plugins(str(tmp_path / "nothing.py"))
+
+
+def test_migrate_splits_a_run_of_every_detector_into_per_detector_runs(tmp_path, capsys):
+    """The runs stored before runs were per detector (one file holding every detector's
+    rows) become one run per detector under the key the study now computes, with the
+    rows' numbers and provenance unchanged; a second migration changes nothing."""
+    import pandas as pd
+
+    from bdunlearn.store import RunStore
+
+    store = tmp_path / "store"
+    cfg = studies.config(STEM, "smoke", dataset="digits", seeds=[0], shards=[1],
+                         precision="fp32", device="cpu", store_dir=str(store))
+    skey = studies.settings_key(benchmark, benchmark.TABLE, cfg)
+    old = RunStore.run_key(skey, {"seed": 0, "variant": "bn", "shards": 1}, "fp32", "cpu")
+    prov = {"precision": "fp32", "device": "cpu", "processor": "AMD EPYC (AVX2)",
+            "torch": "2.13.0+cpu", "date": "2026-12-06", "commit": "e0f9390",
+            "study_version": 2, "run_key": old}
+    rows = pd.DataFrame([{"dataset": "digits", "variant": "bn", "seed": 0, "shards": 1,
+                          "asr_before": 0.1, "detector": d, "auroc_random": a, **prov}
+                         for d, a in (("mu", 0.7), ("knn", 0.6))])
+    (store / benchmark.TABLE / skey).mkdir(parents=True)
+    rows.to_csv(store / benchmark.TABLE / skey / f"{old}.csv", index=False)
+
+    assert benchmark.migrate(store) == {"runs": 1, "written": 2, "kept": 0}
+    files = sorted((store / benchmark.TABLE / skey).glob("*.csv"))
+    assert len(files) == 2 and old not in {p.stem for p in files}
+    for run in benchmark.runs(cfg):
+        if run["variant"] == "bn" and run["detector"] in ("mu", "knn"):
+            rkey = studies.stored_key(benchmark, run, cfg)[1]
+            path = store / benchmark.TABLE / skey / f"{rkey}.csv"
+            got = pd.read_csv(path)
+            assert (got.run_key == path.stem).all() and got.detector.tolist() == [run["detector"]]
+            assert got.detector_version.tolist() == [run["detector_version"]]  # knn: 2
+            assert got.commit.tolist() == ["e0f9390"] and got.date.tolist() == ["2026-12-06"]
+            assert got.auroc_random.tolist() == [{"mu": 0.7, "knn": 0.6}[run["detector"]]]
+            assert list(got.columns[-len(prov):]) == list(prov)
+    assert benchmark.migrate(store) == {"runs": 0, "written": 0, "kept": 2}
+    benchmark.main(["migrate", str(store)])
+    assert "0 runs split" in capsys.readouterr().out
