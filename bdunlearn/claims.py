@@ -1049,7 +1049,8 @@ def readme_rows(tables: Mapping[str, pd.DataFrame], profile: str = "default"
                 table = table.assign(seed=0)
             where = f" [{label}]" if label and len(groups) > 1 else ""
             for setting, measured, verdict in claim.decide(table, claim.thresholds[profile]):
-                name = claim.statement + (f" ({setting})" if setting else "") + where
+                name = (claim.statement + (f" ({setting})" if setting else "") + where
+                        + f" [{claim.notebook[:2]}](docs/notebooks/{claim.notebook}.ipynb)")
                 rows.append((name, claim.paper, measured, verdict))
     return rows
 

@@ -5,7 +5,8 @@ the paper reports, what this package measured, and whether they agree. The table
 written between the markers ``<!-- results:start -->`` and ``<!-- results:end -->`` of
 README.md; the request-detection benchmark's leaderboard (notebook 07) between
 ``<!-- benchmark:start -->`` and ``<!-- benchmark:end -->``, and the two precision groups
-seed by seed between ``<!-- precision:start -->`` and ``<!-- precision:end -->``, in the
+seed by seed between ``<!-- precision:start -->`` and ``<!-- precision:end -->``, and the
+runner's timings between ``<!-- timings:start -->`` and ``<!-- timings:end -->``, in the
 README or any page of ``docs/``.
 """
 
@@ -155,7 +156,7 @@ def precision_table(results: Path) -> str:
     b = bench[bench.shards == 1].groupby(["variant", "seed"]).first()
     b = pd.DataFrame({"before": b.asr_before, "after": b.asr_after,
                       "group": b.precision + ", " + b.processor})
-    both = a.join(b, lsuffix=" (01)", rsuffix=" (07)", how="inner")
+    both = a.join(b, how="inner", suffixes=(" (01)", " (07)"))
     if both.empty:
         return "_No seed is stored in both notebooks yet._"
     lines = ["| attack | seed | 01: ASR before -> after | its group | 07: ASR before -> after "
@@ -174,7 +175,23 @@ def _between(text: str, start: str, end: str, body: str, readme: Path) -> str:
                   lambda _: f"{start}\n{body}\n{end}", text, flags=re.S)
 
 
-BLOCKS = {"results": table, "benchmark": benchmark_table, "precision": precision_table}
+def timings_table(results: Path) -> str:
+    """Per notebook: wall time, model slices trained and precision of the last run of the
+    runner that wrote ``results`` (``results/timings.csv``), with its machine and date."""
+    path = results / "timings.csv"
+    if not path.is_file():
+        return "_No timings yet: run `make reproduce`._"
+    t = pd.read_csv(path)
+    lines = ["| notebook | profile | precision | model slices trained | wall time |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r.notebook} | {r.profile} | {r.precision} | {int(r.slices_trained)} | "
+              f"{r.seconds:.1f} s |" for r in t.itertuples()]
+    return "\n".join(lines + ["", f"Run on {t.date.max()} on {t.machine.iloc[0]}; total "
+                              f"{t.seconds.sum():.1f} s."])
+
+
+BLOCKS = {"results": table, "benchmark": benchmark_table, "precision": precision_table,
+          "timings": timings_table}
 
 
 def update(page: Path, results: Path) -> bool:

@@ -11,6 +11,7 @@ from bdunlearn import claims, config
 from bdunlearn.metrics import interval, proportion_interval
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb"))
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "notebooks"
 
 
 def attack_table(asr_after: float) -> pd.DataFrame:
@@ -69,8 +70,15 @@ def test_every_claim_has_thresholds_at_every_profile():
         claims.get("nope")
 
 
+def _closing(cells: list) -> bool:
+    return "".join(cells[-1]["source"]).lstrip().startswith("## What this shows")
+
+
 def _markdown_numbers(nb: Path) -> list[tuple[str, float]]:
+    """The numbers a notebook's prose names, its closing "What this shows" cell apart (that
+    one reports what the notebook printed: see the test below)."""
     cells = json.loads(nb.read_text())["cells"]
+    cells = cells[:-1] if cells and _closing(cells) else cells
     text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
     found = [(m.group(0), float(m.group(1)) / 100)
              for m in re.finditer(r"(\d+(?:\.\d+)?)\s*%", text)]
@@ -84,6 +92,30 @@ def test_notebook_prose_names_only_thresholds_the_claims_hold(nb):
     stray = [text for text, v in _markdown_numbers(nb)
              if not any(abs(v - h) < 1e-9 for h in held)]
     assert not stray, f"{nb.name} names thresholds the claims module does not hold: {stray}"
+
+
+def _printed(nb: Path) -> list[float]:
+    """Every number in a rendered notebook's outputs (a percentage as a fraction)."""
+    text = "\n".join("".join(o.get("text", "")) + "".join(
+        "".join(v) for k, v in o.get("data", {}).items() if k.startswith("text/"))
+        for c in json.loads(nb.read_text())["cells"] for o in c.get("outputs", []))
+    found = [float(m) / 100 for m in re.findall(r"(-?\d+(?:\.\d+)?)\s*%", text)]
+    return found + [float(m) for m in re.findall(r"-?\d+\.\d+|\b\d+\b", text)]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_what_a_notebook_shows_is_what_it_printed(nb):
+    """Each notebook ends with "What this shows", whose percentages are numbers its rendered
+    copy (docs/notebooks/) printed, to the digits it gives, or thresholds of its claims."""
+    cells = json.loads(nb.read_text())["cells"]
+    assert _closing(cells), f"{nb.name} does not end with a 'What this shows' cell"
+    printed, held = _printed(DOCS / nb.name), claims.threshold_values()
+    stray = []
+    for m in re.finditer(r"(\d+(?:\.(\d+))?)%", "".join(cells[-1]["source"])):
+        value, tol = float(m.group(1)) / 100, 0.5 * 10 ** -(len(m.group(2) or "") + 2) + 1e-12
+        if not any(abs(u - value) <= tol for u in printed) and value not in held:
+            stray.append(m.group(0))
+    assert not stray, f"{nb.name} closes with numbers its rendered copy never printed: {stray}"
 
 
 def test_the_prose_check_catches_a_stale_number(tmp_path):
@@ -151,7 +183,8 @@ def test_rows_of_another_precision_or_device_are_never_pooled(capsys):
         claims.check("bn_switch_on", both, config.resolve("default", precision="fp32"))
     # the README shows each group in its own row
     rows = [r for r in claims.readme_rows({"01_attack": both}) if "switch" in r[0]]
-    assert [r[0].rsplit("[", 1)[1] for r in rows[:2]] == ["bf16, cpu]", "fp32, cpu]"]
+    assert [r[0].rsplit(" [", 2)[1] for r in rows[:2]] == ["bf16, cpu]", "fp32, cpu]"]
+    assert rows[0][0].endswith("[01](docs/notebooks/01_attack.ipynb)")  # its notebook
     assert "95.0% after" in rows[0][2] and "20.0% after" in rows[1][2]
 
 
@@ -267,7 +300,7 @@ def test_the_epochs_verdict_follows_the_per_run_counts():
     assert row[3] == "no change shown at n = 3"
     # each epoch count also gets its own headline rows, counted per run
     heads = [r for r in claims.readme_rows({"06_fidelity-epochs": t}) if "one model" in r[0]]
-    it = {r[0].split("(")[-1]: r[2] for r in heads if "input-targeted" in r[0]}
+    it = {r[0].split(" [")[0].split("(")[-1]: r[2] for r in heads if "input-targeted" in r[0]}
     assert it == {"20 epochs)": "switches on in 0 of 3 [0%, 56%] runs",
                   "100 epochs)": "switches on in 2 of 3 [21%, 94%] runs"}
     # one epoch count alone compares nothing
