@@ -300,7 +300,7 @@ def test_the_slices_count_names_the_other_writers_of_the_cache(tmp_path, monkeyp
     assert sorted(p.name for p in marks.iterdir()) == [f"{host}-{os.getppid()}"]  # dead: gone
 
 
-@pytest.mark.slow  # runs notebook 01 (about 20 s on a quiet 2-core machine)
+@pytest.mark.slow  # runs notebook 01 (at a tiny size) through papermill
 @pytest.mark.skipif(not FMNIST, reason="dataset-fashion-mnist is not installed")
 def test_the_plan_says_what_a_run_then_computes(tmp_path, monkeypatch, capfd):
     # One cheap notebook at smoke, into an empty store and an empty cache: the plan-only
