@@ -41,6 +41,7 @@ def test_the_example_is_about_twenty_lines():
     assert len(example_file().strip().splitlines()) <= 20
 
 
+@pytest.mark.slow  # trains: the built-in detectors' runs, then the new one's (50 s of CPU)
 def test_a_detector_from_the_users_own_module_computes_only_its_runs(
         tmp_path, monkeypatch, capsys, user_module, deadline):
     # The cheapest benchmark the study allows: smoke, one seed, one shard count, and (by
