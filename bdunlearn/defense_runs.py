@@ -23,7 +23,7 @@ from . import experiment as ex
 from .attack import AttackSet
 from .config import RunConfig
 from .data import Dataset
-from .train import predict
+from .train import predict, synchronize
 from .triggers import PatchTrigger
 
 
@@ -52,7 +52,7 @@ def overhead_once(model, atk: AttackSet, pool, ds: Dataset, cfg: RunConfig, *, s
     for name, knobs in overhead_defenses(cfg).items():
         r = ex.defend(model, name, x_def, y_def, ds.num_classes, seed=seed,
                       device=cfg.device, cache_dir=cache_dir, **knobs)
-        after = atk.evaluate(lambda x, m=r.model or model: predict(m, x))
+        after = atk.evaluate(lambda x, m=r.model or model: predict(m, x, device=cfg.device))
         rows.append({**meta, "defense": name, "seconds": r.seconds, "steps": r.steps,
                      "flagged": atk.target in (r.flagged or []),
                      "asr_after": after["asr"], "clean_acc_after": after["clean_acc"]})
@@ -79,6 +79,7 @@ def overhead_along_trajectory(atk: AttackSet, svc, counts, pool, ds: Dataset,
         if len(upcoming):
             t0 = time.perf_counter()
             detect.scores(served, upcoming, "mu")
+            synchronize(cfg.device)
             rows.append({"dataset": ds.name, "variant": atk.variant, "seed": seed,
                          "shards": served.shards, "requested": k, "setting": "bau",
                          "defense": "screen_mu", "seconds": time.perf_counter() - t0,
@@ -125,12 +126,13 @@ def erasure(targets: dict, pool, ds: Dataset, cfg: RunConfig, *, seed: int,
     x_def, y_def = pool
     rows = []
     for attack_name, (atk, model) in targets.items():
-        before = atk.evaluate(lambda x, m=model: predict(m, x))
+        before = atk.evaluate(lambda x, m=model: predict(m, x, device=cfg.device))
         for name, n, known, knobs in tqdm(erasure_plan(cfg, len(y_def)), desc=attack_name):
             trigger = PatchTrigger(atk.info["patch"]) if known else None
             r = ex.defend(model, name, x_def[:n], y_def[:n], ds.num_classes, seed=seed,
                           device=cfg.device, trigger=trigger, cache_dir=cache_dir, **knobs)
-            after = atk.evaluate(lambda x, m=r.model or model: predict(m, x))
+            after = atk.evaluate(lambda x, m=r.model or model: predict(m, x,
+                                                                     device=cfg.device))
             rows.append({"dataset": ds.name, "attack": attack_name,
                          "defense": name + ("_nc" if name == "grad_prune" and not known else ""),
                          "seed": seed, "defender_samples": n, "asr_before": before["asr"],

@@ -83,12 +83,19 @@ def cpu_name(cpuinfo: str | None = None) -> str:
 
 
 @functools.cache
-def processor() -> str:
-    """The GPU's name on a CUDA machine, else :func:`cpu_name`."""
+def processor(device: str | None = None) -> str:
+    """What a run on ``device`` (``"cpu"``, ``"cuda"``; ``None``: CUDA when present)
+    computes on: on CUDA the GPU's name with the numerics flags in force, e.g. ``"NVIDIA
+    H100 80GB HBM3 (TF32 off, cuDNN deterministic)"`` (:func:`bdunlearn.train.cuda_numerics`
+    sets them), else :func:`cpu_name`; ``"cpu"`` never touches CUDA."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda"):
+        from .train import cuda_numerics
+
+        return f"{torch.cuda.get_device_name(0)} ({cuda_numerics()})"
     return cpu_name()
 
 
@@ -118,7 +125,7 @@ def provenance(precision: str, device: str) -> dict:
     ``study_version`` are added by :meth:`RunStore.put`)."""
     import torch
 
-    return {"precision": precision, "device": device, "processor": processor(),
+    return {"precision": precision, "device": device, "processor": processor(device),
             "torch": torch.__version__, "date": dt.date.today().isoformat(),
             "commit": commit()}
 

@@ -21,20 +21,71 @@ from . import checks
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` is CUDA when present, else CPU; anything else must be a valid device."""
+    """``"auto"`` is CUDA when present, else CPU; anything else must be a valid device.
+
+    A CUDA device comes with the package's numerics set (:func:`cuda_numerics`), so every
+    caller that resolves one computes with TF32 off and cuDNN deterministic."""
     if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not supported; use 'auto', 'cpu' or 'cuda'")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU")
+        dev = device
+    elif device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"device {device!r} is not supported; use 'auto', 'cpu' or 'cuda'")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU")
+    if dev.type == "cuda":
+        cuda_numerics()
     return dev
+
+
+def cuda_numerics() -> str:
+    """Make CUDA compute what the CPU computes, and say how (for provenance and keys).
+
+    fp32 stays fp32: TF32 is off for matrix products and cuDNN convolutions (PyTorch's
+    default runs every fp32 convolution in TF32, a 10-bit mantissa); bf16 runs are
+    unaffected, since autocast already picks their kernels. cuDNN is deterministic and
+    does not benchmark algorithms, so the same seed gives the same weights run after run
+    on one GPU (cuDNN's deterministic algorithms can be slower; repeatability is worth
+    more here than a speed-up nobody has measured). Setting the flags touches no GPU;
+    they are process-wide and set again whenever a CUDA device is resolved."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    return numerics_label()
+
+
+def numerics_label() -> str:
+    """The CUDA numerics flags in force, e.g. ``"TF32 off, cuDNN deterministic"``."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    det = torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    return (f"TF32 {'on' if tf32 else 'off'}, cuDNN "
+            f"{'deterministic' if det else 'nondeterministic'}")
+
+
+def device_key(device) -> str:
+    """What a cached result computed on ``device`` depends on, for cache keys: ``"cpu"``
+    on the CPU (the keys of every CPU entry stay as they were), and on CUDA the GPU's
+    name with the numerics flags, e.g. ``"cuda: NVIDIA H100 80GB HBM3 (TF32 off, cuDNN
+    deterministic)"`` (another GPU or other flags compute other bits)."""
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        return dev.type
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return f"cuda: {torch.cuda.get_device_name(index)} ({numerics_label()})"
+
+
+def synchronize(device) -> None:
+    """Wait for the work queued on ``device`` (CUDA runs asynchronously), so a timing read
+    after it counts the work; nothing on the CPU."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def derive_seed(*parts) -> int:
@@ -219,8 +270,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
     ``epochs`` overrides ``cfg.epochs`` (SISA slices train a share of them) and
     ``epoch_offset`` places them in the learning-rate schedule. ``watch`` is a bool mask
     over the samples: for every step whose batch holds a watched sample,
-    ``on_update(batch_indices, deltas)`` receives the parameter change of that step
-    (Amnesiac unlearning records these).
+    ``on_update(batch_indices, deltas)`` receives the batch's sample indices (a CPU
+    tensor, so the callback can look them up without waiting for the GPU) and the
+    parameter change of that step (on the device; Amnesiac unlearning records these).
 
     Randomness: the batch order comes from ``make_generator(seed)``, augmentation from
     ``derive_seed(seed, "augment")`` and dropout masks from ``derive_seed(seed,
@@ -284,7 +336,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
                     loss.backward()
                     opt.step()
                     if record:
-                        on_update(idx, [(p.detach() - b).contiguous()
+                        on_update(host[step], [(p.detach() - b).contiguous()
                                         for p, b in zip(params, before)])
                     bar.update()
     finally:
@@ -323,9 +375,14 @@ def _run_inference(model: nn.Module, x: torch.Tensor, device, batch_size, step) 
     the models that train in that layout (fmnist_cnn: 19,400 against 5,700 images/s at
     batch 2000 in the default layout, softmax equal to within 3e-8; measured 2026-12-04,
     2-core AMD EPYC); 2000 on a GPU. The model is moved outside inference mode (its
-    parameters stay trainable) and its parameters are back in the default layout after."""
+    parameters stay trainable) and its parameters are back in the default layout after.
+    ``device="auto"`` is the device the model is on (a model trained on the CPU is
+    evaluated there, so a CPU run never touches CUDA); a model without parameters goes
+    by :func:`resolve_device`."""
     if batch_size is not None:
         batch_size = checks.integer("inference batch size", batch_size, low=1)
+    if isinstance(device, str) and device == "auto":
+        device = next((t.device for t in (*model.parameters(), *model.buffers())), "auto")
     dev = resolve_device(device)
     last = _channels_last(model, dev)
     with torch.no_grad():

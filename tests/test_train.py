@@ -166,3 +166,39 @@ def test_shuffle_once_keeps_the_first_epoch_and_changes_the_second(digits):
     assert all(torch.equal(p, q) for p, q in same)
     differ = zip(run("once", 2).parameters(), run("every_epoch", 2).parameters())
     assert any(not torch.equal(p, q) for p, q in differ)
+
+
+def test_the_update_callback_gets_the_batch_indices_on_the_cpu(digits):
+    x, y = digits.x_train[:300], digits.y_train[:300]
+    watch = torch.zeros(len(y), dtype=torch.bool)
+    watch[[3, 150, 299]] = True
+    seen = []
+    fit(build_model("fmnist_cnn", digits.image_shape, 10, seed=0), x, y,
+        reference_config("digits", epochs=1), seed=2, device="cpu", watch=watch,
+        on_update=lambda idx, deltas: seen.append(idx))
+    assert seen and all(idx.device.type == "cpu" and watch[idx].any() for idx in seen)
+    assert sorted(i for idx in seen for i in idx.tolist() if watch[i]) == [3, 150, 299]
+
+
+def test_cuda_numerics_are_fp32_and_deterministic_and_the_cpu_keys_stay():
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark)
+    try:
+        matmul.allow_tf32, cudnn.allow_tf32 = True, True  # PyTorch's cuDNN default
+        cudnn.deterministic, cudnn.benchmark = False, True
+        assert train.numerics_label() == "TF32 on, cuDNN nondeterministic"
+        assert train.cuda_numerics() == "TF32 off, cuDNN deterministic"  # touches no GPU
+        assert not matmul.allow_tf32 and not cudnn.allow_tf32
+        assert cudnn.deterministic and not cudnn.benchmark
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark = saved
+    assert train.device_key("cpu") == "cpu"  # every CPU cache key as it was
+
+
+def test_inference_with_device_auto_stays_where_the_model_is(digits, monkeypatch):
+    model = build_model("fmnist_cnn", digits.image_shape, 10, seed=0)
+    expected = predict_proba(model, digits.x_test[:50], device="cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine
+    got = predict_proba(model, digits.x_test[:50])  # a CPU model: no CUDA touched
+    assert torch.equal(got, expected)
+    assert next(model.parameters()).device.type == "cpu"
