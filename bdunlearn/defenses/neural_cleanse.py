@@ -106,7 +106,11 @@ def reverse_triggers(model, x, labels, *, seed, steps, batch_size, lr, init_cost
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     while active and done_steps < steps:
         epochs += 1
+        # what changes only between epochs is built once per epoch, so the steps queue
+        # on the device without waiting for the host (costs move at the epoch's end)
         act = torch.tensor(active, device=dev)
+        costs = torch.tensor([schedules[i].cost for i in active], device=dev)
+        labels_act = targets[act][:, None]
         hits = torch.zeros(len(active), device=dev)
         seen = 0
         for idx in torch.randperm(len(x), generator=order_gen).to(dev).split(batch_size):
@@ -118,9 +122,8 @@ def reverse_triggers(model, x, labels, *, seed, steps, batch_size, lr, init_cost
             stamped = (1 - mask[:, None]) * xb[None] + (mask * pattern)[:, None]
             batch = stamped.flatten(0, 1).contiguous(memory_format=fmt)
             logits = model(batch).view(len(active), len(idx), -1)
-            tgt = targets[act][:, None].expand(-1, len(idx))
+            tgt = labels_act.expand(-1, len(idx))
             ce = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none")
-            costs = torch.tensor([schedules[i].cost for i in active], device=dev)
             loss = (ce.view(len(active), -1).mean(1) + costs * mask.sum((1, 2, 3))).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()

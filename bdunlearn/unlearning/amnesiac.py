@@ -27,7 +27,15 @@ import torch
 from .. import cache
 from ..checks import integer, number
 from ..models import build_model
-from ..train import TrainConfig, derive_seed, fit, predict_proba, resolve_device
+from ..train import (
+    TrainConfig,
+    derive_seed,
+    device_key,
+    fit,
+    predict_proba,
+    resolve_device,
+    synchronize,
+)
 from .base import RequestCost, UnlearningService
 
 
@@ -76,7 +84,7 @@ class AmnesiacService(UnlearningService):
             {"method": "amnesiac", "arch": arch, "shape": list(x.shape[1:]),
              "classes": self.num_classes, "cfg": cfg.resolved(self.device).as_dict(),
              "seed": self.seed, "data": cache.data_fingerprint(x, y),
-             "device": self.device.type,
+             "device": device_key(self.device),
              "model": cache.model_fingerprint(self._new_model())},
             self.watch)
 
@@ -121,7 +129,10 @@ class AmnesiacService(UnlearningService):
 
     # ------------------------------------------------------------------ training
     def _record(self, idx: torch.Tensor, deltas: list[torch.Tensor]) -> None:
-        ids = [int(i) for i in idx[self._watched_t[idx]]]
+        """Split one step's update ``deltas`` (on the device) evenly among the watched
+        samples of the batch ``idx`` (sample indices on the CPU: looked up without waiting
+        for the GPU; the accumulation stays queued on the device)."""
+        ids = idx[self._watched[idx]].tolist()
         for i in ids:
             acc = self._delta.setdefault(i, [torch.zeros_like(d) for d in deltas])
             for a, d in zip(acc, deltas):
@@ -155,10 +166,11 @@ class AmnesiacService(UnlearningService):
                 self._delta = {}
                 mask = torch.zeros(len(self.y), dtype=torch.bool)
                 mask[torch.from_numpy(self.watch)] = True
-                self._watched_t = mask.to(self.device)
+                self._watched = mask  # on the CPU, as fit hands the batch indices
                 fit(model, self.x, self.y, self.cfg, seed=derive_seed(self.seed, "train", 0, 0),
                     device=self.device, watch=mask, on_update=self._record,
                     progress=self.progress, desc="amnesiac training")
+                synchronize(self.device)
                 seconds, hits = time.perf_counter() - start, 0
                 if path is not None:
                     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -212,6 +224,7 @@ class AmnesiacService(UnlearningService):
                     fit(model, self.x[sub], self.y[sub], self.cfg, epochs=1,
                         seed=derive_seed(self.seed, "finetune", len(self._history)),
                         device=self.device)
+                synchronize(self.device)
                 seconds = time.perf_counter() - start
                 if path is not None:
                     cache.keep(path, model.state_dict(), {"key": key, "seconds": seconds})
