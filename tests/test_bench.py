@@ -84,3 +84,23 @@ def test_training_flops_count_the_paper_model_by_hand():
     model = build_model("fmnist_cnn", (1, 28, 28), 10)
     assert harness.training_flops(model, (1, 28, 28)) == 6 * macs  # ~25.4 MFLOP per sample
     assert harness.matmul_rate(torch.device("cpu"), n=256, repeats=1) > 0
+
+
+def test_each_row_is_in_the_csv_as_soon_as_it_is_measured(tmp_path, monkeypatch):
+    """A benchmark cut midway (the device kit's time bound) keeps every row measured."""
+    path = tmp_path / "bench.csv"
+
+    def measure_then_cut(datasets, device, quick, st, stacked, on_rows=None):
+        on_rows([bench.Row("fmnist", "fmnist_cnn", "engine throughput", 8870.0, "samples/s")])
+        with open(path, newline="") as f:  # on disk before the next figure is measured
+            assert [r["figure"] for r in csv.DictReader(f)] == ["engine throughput"]
+        on_rows([bench.Row("fmnist", "fmnist_cnn", "bf16 vs fp32", 1.8, "x")])
+        raise KeyboardInterrupt  # killed while measuring the third
+
+    monkeypatch.setattr(harness, "run_benchmark", measure_then_cut)
+    with pytest.raises(KeyboardInterrupt):
+        harness.main(["--quick", "--device", "cpu", "--csv", str(path)])
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["figure"] for r in rows] == ["engine throughput", "bf16 vs fp32"]
+    assert rows[0]["device"] == "cpu" and float(rows[1]["value"]) == 1.8

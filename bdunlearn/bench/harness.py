@@ -72,7 +72,14 @@ from ..parallel import Job, Stage, cores, train_jobs
 from ..registry import reference_config, spec
 from ..stacked import fit_many, stackable
 from ..store import cpu_name
-from ..train import _channels_last, cpu_has_native_bf16, fit, resolve_device, resolve_precision
+from ..train import (
+    _channels_last,
+    cpu_has_native_bf16,
+    fit,
+    numerics_label,
+    resolve_device,
+    resolve_precision,
+)
 from ..unlearning import SisaService
 from .baselines import BATCH, authors_loop, bare_loop, dataloader_loop
 
@@ -126,8 +133,8 @@ def machine_info(device: torch.device) -> dict:
             "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
+    if device.type == "cuda":  # resolve_device set the numerics: TF32 off, cuDNN deterministic
+        info["gpu"] = f"{torch.cuda.get_device_name(device)} ({numerics_label()})"
     try:
         info["load"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
@@ -462,8 +469,11 @@ def neural_cleanse_rows(name: str, dev, st: Settings) -> list[Row]:
 
 def run_benchmark(datasets=("fmnist",), device="auto", quick: bool = False,
                   settings: Settings | None = None, stacked_on_cpu: bool = False,
-                  log=print) -> tuple[dict, list[Row]]:
-    """Measure every figure for ``datasets``; return the machine info and the rows."""
+                  log=print, on_rows=None) -> tuple[dict, list[Row]]:
+    """Measure every figure for ``datasets``; return the machine info and the rows.
+
+    ``on_rows(rows)`` receives each group of rows as soon as it is measured (the command
+    line writes them to its CSV then, so a run cut short keeps every figure it measured)."""
     datasets = list(datasets)
     if not datasets:
         raise ValueError("no dataset given; choose from " + ", ".join(BENCH_DATASETS))
@@ -474,32 +484,38 @@ def run_benchmark(datasets=("fmnist",), device="auto", quick: bool = False,
     st = settings or (Settings.quick() if quick else Settings())
     info = machine_info(dev)
     rows: list[Row] = []
+
+    def emit(got: list[Row]) -> None:
+        rows.extend(got)
+        if on_rows is not None:
+            on_rows(list(got))
+
     for i, name in enumerate(datasets):
         log(f"[bench] {name}: throughput ...", file=sys.stderr)
         got, rate = throughput_rows(name, dev, st)
-        rows += got
+        emit(got)
         if st.sisa_datasets is None or i < st.sisa_datasets:
             log(f"[bench] {name}: SISA requests ...", file=sys.stderr)
-            rows += sisa_rows(name, dev, st, rate)
+            emit(sisa_rows(name, dev, st, rate))
         else:
-            rows.append(Row(name, spec(name).arch, "sisa request", None, "",
-                            "skipped in --quick (first dataset only)"))
+            emit([Row(name, spec(name).arch, "sisa request", None, "",
+                      "skipped in --quick (first dataset only)")])
         if st.sisa_datasets is None or i < st.sisa_datasets:
             log(f"[bench] {name}: processes vs threads ...", file=sys.stderr)
-            rows += parallel_rows(name, dev, st, rate)
+            emit(parallel_rows(name, dev, st, rate))
         if name == "fmnist":  # the paper's model and the authors' pipeline
             log(f"[bench] {name}: the authors' pipeline and the whole run ...",
                 file=sys.stderr)
-            rows += authors_rows(name, dev, st, rate)
-            rows += whole_run_rows(name, dev, st, rate)
+            emit(authors_rows(name, dev, st, rate))
+            emit(whole_run_rows(name, dev, st, rate))
         log(f"[bench] {name}: stacked training ...", file=sys.stderr)
-        rows += stacked_rows(name, dev, st, rate, stacked_on_cpu)
+        emit(stacked_rows(name, dev, st, rate, stacked_on_cpu))
         if st.nc_datasets is None or i < st.nc_datasets:
             log(f"[bench] {name}: Neural Cleanse ...", file=sys.stderr)
-            rows += neural_cleanse_rows(name, dev, st)
+            emit(neural_cleanse_rows(name, dev, st))
         else:
-            rows.append(Row(name, spec(name).arch, "neural cleanse batched", None, "",
-                            "skipped in --quick (first dataset only)"))
+            emit([Row(name, spec(name).arch, "neural cleanse batched", None, "",
+                      "skipped in --quick (first dataset only)")])
     info["load_after"] = machine_info(dev)["load"]
     return info, rows
 
@@ -547,19 +563,50 @@ def format_table(info: dict, rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-def write_csv(path: str, info: dict, rows: list[Row]) -> None:
-    fields = ["date", "cpu", "cores", "threads", "torch", "device", "dataset", "model",
+CSV_FIELDS = ["date", "cpu", "cores", "threads", "torch", "device", "gpu", "dataset", "model",
               "figure", "value", "unit", "detail", "extra"]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
+
+
+class CsvRows:
+    """The benchmark's CSV, written row by row: the header at once, then each row flushed
+    to disk as it is added, so a run killed midway leaves every row measured before."""
+
+    def __init__(self, path: str, info: dict):
+        self.info = info
+        self.file = open(path, "w", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=CSV_FIELDS)
+        self.writer.writeheader()
+        self.file.flush()
+
+    def add(self, rows: list[Row]) -> None:
+        info = self.info
         for r in rows:
-            w.writerow({"date": info["date"], "cpu": info["cpu"], "cores": info["cores"],
-                        "threads": info["threads"], "torch": info["torch"],
-                        "device": info["device"], "dataset": r.dataset, "model": r.arch,
-                        "figure": r.figure, "value": "" if r.value is None else r.value,
-                        "unit": r.unit, "detail": r.detail,
-                        "extra": json.dumps(r.extra) if r.extra else ""})
+            self.writer.writerow({
+                "date": info["date"], "cpu": info["cpu"], "cores": info["cores"],
+                "threads": info["threads"], "torch": info["torch"], "device": info["device"],
+                "gpu": info.get("gpu", ""), "dataset": r.dataset, "model": r.arch,
+                "figure": r.figure, "value": "" if r.value is None else r.value,
+                "unit": r.unit, "detail": r.detail,
+                "extra": json.dumps(r.extra) if r.extra else ""})
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def write_csv(path: str, info: dict, rows: list[Row]) -> None:
+    out = CsvRows(path, info)
+    try:
+        out.add(rows)
+    finally:
+        out.close()
+
+
+def row_line(r: Row) -> str:
+    """One measured row as a line of the progress log."""
+    value = "-" if r.value is None else f"{r.value:,.4g} {r.unit}"
+    return f"[bench] {r.dataset} {r.figure}: {value}" + (f" ({r.detail})" if r.detail else "")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -606,14 +653,33 @@ def main(argv=None) -> int:
         st.repeats = args.repeats
     if args.shards:
         st.shards = args.shards
+    out = None
+    if args.csv:
+        try:
+            dev = resolve_device(args.device)
+            out = CsvRows(args.csv, machine_info(dev))
+        except ValueError as exc:
+            p.error(str(exc))
+        except OSError as exc:
+            p.error(f"--csv {args.csv}: cannot write it ({exc.strerror or exc})")
+
+    def measured(rows):  # as each group is measured: to the CSV and the progress log
+        if out is not None:
+            out.add(rows)
+        for r in rows:
+            print(row_line(r), file=sys.stderr, flush=True)
+
     try:
-        info, rows = run_benchmark(datasets, args.device, args.quick, st, args.stacked)
+        info, rows = run_benchmark(datasets, args.device, args.quick, st, args.stacked,
+                                   on_rows=measured)
     except ValueError as exc:
         p.error(str(exc))
+    finally:
+        if out is not None:
+            out.close()
     print(format_table(info, rows))
     if args.csv:
-        write_csv(args.csv, info, rows)
-        print(f"\nwrote {args.csv}")
+        print(f"\nwrote {args.csv} (row by row, as measured)")
     return 0
 
 
