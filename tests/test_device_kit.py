@@ -141,16 +141,19 @@ def test_a_run_killed_mid_job_returns_every_finished_run_which_merges_and_reads_
               "-p", "train_subset", "1000"]
     kit = subprocess.Popen(["bash", str(RUN), str(out), "--profile", "smoke", "--only", "01",
                             *params], env=kit_env(tmp_path, PACK_EVERY="1"), cwd=tmp_path,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=open(tmp_path / "err", "w"),
                            start_new_session=True)
     try:
         deadline = time.monotonic() + 1200
         while not packed_runs(out / "runs.tar.gz"):
-            assert kit.poll() is None, (out / "log.txt").read_text()[-3000:]
+            assert kit.poll() is None, (tmp_path / "err").read_text()[-3000:]
             assert time.monotonic() < deadline, "no run was packed in 20 minutes"
             time.sleep(1)
     finally:
-        os.killpg(kit.pid, signal.SIGKILL)  # the kit, its job and its packer, mid-job
+        try:
+            os.killpg(kit.pid, signal.SIGKILL)  # the kit, its job and its packer, mid-job
+        except ProcessLookupError:
+            pass
         kit.wait()
     runs = packed_runs(out / "runs.tar.gz")
     with tarfile.open(out / "notebooks.tar.gz") as tar:  # the notebook being run, staged
@@ -169,3 +172,25 @@ def test_a_run_killed_mid_job_returns_every_finished_run_which_merges_and_reads_
     assert len(studies.missing("01_attack", cfg)) == 3 - len(runs)
     assert set(table.device) == {"cpu"} and table.processor.notna().all()
     assert table.select_dtypes("number").notna().all().all()  # nothing half-written
+
+
+def test_provenance_names_the_gpu_with_its_numerics_and_a_cpu_run_never_asks_cuda(monkeypatch):
+    import torch
+
+    from bdunlearn import store
+
+    def no_cuda(*args):
+        raise AssertionError("a CPU run asked CUDA")
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark)
+    store.processor.cache_clear()
+    try:
+        monkeypatch.setattr(torch.cuda, "is_available", no_cuda)
+        assert store.provenance("fp32", "cpu")["processor"] == store.cpu_name()
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H100 80GB HBM3")
+        assert store.provenance("fp32", "cuda")["processor"] == (
+            "NVIDIA H100 80GB HBM3 (TF32 off, cuDNN deterministic)")
+    finally:
+        store.processor.cache_clear()
+        matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark = saved

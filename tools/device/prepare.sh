@@ -48,10 +48,10 @@ if ! "$PY" -m pip download -q --disable-pip-version-check --dest "$OUT.tmp/wheel
 fi
 rm -f "$OUT.tmp/pip.log"
 cp "$FMNIST"/*-ubyte.gz "$OUT.tmp/data/fashion-mnist/" || die "cannot copy $FMNIST"
-rm -rf -- "$OUT" && mv "$OUT.tmp" "$OUT" || die "cannot move $OUT.tmp to $OUT"
+{ rm -rf -- "$OUT" && mv "$OUT.tmp" "$OUT"; } || die "cannot move $OUT.tmp to $OUT"
 size=$(du -sk "$OUT" | cut -f1)
 tree=$(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard 2>/dev/null \
   | xargs -0 du -ck 2>/dev/null | tail -1 | cut -f1)
-echo "payload: $((size / 1024)) MiB in tools/device/payload ($(ls "$OUT/wheels" | wc -l) wheels);" \
+echo "payload: $((size / 1024)) MiB in tools/device/payload ($(find "$OUT/wheels" -name '*.whl' | wc -l) wheels);" \
   "with the working tree ($(( ${tree:-0} / 1024 )) MiB) $(( (size + ${tree:-0}) / 1024 )) MiB of the 64 MiB a run carries"
 echo "next, on the GPU machine: tools/device/run.sh \"\$OUT\"   (carry tools/device/payload)"

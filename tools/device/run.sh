@@ -23,7 +23,7 @@ set -uo pipefail
 die() { echo "run.sh: $*" >&2; exit 2; }
 int() { [[ $2 =~ ^[0-9]+$ ]] || die "$1=$2 is not a whole number of seconds"; }
 
-[ $# -ge 1 ] && [ -n "$1" ] || die "usage: tools/device/run.sh OUT [RUNNER ARGS...]"
+if [ $# -lt 1 ] || [ -z "$1" ]; then die "usage: tools/device/run.sh OUT [RUNNER ARGS...]"; fi
 OUT=$1
 shift
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -68,10 +68,11 @@ TMP=${TMPDIR:-/tmp}
 for old in "$TMP"/bdunlearn-kit-*; do
   [ -d "$old" ] || continue
   pid=${old#"$TMP"/bdunlearn-kit-}; pid=${pid%%-*}
-  [[ $pid =~ ^[0-9]+$ ]] && ! kill -0 "$pid" 2>/dev/null && rm -rf -- "$old"
+  [[ $pid =~ ^[0-9]+$ ]] && [ ! -d "/proc/$pid" ] && rm -rf -- "$old"
 done
 SCRATCH=$(mktemp -d "$TMP/bdunlearn-kit-$$-XXXXXX") || die "cannot create a scratch folder in $TMP"
 KIT=""
+# shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
   if [ -n "$KIT" ] && kill -0 "$KIT" 2>/dev/null; then kill -TERM "$KIT"; wait "$KIT"; fi
   rm -rf -- "$SCRATCH"
