@@ -161,7 +161,7 @@ class DatasetSpec:
     on_disk: bool = True
 
 
-SPECS: dict[str, DatasetSpec] = {}  # the registry: name -> spec with its reader
+REGISTERED: dict[str, DatasetSpec] = {}  # the registry: name -> spec with its reader
 
 
 def register(spec: DatasetSpec, reader: Callable | None = None):
@@ -187,21 +187,21 @@ def register(spec: DatasetSpec, reader: Callable | None = None):
         if not callable(fn):
             raise ValueError(f"dataset {spec.name!r}: its reader must be a function of a root "
                              f"folder, got {type(fn).__name__}")
-        old = SPECS.get(spec.name)
+        old = REGISTERED.get(spec.name)
         if old is not None and not (
                 getattr(old.reader, "__module__", None) == getattr(fn, "__module__", None)
                 and getattr(old.reader, "__qualname__", None) == getattr(fn, "__qualname__",
                                                                          None)):
             raise ValueError(f"a dataset named {spec.name!r} is already registered; choose "
                              "another name")
-        SPECS[spec.name] = replace(spec, reader=fn)
+        REGISTERED[spec.name] = replace(spec, reader=fn)
         return fn
     return add if reader is None else add(reader)
 
 
 def datasets() -> tuple[str, ...]:
     """The registered datasets' names, in registration order."""
-    return tuple(SPECS)
+    return tuple(REGISTERED)
 
 
 def __getattr__(name: str):
@@ -212,9 +212,9 @@ def __getattr__(name: str):
 
 def spec(name: str) -> DatasetSpec:
     """The facts of dataset ``name``; an unknown name fails naming the known ones."""
-    if not isinstance(name, str) or name not in SPECS:
+    if not isinstance(name, str) or name not in REGISTERED:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(datasets())}")
-    return SPECS[name]
+    return REGISTERED[name]
 
 
 def reference_config(dataset: str, **overrides) -> TrainConfig:

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from .data import SPECS, DatasetSpec, datasets, reference_config, register, spec
+from .data import REGISTERED, DatasetSpec, datasets, reference_config, register, spec
 
 PLUGINS_ENV = "BDUNLEARN_PLUGINS"
 _LOADED: dict[str, object] = {}
@@ -59,5 +59,5 @@ def load_plugins(plugins: str | None = None) -> list[str]:
     return done
 
 
-__all__ = ["SPECS", "DatasetSpec", "PLUGINS_ENV", "datasets", "load_plugins",
+__all__ = ["REGISTERED", "DatasetSpec", "PLUGINS_ENV", "datasets", "load_plugins",
            "reference_config", "register", "spec"]

@@ -284,9 +284,9 @@ def test_every_dataset_is_registered_with_its_reader():
 
     assert registry.DATASETS == data.DATASETS == ("fmnist", "mnist", "cifar10", "gtsrb",
                                                   "digits")
-    assert registry.SPECS is data.SPECS
-    assert all(callable(s.reader) for s in data.SPECS.values())
-    assert [n for n, s in data.SPECS.items() if s.fetch is not None] == ["fmnist", "mnist",
+    assert registry.REGISTERED is data.REGISTERED
+    assert all(callable(s.reader) for s in data.REGISTERED.values())
+    assert [n for n, s in data.REGISTERED.items() if s.fetch is not None] == ["fmnist", "mnist",
                                                                         "cifar10", "gtsrb"]
 
 
@@ -321,7 +321,7 @@ def test_a_dataset_registered_from_outside_is_loaded_by_its_reader(tmp_path):
         assert len(data.load("toy", tmp_path).y_train) == 6
         data.register(_toy_spec())(read_toy)  # the same reader again (a re-run cell): kept
     finally:
-        data.SPECS.pop("toy")
+        data.REGISTERED.pop("toy")
 
 
 @pytest.mark.parametrize("call, message", [
@@ -337,4 +337,4 @@ def test_a_dataset_registered_from_outside_is_loaded_by_its_reader(tmp_path):
 def test_register_refuses_bad_datasets_in_one_sentence(call, message):
     with pytest.raises(ValueError, match=message):
         call()
-    assert "toy" not in data.SPECS
+    assert "toy" not in data.REGISTERED

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bdunlearn.models import ARCHITECTURES, build_model
-from bdunlearn.registry import SPECS, spec
+from bdunlearn.registry import REGISTERED, spec
 
 SHAPES = {"mnist": (1, 28, 28), "fmnist": (1, 28, 28), "gtsrb": (3, 32, 32),
           "cifar10": (3, 32, 32), "digits": (1, 28, 28)}
@@ -100,7 +100,7 @@ def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():
 
 
 def test_every_dataset_has_a_reference_model():
-    assert {s.arch for s in SPECS.values()} <= set(ARCHITECTURES)
+    assert {s.arch for s in REGISTERED.values()} <= set(ARCHITECTURES)
 
 
 def test_bad_model_names():

@@ -121,7 +121,7 @@ def test_every_results_table_puts_its_contract_first_and_its_provenance_last(tmp
                                                              columns=shuffled))
         header = list(pd.read_csv(path).columns)
         assert header == [*contract, "extra", *PROVENANCE], stem
-    # the committed tables keep it too (the README and the SPEC name these columns)
+    # the committed tables keep it too (the README and docs name these columns)
     for csv in sorted((reproduce.ROOT / "results").glob("0*.csv")):
         header = list(pd.read_csv(csv, nrows=0).columns)
         stem = next(s for s in studies.STEMS if csv.stem.startswith(s[:2]))
@@ -139,7 +139,7 @@ def test_every_results_table_puts_its_contract_first_and_its_provenance_last(tmp
                                     "asr_before", "asr_after", "clean_acc_before",
                                     "clean_acc_after", "seconds"]}
     spec["02_unlearning_trajectory"] = spec["01_attack"]
-    for stem, columns in spec.items():  # the SPEC's contract, in its order
+    for stem, columns in spec.items():  # the results contract, in its order
         assert studies.study(stem).COLUMNS[:len(columns)] == columns, stem
 
 
