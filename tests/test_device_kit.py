@@ -174,6 +174,7 @@ def test_a_run_killed_mid_job_returns_every_finished_run_which_merges_and_reads_
     assert table.select_dtypes("number").notna().all().all()  # nothing half-written
 
 
+@pytest.mark.unit  # the rest of this file is in the slow tier
 def test_provenance_names_the_gpu_with_its_numerics_and_a_cpu_run_never_asks_cuda(monkeypatch):
     import torch
 
@@ -194,3 +195,51 @@ def test_provenance_names_the_gpu_with_its_numerics_and_a_cpu_run_never_asks_cud
     finally:
         store.processor.cache_clear()
         matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark = saved
+
+
+def kit_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("device_kit", ROOT / "tools/device/kit.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("device_kit", mod)  # its dataclasses look their module up
+    spec.loader.exec_module(sys.modules["device_kit"])
+    return sys.modules["device_kit"]
+
+
+@pytest.mark.unit  # the rest of this file is in the slow tier
+def test_a_failed_notebook_is_reported_by_its_cell_and_error():
+    kit = kit_module()
+    text = ("run smoke: tables to /x\n"
+            "[1/1] 01_attack (smoke, fmnist, bf16) failed in cell 12: AssertionError: claim "
+            "BN switches on: 40% < 50%\nthe executed notebook with the traceback is "
+            "/x/01_attack.failed.ipynb; the last good outputs are unchanged\n")
+    assert kit.reason(text) == ("[1/1] 01_attack (smoke, fmnist, bf16) failed in cell 12: "
+                                "AssertionError: claim BN switches on: 40% < 50%")
+    assert kit.reason("Traceback\n  File \"x\", line 1\nValueError: bad\n") == "ValueError: bad"
+
+
+@pytest.mark.unit  # the rest of this file is in the slow tier
+def test_a_pack_holds_finished_runs_and_the_notebook_still_running_but_no_partial_file(
+        tmp_path):
+    kit = kit_module()
+    scratch, out = tmp_path / "scratch", tmp_path / "out"
+    run = scratch / "store" / "01_attack" / "abc"
+    run.mkdir(parents=True)
+    (run / "r1.csv").write_text("seed,asr\n0,0.5\n")
+    (run / "r1.scores.csv").write_text("score\n1\n")
+    (run / ".tmp-r2.csv").write_text("seed,as")  # a run being written
+    staged = scratch / "res-01" / ".01_attack-123-xyz"
+    staged.mkdir(parents=True)
+    (staged / "01_attack.ipynb").write_text("{}")
+    (scratch / "res-01" / "timings.csv").write_text("notebook,seconds\n01_attack,12.5\n")
+    out.mkdir()
+    kit.Packer(scratch, out).pack()
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        assert sorted(tar.getnames()) == ["01_attack/abc/r1.csv", "01_attack/abc/r1.scores.csv"]
+    with tarfile.open(out / "notebooks.tar.gz") as tar:
+        assert "res-01/.01_attack-123-xyz/01_attack.ipynb" in tar.getnames()
+    assert (out / "timings.csv").read_text().splitlines() == [
+        "job,notebook,seconds", "res-01,01_attack,12.5"]
+    assert sorted(p.name for p in out.iterdir()) == ["notebooks.tar.gz", "runs.tar.gz",
+                                                    "timings.csv"]

@@ -122,6 +122,10 @@ def environment(py: str, scratch: Path, payload: Path, log, force: bool = False)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env["BDUNLEARN_CACHE"] = str(scratch / "cache")
+    # what Jupyter, IPython and matplotlib would keep in the home folder stays in scratch
+    for name, sub in (("JUPYTER_RUNTIME_DIR", "jupyter/runtime"), ("IPYTHONDIR", "ipython"),
+                      ("MPLCONFIGDIR", "matplotlib")):
+        env[name] = str(scratch / sub)
     for name in ("BDUNLEARN_RESULTS", "BDUNLEARN_FIGURES"):
         env.pop(name, None)
     if (payload / "data").is_dir() and not env.get("BDUNLEARN_DATA"):
@@ -151,12 +155,6 @@ def environment(py: str, scratch: Path, payload: Path, log, force: bool = False)
         if bad:
             raise SystemExit(f"kit: carried packages shadow the image's: {', '.join(bad)}")
         log(f"isolation: {len(top_level(target))} carried modules, none shadows the image's")
-    data = subprocess.run([py, "-c", "from bdunlearn.data import load; load('fmnist')"],
-                          env=env, capture_output=True, text=True)
-    if data.returncode:
-        last = (data.stderr.strip() or "no output").splitlines()[-1]
-        raise SystemExit(f"kit: Fashion-MNIST is not readable ({last}); carry "
-                         "tools/device/payload (prepare.sh puts it there) or set BDUNLEARN_DATA")
     (scratch / "tmp").mkdir(exist_ok=True)  # ipykernel install leaves a folder in TMPDIR
     kernel = subprocess.run([py, "-m", "ipykernel", "install", "--prefix",
                              str(scratch / "jupyter"), "--name", "python3"],
@@ -192,8 +190,9 @@ def shadowed(py: str, target: Path, env: dict) -> list[str]:
              "        s = importlib.util.find_spec(n)\n"
              "    except Exception:\n"
              "        s = None\n"
-             "    out[n] = (s.origin or str(list(s.submodule_search_locations or [])))"
-             " if s else None\n"
+             "    where = list(s.submodule_search_locations or []) if s else []\n"
+             "    out[n] = (s.origin if s.origin not in (None, 'namespace') else"
+             " (where[0] if where else None)) if s else None\n"
              "print(json.dumps(out))\n")
     import json
 
@@ -206,7 +205,8 @@ def shadowed(py: str, target: Path, env: dict) -> list[str]:
 
 
 def describe(py: str, env: dict) -> str:
-    """env.txt: the GPU (nvidia-smi), torch, its CUDA device and numerics, the cores."""
+    """env.txt: the GPU (nvidia-smi), torch, its CUDA device and numerics, the cores; and
+    whether Fashion-MNIST is readable (if not, one sentence, and no job runs)."""
     parts = []
     try:
         parts.append(subprocess.run(["nvidia-smi"], capture_output=True, text=True,
@@ -219,9 +219,16 @@ def describe(py: str, env: dict) -> str:
              "print('python', platform.python_version(), 'torch', torch.__version__,"
              " 'cuda', torch.version.cuda, 'available', cuda)\n"
              "print('processor', processor('cuda' if cuda else 'cpu'))\n"
-             "print('cores', os.cpu_count())\n")
+             "print('cores', os.cpu_count())\n"
+             "from bdunlearn.data import load\n"
+             "print('fmnist', len(load('fmnist').y_train), 'training images')\n")
     done = subprocess.run([py, "-c", probe], env=env, capture_output=True, text=True)
     parts.append(done.stdout + done.stderr)
+    if done.returncode:
+        last = (done.stderr.strip() or "no output").splitlines()[-1]
+        raise SystemExit(f"kit: {py} cannot read Fashion-MNIST or query torch ({last}); "
+                         "carry tools/device/payload (prepare.sh puts the data there) or set "
+                         "BDUNLEARN_DATA")
     return "\n".join(parts)
 
 
@@ -356,12 +363,14 @@ def stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
 
 
 def reason(text: str) -> str:
-    """The last meaningful line of a job's output (progress bars and tracebacks' frames
-    left out): what the summary says about a failed job."""
+    """What the summary says about a failed job: the runner's "<notebook> failed in cell
+    N: <error>" when it printed one, else the last line of its output (progress bars and
+    traceback frames left out)."""
     lines = [ln.strip() for chunk in text.splitlines() for ln in chunk.split("\r")]
     lines = [ln for ln in lines if ln and not re.search(r"\d+%\|", ln)
              and not ln.startswith(("File ", "^", "~"))]
-    return lines[-1][:300] if lines else "no output"
+    failed = [ln for ln in lines if " failed in cell " in ln]  # the runner's own sentence
+    return (failed or lines or ["no output"])[-1][:300]
 
 
 class Kit:
@@ -487,7 +496,9 @@ def main(argv=None) -> int:
     failed = []
     try:
         env = environment(kit.py, kit.scratch, Path(args.payload), kit.log, args.force_install)
-        (kit.out / "env.txt").write_text(describe(kit.py, env))
+        (kit.out / "env.txt").write_text(described := describe(kit.py, env))
+        kit.log(next((ln for ln in described.splitlines() if ln.startswith("processor")),
+                     "processor unknown"))
         kit.packer.every(args.pack_every, stop_packing, kit.log)
         for i, job in enumerate(jobs, 1):
             kit.run(i, job, env)
