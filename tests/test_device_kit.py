@@ -77,6 +77,7 @@ def test_prepare_says_what_is_wrong_in_one_line_and_leaves_no_temporary_folder(t
                             (["/nonexistent/python3"], {}, "no Python: '/nonexistent/python3'"),
                             ([sys.executable], {"FMNIST": str(tmp_path)}, "run make data first"),
                             ([sys.executable], {"PYVER": "twelve"}, "PYVER=twelve"),
+                            ([], {"PYTHON": "/bin/false"}, "'/bin/false' cannot run pip"),
                             (["a", "b"], {}, "usage:")]:
         done = subprocess.run(["bash", str(PREPARE), *args], capture_output=True, text=True,
                               timeout=120, env={**os.environ, **env})

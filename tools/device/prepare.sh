@@ -6,8 +6,8 @@
 #            3.12-only need); run.sh installs them where they cannot shadow the image's own
 #   data/fashion-mnist/  the four Fashion-MNIST idx files
 # Usage: tools/device/prepare.sh [PYTHON]
-#   PYTHON: an interpreter with pip to download with; default the project's .venv, else
-#   python3. PYVER (3.12) is the GPU image's Python; FMNIST the folder of the idx files.
+#   PYTHON (the argument, or the variable): an interpreter with pip to download with;
+#   default the project's .venv, else python3. PYVER (3.12) is the GPU image's Python; FMNIST the folder of the idx files.
 # Checks first, says what is wrong in one line (exit 2), builds into payload.tmp and
 # moves it into place only when complete; payload.tmp never stays behind.
 set -uo pipefail
@@ -17,6 +17,8 @@ ROOT=$(cd "$HERE/../.." && pwd)
 [ $# -le 1 ] || die "usage: tools/device/prepare.sh [PYTHON]"
 if [ $# -eq 1 ]; then
   PY=$1
+elif [ -n "${PYTHON:-}" ]; then
+  PY=$PYTHON
 elif [ -x "$ROOT/.venv/bin/python" ]; then
   PY=$ROOT/.venv/bin/python
 else
