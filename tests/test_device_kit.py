@@ -95,7 +95,8 @@ def test_the_default_plan_runs_every_notebook_at_smoke_on_cuda_first(tmp_path):
     assert plan[:7] == smoke
     assert plan[7].startswith("bench: ") and "-m bdunlearn.bench" in plan[7]
     assert "section.py 06_fidelity-epochs --profile default -p seeds 0-9 -p device cuda" in plan[8]
-    assert "--profile default --only 07 -p device cuda" in plan[9] and len(plan) == 10
+    assert "--profile default --only 07 -p device cuda -p precision fp32" in plan[9]
+    assert len(plan) == 10
     assert "deadline 540 s" in done.stdout  # LIMIT 600 s less the 60 s margin
 
 

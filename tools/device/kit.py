@@ -56,7 +56,7 @@ class Job:
 def default_plan(device: str, bounds: dict, bench_args: list) -> list[Job]:
     """Coverage first: every notebook at ``smoke`` (one job each), the benchmark, then the
     longest ``default`` work, by value: notebook 06's 20- against 100-epoch section seed by
-    seed, then notebook 07's seeds."""
+    seed, then notebook 07's seeds in fp32."""
     jobs = [Job(f"smoke {nb}", ["-m", "bdunlearn.reproduce", "--profile", "smoke", "--only", nb,
                                 "-p", "device", device], bounds["smoke"]) for nb in NOTEBOOKS]
     jobs.append(Job("bench", ["-m", "bdunlearn.bench", *bench_args], bounds["bench"],
@@ -65,9 +65,10 @@ def default_plan(device: str, bounds: dict, bench_args: list) -> list[Job]:
                                           "--profile", "default", "-p", "seeds", "0-9",
                                           "-p", "device", device], bounds["default"],
                     fills=True, kind="section"))
+    # fp32, as notebook 07's stored CPU runs: the two groups then differ by device alone
     jobs.append(Job("default 07", ["-m", "bdunlearn.reproduce", "--profile", "default",
-                                   "--only", "07", "-p", "device", device], bounds["default"],
-                    fills=True))
+                                   "--only", "07", "-p", "device", device, "-p", "precision",
+                                   "fp32"], bounds["default"], fills=True))
     return jobs
 
 
