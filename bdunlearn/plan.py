@@ -37,8 +37,8 @@ from . import experiment as ex
 from . import studies
 from .cache import content_key, default_cache_dir
 from .config import RunConfig, profile_datasets
+from .layout import available, folders, notebooks
 from .models import build_model
-from .reproduce import available, notebooks
 from .store import GROUP, RunStore
 from .studies import Recipe
 
@@ -161,7 +161,7 @@ def plan(profile: str | None = None, *, only=None, cache_dir=None, **overrides
 
     The runs come from each notebook's study (:func:`bdunlearn.studies.missing`: those
     its store does not hold; the store is the runner's, see
-    :func:`bdunlearn.reproduce.folders`, unless ``store_dir`` is given). Without a
+    :func:`bdunlearn.layout.folders`, unless ``store_dir`` is given). Without a
     ``dataset`` override, every dataset of the profile that is on disk is planned, as the
     runner runs them. ``only`` (notebook numbers or stems, as the runner's ``--only``)
     keeps the jobs of those notebooks. ``cache_dir``: the checkpoint cache the recipes
@@ -224,8 +224,6 @@ def survey(profile: str | None = None, *, only=None, cache_dir=None, results=Non
     :class:`Step`). ``results``: the runner's ``--results`` folder (its store is
     ``runs/`` there); ``trainings`` False lists the runs only (no service is built);
     ``datasets``: the datasets to plan (default: as :func:`plan`)."""
-    from .reproduce import folders
-
     known = studies.all_parameters() - {"profile"}
     unknown = sorted(set(overrides) - known)
     if unknown:

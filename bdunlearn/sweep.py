@@ -38,8 +38,9 @@ from tqdm.auto import tqdm
 
 from .cache import default_cache_dir
 from .config import PROFILES, profile_datasets, profile_name
+from .layout import available, parse_only
 from .plan import Chain, Job, plan
-from .reproduce import _value, available, parse_only, writing
+from .reproduce import _value, writing
 
 MAX_RETRIES = 3  # Ray re-runs a task whose worker died this many times
 

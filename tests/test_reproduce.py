@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bdunlearn import config, data, reproduce, studies, summary
+from bdunlearn import config, data, layout, reproduce, studies, summary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
@@ -337,6 +337,7 @@ def test_the_plan_says_what_a_run_then_computes(tmp_path, monkeypatch, capfd):
 @pytest.mark.skipif(not FMNIST, reason="dataset-fashion-mnist is not installed")
 def test_only_a_complete_default_run_replaces_the_committed_results(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+    monkeypatch.setattr(layout, "ROOT", tmp_path)  # where the runner's folders are
     flag = tmp_path / "fail"
     _tiny_notebook(tmp_path, "01_tiny")
     _tiny_notebook(tmp_path, "02_tiny", fail_flag=flag)
