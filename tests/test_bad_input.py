@@ -163,6 +163,8 @@ DATA = [
 
 ATTACK = [
     ("unknown variant", lambda c: attack.build_attack(c.ds, "xx"), ValueError, "'xx'"),
+    ("unknown attack knob", lambda c: attack.build_attack(c.ds, "bn", poison=5), ValueError,
+     "no knob 'poison'"),
     ("unknown variant (notebooks)", lambda c: attack.build_attack(c.ds, "xx", cfg=None),
      ValueError, "'xx'"),
     ("not a dataset", lambda c: attack.build_badnets([1, 2]), ValueError, "list"),

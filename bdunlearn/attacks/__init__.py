@@ -17,6 +17,8 @@ registered from any module with :func:`register` (``docs/extending.md``).
 
 from __future__ import annotations
 
+import inspect
+
 # isort: off
 from .base import REGISTRY, ROLES, AttackSet, Family, get, names, register
 from . import badnets, input_targeted, label_consistent, noise_camouflage, blended  # noqa: F401
@@ -38,6 +40,14 @@ def build_attack(ds, variant: str, *, cfg=None, **knobs) -> AttackSet:
     family = get(variant)
     if cfg is not None:
         knobs = {**{knob: getattr(cfg, name) for knob, name in family.config}, **knobs}
+    params = inspect.signature(family.build).parameters
+    takes = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY
+             or (p.kind is p.POSITIONAL_OR_KEYWORD and n != "ds")]
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(knobs) - set(takes))
+        if unknown:
+            raise ValueError(f"attack family {variant!r} has no knob {unknown[0]!r}; use "
+                             f"{', '.join(takes)}")
     return family.build(ds, **knobs)
 
 
