@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bdunlearn import studies
 from bdunlearn.reproduce import ROOT
@@ -20,11 +21,12 @@ from bdunlearn.reproduce import ROOT
 RUN = ROOT / "tools" / "device" / "run.sh"
 PREPARE = ROOT / "tools" / "device" / "prepare.sh"
 FMNIST = Path("/usr/share/datasets/fashion-mnist").is_dir()
+CUDA = torch.cuda.is_available()
 
 
 def kit_env(tmp_path, **extra) -> dict:
     env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path / "tmp"),
-           "BDUNLEARN_CACHE": str(tmp_path / "cache"), **extra}
+           "BDUNLEARN_CACHE": str(tmp_path / "cache"), "DEVICE": "cpu", **extra}
     (tmp_path / "tmp").mkdir(exist_ok=True)
     for name in ("BDUNLEARN_RESULTS", "BDUNLEARN_FIGURES", "DEADLINE", "LIMIT", "MARGIN",
                  "PLAN", "PLAN_ONLY", "FORCE_INSTALL"):
@@ -57,6 +59,9 @@ def test_an_uncreatable_out_exits_nonzero_and_writes_nothing(tmp_path):
     ({"PYTHON": "/bin/false"}, ("out",), "'/bin/false' does not run as Python 3.10"),
     ({"FORCE_INSTALL": "1", "BDUNLEARN_PAYLOAD": "nowhere"}, ("out",), "no payload:"),
     ({"PLAN": "noplan.txt"}, ("out",), "PLAN=noplan.txt is not a file"),
+    pytest.param({"DEVICE": "cuda"}, ("out",), "sees no CUDA GPU, which the default plan runs",
+                 marks=pytest.mark.skipif(CUDA, reason="this machine has a CUDA GPU")),
+    ({"DEVICE": "tpu"}, ("out",), "DEVICE=tpu must be cuda or cpu"),
     ({}, ("afile",), "OUT afile exists and is not a folder"),
     ({}, ("",), "usage: tools/device/run.sh OUT"),
     ({}, ("/",), "OUT is '/'"),
@@ -86,7 +91,7 @@ def test_prepare_says_what_is_wrong_in_one_line_and_leaves_no_temporary_folder(t
 
 
 def test_the_default_plan_runs_every_notebook_at_smoke_on_cuda_first(tmp_path):
-    done = run_kit(tmp_path, tmp_path / "out", PLAN_ONLY="1")
+    done = run_kit(tmp_path, tmp_path / "out", PLAN_ONLY="1", DEVICE="cuda")
     assert done.returncode == 0, done.stderr
     plan = [line.split(". ", 1)[1] for line in done.stdout.splitlines() if ". " in line
             and ": at most" in line]
@@ -178,8 +183,6 @@ def test_a_run_killed_mid_job_returns_every_finished_run_which_merges_and_reads_
 
 @pytest.mark.unit  # the rest of this file is in the slow tier
 def test_provenance_names_the_gpu_with_its_numerics_and_a_cpu_run_never_asks_cuda(monkeypatch):
-    import torch
-
     from bdunlearn import store
 
     def no_cuda(*args):

@@ -16,7 +16,8 @@
 # default 600 s) and MARGIN (60 s) make DEADLINE (LIMIT - MARGIN), PACK_EVERY (60),
 # SMOKE_SECONDS (150 a notebook), BENCH_SECONDS (120), BENCH_ARGS, PLAN (a file of
 # jobs, NAME|SECONDS|ARGS a line), PLAN_ONLY=1 (print the plan, run nothing), DEVICE
-# (cuda), BDUNLEARN_PAYLOAD (tools/device/payload), FORCE_INSTALL=1.
+# (the default plan's: cuda, which PYTHON must see; or cpu), BDUNLEARN_PAYLOAD
+# (tools/device/payload), FORCE_INSTALL=1 (install the wheels even where the image has them).
 # Everything is checked before anything is written; a wrong argument or environment
 # exits 2 with one line, a failed job makes the exit status 1.
 set -uo pipefail
@@ -45,6 +46,11 @@ command -v "$PY" >/dev/null 2>&1 || die "no Python: '$PY' is not found; set PYTH
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1 \
   || die "'$PY' does not run as Python 3.10 or newer; set PYTHON to the image's python3"
 "$PY" -c 'import torch' >/dev/null 2>&1 || die "'$PY' has no torch; set PYTHON to the image's python3"
+if [ $# -eq 0 ] && [ -z "${PLAN:-}" ] && [ -z "${PLAN_ONLY:-}" ] && [ "${DEVICE:-cuda}" = cuda ]; then
+  "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' >/dev/null 2>&1 \
+    || die "'$PY' sees no CUDA GPU, which the default plan runs on; DEVICE=cpu runs it on the CPU"
+fi
+[[ ${DEVICE:-cuda} =~ ^(cuda|cpu)$ ]] || die "DEVICE=$DEVICE must be cuda or cpu"
 if [ -z "${PLAN_ONLY:-}" ] && { [ -n "${FORCE_INSTALL:-}" ] || \
     ! "$PY" -c 'import papermill, ipykernel' >/dev/null 2>&1; }; then
   compgen -G "$PAYLOAD/wheels/*.whl" >/dev/null || die "no payload: '$PY' lacks papermill and \
