@@ -248,3 +248,34 @@ def test_a_pack_holds_finished_runs_and_the_notebook_still_running_but_no_partia
         "job,notebook,seconds", "res-01,01_attack,12.5"]
     assert sorted(p.name for p in out.iterdir()) == ["notebooks.tar.gz", "runs.tar.gz",
                                                     "timings.csv"]
+
+
+def test_a_kit_terminated_mid_job_stops_the_job_packs_and_leaves_no_scratch(tmp_path):
+    plan = tmp_path / "plan.txt"
+    marker = f"job-of-{os.getpid()}-{time.time_ns()}"  # in the job's command line
+    plan.write_text("long|300|-c \"import time; print('working', flush=True); "
+                    f"time.sleep(300)\" {marker}\n")
+    out = tmp_path / "out"
+    kit = subprocess.Popen(["bash", str(RUN), str(out)], cwd=tmp_path, text=True,
+                           env=kit_env(tmp_path, PLAN=str(plan)), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "\nworking\n" not in ((out / "log.txt").read_text()  # the job's own line
+                                    if (out / "log.txt").exists() else ""):
+            assert kit.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        kit.send_signal(signal.SIGTERM)
+        _, err = kit.communicate(timeout=120)
+    finally:
+        if kit.poll() is None:
+            os.killpg(kit.pid, signal.SIGKILL)
+    assert kit.returncode == 130
+    assert "the kit was interrupted" in err
+    assert "interrupted (signal 15)" in (out / "log.txt").read_text()
+    left = [c for c in Path("/proc").glob("[0-9]*/cmdline")
+            if marker.encode() in (c.read_bytes() if c.exists() else b"")]
+    assert not left  # the job was stopped with the kit
+    assert {"log.txt", "env.txt", "runs.tar.gz"} <= {p.name for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert not any((tmp_path / "tmp").iterdir())  # the scratch folder is gone

@@ -431,6 +431,10 @@ class Kit:
             self.packer.pack()  # what it has stored and staged, before it is stopped
             stop(proc)
             rc = None
+        except BaseException:  # the kit itself is stopped: so is its job, once packed
+            self.packer.pack()
+            stop(proc)
+            raise
         finally:
             self.current = None
             if stdout:
@@ -504,10 +508,7 @@ def main(argv=None) -> int:
         for i, job in enumerate(jobs, 1):
             kit.run(i, job, env)
             kit.packer.pack()
-    except KeyboardInterrupt as why:
-        if kit.current is not None:
-            kit.packer.pack()
-            stop(kit.current)
+    except KeyboardInterrupt as why:  # Kit.run stopped the job it was running
         kit.log(f"interrupted ({why}): packing what there is")
         failed.append(f"the kit was interrupted ({why})")
     except SystemExit as err:  # a setup step failed: one sentence
