@@ -48,6 +48,60 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+AGGREGATES = ("mean", "max")  # how a per-sample detector's scores make one batch score
+
+
+def aggregated(detector: str, how: str) -> str:
+    """The name of per-sample ``detector`` scored per batch by the ``how`` (one of
+    :data:`AGGREGATES`) of its scores over the batch's ids: ``"mu@mean"``."""
+    base = registry.get(detector, "sample")
+    if how not in AGGREGATES:
+        raise ValueError(f"unknown aggregate {how!r} of per-sample scores over a batch; "
+                         f"choose one of {', '.join(AGGREGATES)}")
+    return f"{base.name}@{how}"
+
+
+def detector_of(name, unit: str | None = None):
+    """The detector ``name`` (of ``unit`` when given): a registered one
+    (:func:`bdunlearn.detectors.get`), or a per-sample one scored per batch,
+    ``"<detector>@<mean|max>"`` (:func:`aggregated`): a batch detector that scores a batch
+    by the mean or max of the per-sample detector's scores over the batch's ids, with
+    the per-sample detector's version, needs and shard minimum. Aggregates are not in
+    the registry (its names are words): the engine derives them on demand."""
+    if not (isinstance(name, str) and "@" in name):
+        return registry.get(name, unit)
+    base_name, _, how = name.partition("@")
+    if base_name not in registry.names("sample") or how not in AGGREGATES:
+        raise ValueError(f"unknown detector {name!r}; an aggregated detector is "
+                         f"'<per-sample detector>@<{'|'.join(AGGREGATES)}>' with a per-sample "
+                         f"detector among {', '.join(registry.names('sample'))}")
+    if unit is not None and unit != "batch":
+        raise ValueError(f"detector {name!r} scores batches, not single ids (unit "
+                         f"'batch', not {unit!r})")
+    base = registry.get(base_name, "sample")
+    return registry.Detector(
+        name, _aggregate_fn(base.name, how), "every model", "batch", base.features,
+        base.version, base.min_models, f"{base.title} ({how} over the batch)",
+        f"{base.needs}; its {how} over the batch", False)
+
+
+def aggregate(values, batches, ids, how: str) -> np.ndarray:
+    """Per-batch ``how`` (``"mean"`` or ``"max"``) of per-sample ``values``, one per id of
+    the sorted unique ``ids``, over each batch's ids."""
+    fn = {"mean": np.mean, "max": np.max}[how]
+    values, ids = np.asarray(values, dtype=np.float64), np.asarray(ids)
+    return np.array([fn(values[np.searchsorted(ids, b)]) for b in batches], dtype=np.float64)
+
+
+def _aggregate_fn(base: str, how: str):
+    def fn(view, batches):
+        service = view._service  # the engine's own view: score the ids per sample
+        every = np.unique(np.concatenate(batches))
+        return aggregate(scores(service, every, base), batches, every, how)
+    fn.__qualname__ = f"aggregate_{base}_{how}"
+    return fn
+
+
 def _too_few_models(service, det) -> ValueError:
     n = service.num_models
     return ValueError(f"{det.title} is undefined for a service with "
@@ -61,7 +115,7 @@ def scores(service, ids, detector: str) -> np.ndarray:
     samples ``ids`` of a fitted unlearning service (any
     :class:`~bdunlearn.unlearning.UnlearningService`; batched per model for a detector
     that sees one model). A sample's score does not depend on what is scored with it."""
-    det = registry.get(detector, "sample")
+    det = detector_of(detector, "sample")
     ids = sample_ids(ids, len(service.y))
     if service.num_models < det.min_models:
         raise _too_few_models(service, det)
@@ -87,7 +141,7 @@ def _checked(det, values, n: int) -> np.ndarray:
 def batch_scores(service, batches, detector: str = "batch") -> np.ndarray:
     """One score per request batch (a list of id arrays, each of two or more ids) under a
     registered batch detector (``"batch"`` by default)."""
-    det = registry.get(detector, "batch")
+    det = detector_of(detector, "batch")
     batches = [sample_ids(b, len(service.y), what="request id") for b in batches]
     if any(b.size < 2 for b in batches):
         raise ValueError("a batch score needs batches of at least two request ids")
@@ -171,7 +225,7 @@ class RequestFilter:
     threshold: float
 
     def __post_init__(self):
-        registry.get(self.detector, "sample")
+        detector_of(self.detector, "sample")
         self.threshold = number("threshold", self.threshold)
 
     def __call__(self, service, ids) -> np.ndarray:
@@ -206,7 +260,7 @@ class BatchFilter:
     def __post_init__(self):
         self.threshold = number("threshold", self.threshold)
         self.size = integer("batch size", self.size, 2)
-        registry.get(self.detector, "batch")
+        detector_of(self.detector, "batch")
 
     def __call__(self, service, ids) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
@@ -224,7 +278,7 @@ def detector_scores(service, ids, detector: str, *, batch: int = 10, draws: int 
     detector; for a batch detector, one per request batch of ``batch`` ids, either the
     consecutive batches of ``ids`` (:func:`batches_of`, ``draws=0``) or ``draws`` random
     batches drawn with ``seed``."""
-    if registry.get(detector).unit == "sample":
+    if detector_of(detector).unit == "sample":
         return scores(service, ids, detector)
     ids = sample_ids(ids, len(service.y), what="request id")
     batch = integer("batch size", batch, 2)
@@ -253,7 +307,7 @@ def benchmark(service, positives, populations: dict, detector: str, *,
     its thresholds rest on as many scores as a per-sample detector's. Returns
     ``{name: {"auroc", "tpr@<f>", "fpr@<f>", "threshold@<f>"}}``.
     """
-    unit = registry.get(detector).unit
+    unit = detector_of(detector).unit
     if not isinstance(populations, dict) or not populations:
         raise ValueError("populations must be a non-empty dict of name -> benign ids, got "
                          f"{type(populations).__name__}")
@@ -306,6 +360,6 @@ def split_benign(service, ids, exclude=(), *, sample: int = 2000, seed: int = 0,
 def screen_for(detector: str, threshold: float, *, batch: int = 10):
     """The ``screen`` of a service that refuses what ``detector`` scores above
     ``threshold`` (:class:`RequestFilter` or :class:`BatchFilter`)."""
-    if registry.get(detector).unit == "batch":
+    if detector_of(detector).unit == "batch":
         return BatchFilter(threshold, batch, detector)
     return RequestFilter(detector, threshold)
