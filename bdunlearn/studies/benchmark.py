@@ -13,6 +13,19 @@ or changing one detector (or family) computes only its runs; the notebook shows 
 current version of each (:func:`select`) and names those with no stored rows.
 :func:`migrate` re-keyed the runs stored before runs were per detector
 (``python -m bdunlearn.studies.benchmark migrate results/runs``).
+
+The adaptive track (table :data:`ADAPTIVE`, :mod:`bdunlearn.adaptive`): on the same
+trained services, at 1 and 5 shards, one run per family, shard count, seed, attacker
+strategy and detector (its key holds the strategy and the detector's name and version,
+so strategies and seeds accumulate run by run). Its detectors are the per-sample ones,
+each also scored per request by the mean and max of its scores (``"mu@mean"``,
+:func:`bdunlearn.detect.detector_of`), the batch test, and the stream detector
+``"batch@stream"`` (the batch test on every pending request pooled across accounts,
+:func:`bdunlearn.adaptive.screen_stream`). Its rows: the final ASR without a filter and
+behind the detector's filter for that strategy's requests, the attack ids and requests
+refused, and the share of benign requests refused in each of three populations (random,
+the target class, correlated users) at the threshold set on random benign requests.
+At ``smoke`` the track is narrowed (:data:`SMOKE_ADAPTIVE`).
 """
 
 from __future__ import annotations
@@ -21,11 +34,13 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .. import attacks
+from .. import adaptive, attacks
 from .. import detectors as registry
 from .. import experiment as ex
+from ..detect import detector_of
 from ..store import GROUP, PROVENANCE, RunStore
 from . import COMMON, MEASURED, Need, Run
 
@@ -82,12 +97,14 @@ def setting(variant: str, shards: int, detector: str) -> tuple:
 
 
 def runs(cfg) -> list[Run]:
-    return [Run(TABLE, seed, setting(v, s, d))
-            for seed in cfg.seeds[:SEEDS] for v in families() for s in cfg.shards
-            for d in detectors(s)]
+    return [*(Run(TABLE, seed, setting(v, s, d))
+              for seed in cfg.seeds[:SEEDS] for v in families() for s in cfg.shards
+              for d in detectors(s)), *adaptive_runs(cfg)]
 
 
 def needs(run: Run, ctx) -> list[Need]:
+    if run.table == ADAPTIVE:
+        return adaptive_needs(run, ctx)
     v, s, d = run["variant"], run["shards"], run["detector"]
     r = ctx.recipe("attack", run.seed, s, v)
     return [Need(f"07 {v} S={s}", r, ((), tuple(r.attack().request_order()))),
@@ -112,6 +129,8 @@ def _switch_on(recipe, atk) -> dict:
 
 
 def compute(run: Run, ctx) -> pd.DataFrame:
+    if run.table == ADAPTIVE:
+        return adaptive_compute(run, ctx)
     plain, *_ = needs(run, ctx)
     recipe, cfg, det = plain.recipe, ctx.cfg, run["detector"]
     atk = recipe.attack()
@@ -129,25 +148,34 @@ def compute(run: Run, ctx) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
+def _version(name: str) -> float:
+    """The current version of a detector named in the table (NaN: none registered now)."""
+    try:
+        return detector_of(base_detector(name)[0]).version
+    except ValueError:
+        return float("nan")
+
+
 def select(table: pd.DataFrame, cfg) -> pd.DataFrame:
     """The stored rows the notebook shows: each detector's and family's current version
     (rows of an earlier version stay stored, out of sight). Prints the detectors and
     families of :func:`runs` that have no stored rows (or only some), so none is left
-    out silently."""
+    out silently. Rows with a ``strategy`` are the adaptive track's (:data:`ADAPTIVE`)."""
+    adaptive_rows = "strategy" in table.columns
+    ident = ["seed", "variant", "shards", *(["strategy"] if adaptive_rows else []), "detector"]
     if not table.empty and set(VERSIONS) <= set(table.columns):
-        now_det = {d: registry.get(d).version for d in registry.names()}
+        now_det = {d: _version(d) for d in table.detector.unique()}
         now_fam = {v: attacks.get(v).version for v in families()}
         table = table[(table.detector.map(now_det) == table.detector_version)
                       & (table.variant.map(now_fam) == table.attack_version)]
         table = table.reset_index(drop=True)
-    want = pd.DataFrame([{"seed": r.seed, **dict(r.setting)} for r in runs(cfg)])
+    want = pd.DataFrame([{"seed": r.seed, **dict(r.setting)} for r in runs(cfg)
+                         if r.table == (ADAPTIVE if adaptive_rows else TABLE)])
     if want.empty:
         return table
-    have = set() if table.empty else set(
-        table[["seed", "variant", "shards", "detector"]].itertuples(index=False, name=None))
-    want["stored"] = [k in have for k in
-                      want[["seed", "variant", "shards", "detector"]].itertuples(index=False,
-                                                                                  name=None)]
+    have = set() if table.empty else set(table[ident].itertuples(index=False, name=None))
+    want["stored"] = [k in have for k in want[ident].itertuples(index=False, name=None)]
+    where = f"{ADAPTIVE if adaptive_rows else TABLE}"
     for what in ("detector", "variant"):
         for name, g in want.groupby(what, sort=False):
             if g.stored.all():
@@ -155,8 +183,8 @@ def select(table: pd.DataFrame, cfg) -> pd.DataFrame:
             label = (f"detector {name!r} (version {g.detector_version.iloc[0]})"
                      if what == "detector" else
                      f"attack family {name!r} (version {g.attack_version.iloc[0]})")
-            print(f"{TABLE}: {label} has no stored rows" if not g.stored.any() else
-                  f"{TABLE}: {label} has {int(g.stored.sum())} of {len(g)} runs stored",
+            print(f"{where}: {label} has no stored rows" if not g.stored.any() else
+                  f"{where}: {label} has {int(g.stored.sum())} of {len(g)} runs stored",
                   "; run the notebook with compute True to compute only its runs", sep="")
     return table
 
@@ -196,6 +224,254 @@ def switch_on(table: pd.DataFrame) -> pd.DataFrame:
     first = first.assign(attack=first.variant.map(_title))
     return ex.over_seeds(first, ["attack", "shards"],
                          ["asr_before", "asr_after", "clean_acc_before", "clean_acc_after"])
+
+
+# ------------------------------------------------------------ the adaptive track
+
+ADAPTIVE = f"{TABLE}-adaptive"
+ADAPTIVE_SHARDS = (1, 5)  # ten shards stay in the non-adaptive table (issue 47)
+ADAPTIVE_POPULATIONS = ("random", "hard", "correlated")
+ADAPTIVE_COLUMNS = ["dataset", "variant", "seed", "shards", "strategy", "detector"]
+BENIGN_USERS = 30  # benign users of each population, adaptive.REQUEST_SIZE ids each
+STREAM = "@stream"  # a batch detector on the pending requests pooled across accounts
+# At smoke the track shows one family at one shard count, two strategies and the two
+# batch-unit screens, so it trains at most one service more than the other runs.
+SMOKE_ADAPTIVE = {"families": ("bn",), "strategies": ("single", "sybil"),
+                  "detectors": ("batch", "batch" + STREAM)}
+
+
+def base_detector(name: str) -> tuple[str, bool]:
+    """``(detector, pooled)``: the detector a name of the adaptive track scores with, and
+    whether it screens the pooled stream (``"batch@stream"``) or each request as sent."""
+    pooled = isinstance(name, str) and name.endswith(STREAM)
+    base = name[:-len(STREAM)] if pooled else name
+    det = detector_of(base)
+    if pooled and det.unit != "batch":
+        raise ValueError(f"a stream detector pools requests into batches, so {name!r} needs "
+                         f"a batch detector before {STREAM!r}, not per-sample {base!r}")
+    return base, pooled
+
+
+def adaptive_detectors(shards: int, cfg=None) -> tuple[str, ...]:
+    """The adaptive track's detectors at ``shards``: each per-sample detector of the
+    benchmark, its mean and max per request, every batch detector and the batch test
+    on the pooled stream (at ``smoke``: :data:`SMOKE_ADAPTIVE`)."""
+    from ..detect import AGGREGATES, aggregated
+
+    sample = [d for d in detectors(shards) if registry.get(d).unit == "sample"]
+    batch = [d for d in detectors(shards) if registry.get(d).unit == "batch"]
+    out = [*sample, *(aggregated(d, h) for d in sample for h in AGGREGATES), *batch,
+           *(d + STREAM for d in batch)]
+    return _narrow(cfg, "detectors", out)
+
+
+def _narrow(cfg, what: str, values) -> tuple:
+    if cfg is not None and cfg.profile == "smoke":
+        return tuple(v for v in values if v in SMOKE_ADAPTIVE[what])
+    return tuple(values)
+
+
+def adaptive_shards(cfg) -> tuple[int, ...]:
+    """The adaptive track's shard counts: those of :data:`ADAPTIVE_SHARDS` the run has
+    (at ``smoke``, or with none of them, the run's fewest)."""
+    have = tuple(s for s in cfg.shards if s in ADAPTIVE_SHARDS)
+    return have if have and cfg.profile != "smoke" else tuple(sorted(cfg.shards)[:1])
+
+
+def adaptive_setting(variant: str, shards: int, strategy: str, detector: str) -> tuple:
+    """An adaptive run's own setting: family, shards, strategy, detector, both versions."""
+    return (("variant", variant), ("shards", shards), ("strategy", strategy),
+            ("detector", detector),
+            ("detector_version", detector_of(base_detector(detector)[0]).version),
+            ("attack_version", attacks.get(variant).version))
+
+
+def adaptive_runs(cfg) -> list[Run]:
+    """The adaptive track's runs: family x shard count x seed x strategy x detector."""
+    return [Run(ADAPTIVE, seed, adaptive_setting(v, s, st, d))
+            for seed in cfg.seeds[:SEEDS] for v in _narrow(cfg, "families", families())
+            for s in adaptive_shards(cfg)
+            for st in _narrow(cfg, "strategies", adaptive.STRATEGIES)
+            for d in adaptive_detectors(s, cfg)]
+
+
+_ASR: dict = {}
+
+
+def _asr_without(recipe, atk, removed: np.ndarray, own: np.ndarray) -> dict:
+    """ASR and clean accuracy once ``removed`` are unlearned (the service's own models
+    when nothing is; memoised per recipe and removed set: detectors that accept the same
+    requests share one unlearning)."""
+    key = (recipe, frozenset(np.asarray(removed).tolist()))
+    if key not in _ASR:
+        svc = recipe.build().fit()
+        if len(removed):
+            svc.requestable[own] = True  # the attacker's own clean samples are its to delete
+            svc.unlearn(np.asarray(removed, dtype=np.int64))
+        if len(_ASR) > 64:
+            _ASR.clear()
+        _ASR[key] = atk.evaluate(svc.predict)
+    return _ASR[key]
+
+
+_CONTEXT: dict = {}
+
+
+def _adaptive_context(recipe, atk):
+    """What every adaptive run of one service shares: the fitted service, the benign
+    users of each population (never an id a threshold is calibrated on), the attacker's
+    plan (its own clean ids apart from every benign user's) and the calibration ids."""
+    from .. import detect
+
+    if recipe in _CONTEXT:
+        return _CONTEXT[recipe]
+    svc = recipe.build().fit()
+    pops = ex.benign_populations(atk)
+    mitigation = atk.ids("mitigation")
+    calib = detect.split_benign(svc, pops["random"], mitigation, sample=ex.BENIGN_SAMPLE,
+                                seed=atk.seed)[0]
+    rng = np.random.default_rng([atk.seed, 47])
+    held = {k: np.setdiff1d(v, np.concatenate([calib, mitigation])) for k, v in pops.items()}
+    size = adaptive.REQUEST_SIZE
+    users = {"random": adaptive.benign_requests(held["random"], BENIGN_USERS, size, rng),
+             "hard": adaptive.benign_requests(held["hard"], BENIGN_USERS, size, rng)}
+    rest = np.setdiff1d(held["random"], np.concatenate(users["random"]))
+    pool = np.sort(rng.choice(rest, min(len(rest), 2000), replace=False))
+    with detect.memo():  # correlated users: near-neighbours in the first model's features
+        feats = detect._outputs(svc, 0, pool, "features")
+    users["correlated"] = adaptive.clusters(feats, pool, BENIGN_USERS, size, rng)
+    # the attacker's own clean samples: any clean sample no benign user requests (the
+    # defender's calibration sample of its training data may hold some of them)
+    own = np.setdiff1d(pops["random"], np.concatenate([u for us in users.values()
+                                                       for u in us]))
+    order = atk.request_order()
+    # the surrogate: the loss of each claimed label under the service's own prediction
+    # (mean softmax), which any user who may query the service can compute
+    p = svc.predict_proba(atk.x[order], "mean").double()
+    surrogate = -p.clamp_min(1e-12).log().gather(1, atk.y[order].view(-1, 1)).squeeze(1)
+    plan = adaptive.Plan(order, rng.permutation(own), surrogate.numpy())
+    _CONTEXT.clear()  # one service at a time (runs come family by family)
+    _CONTEXT[recipe] = (svc, users, plan, calib)
+    return _CONTEXT[recipe]
+
+
+def adaptive_needs(run: Run, ctx) -> list[Need]:
+    """The service an adaptive run fits, and its requests unlearned (the unfiltered
+    strategies' other removals are known only as the run screens them)."""
+    v, s = run["variant"], run["shards"]
+    r = ctx.recipe("attack", run.seed, s, v)
+    return [Need(f"07 adaptive {v} S={s}", r, ((), tuple(r.attack().request_order())))]
+
+
+def adaptive_compute(run: Run, ctx) -> pd.DataFrame:
+    """One adaptive run: the strategy's request stream among random benign users, screened
+    by the detector at the threshold set on random benign requests for ``target_fpr``;
+    what it accepts of the attacker's requests is unlearned on a fresh service. Benign
+    users of each population are screened the same way, their requests pooled in
+    arrival order for a stream detector."""
+    from .. import detect
+
+    cfg, det, name = ctx.cfg, run["detector"], run["strategy"]
+    recipe = ctx.recipe("attack", run.seed, run["shards"], run["variant"])
+    atk = recipe.attack()
+    svc, users, plan, _ = _adaptive_context(recipe, atk)
+    base, pooled = base_detector(det)
+    with detect.memo():
+        random = ex.benign_populations(atk)["random"]  # split as the other runs split it
+        bench = detect.benchmark(svc, plan.mitigation, {"random": random}, base,
+                                 fprs=(cfg.target_fpr,), batch=adaptive.REQUEST_SIZE,
+                                 sample=ex.BENIGN_SAMPLE, seed=atk.seed)
+        thr = bench["random"][f"threshold@{cfg.target_fpr:g}"]
+        screen = detect.screen_for(base, thr, batch=adaptive.REQUEST_SIZE)
+
+        def flags(requests):
+            return adaptive.screen_stream(requests, lambda ids: screen(svc, ids),
+                                          pooled=pooled)
+
+        rng = np.random.default_rng([atk.seed, 48, sorted(adaptive.STRATEGIES).index(name)])
+        stream = adaptive.stream(name, plan, users["random"], rng)
+        got = flags(stream)
+        benign = {pop: flags([adaptive.Request(f"user{i}", u) for i, u in enumerate(us)])
+                  for pop, us in users.items()}
+    mine = [(r, f) for r, f in zip(stream, got) if r.attack]
+    sent = np.concatenate([r.ids for r, _ in mine])
+    accepted = np.concatenate([r.ids[~f] for r, f in mine])
+    collateral = [f for r, f in zip(stream, got) if not r.attack]
+    before = _switch_on(recipe, atk)
+    unfiltered = _asr_without(recipe, atk, sent, plan.own)
+    filtered = _asr_without(recipe, atk, accepted, plan.own)
+    is_mit = np.isin(sent, plan.mitigation)
+    row = {"dataset": ctx.ds.name, "variant": atk.variant, "seed": run.seed,
+           "shards": run["shards"], "strategy": name, "detector": det,
+           **{k: run[k] for k in VERSIONS}, "filter_threshold": thr,
+           "asr_before": before["asr_before"], "asr_after": unfiltered["asr"],
+           "clean_acc_after": unfiltered["clean_acc"], "asr_filtered": filtered["asr"],
+           "clean_acc_filtered": filtered["clean_acc"], "attack_ids": int(is_mit.sum()),
+           "attack_requests": len(mine),
+           "attack_refused": float(1 - np.isin(sent[is_mit], accepted).mean()),
+           "attack_requests_refused": float(np.mean([f.any() for _, f in mine])),
+           "benign_collateral": (float(np.concatenate(collateral).mean()) if collateral
+                                 else 0.0)}
+    for pop, f in benign.items():
+        row[f"benign_refused_{pop}"] = float(np.concatenate(f).mean())
+        row[f"benign_requests_refused_{pop}"] = float(np.mean([x.any() for x in f]))
+    row["benign_users"] = min(len(u) for u in users.values())
+    return pd.DataFrame([row])
+
+
+def paired_gap(table: pd.DataFrame, by: list[str], metric: str, higher: bool = True
+               ) -> pd.DataFrame:
+    """Each detector's paired difference from the best detector of its group ``by`` (the
+    one with the best mean ``metric`` over seeds; ``higher``: high is good), seed by seed
+    over the seeds both hold (:func:`bdunlearn.verdicts.paired`): columns ``best``,
+    ``<metric> vs best`` (the mean) and its 95% t-interval, indexed by ``by`` and the
+    detector."""
+    from ..verdicts import paired
+
+    out = {}
+    for key, g in table.groupby(by, sort=True):
+        per = g.groupby(["detector", "seed"])[metric].mean()
+        means = per.groupby(level=0).mean()
+        best = means.idxmax() if higher else means.idxmin()
+        ref = per.loc[best].to_dict()
+        for det in means.index:
+            d = paired(ref, per.loc[det].to_dict(), bounds=(-1.0, 1.0))
+            out[(*(key if isinstance(key, tuple) else (key,)), det)] = {
+                "best": best, f"{metric} vs best": None if d is None else round(d.mean, 3),
+                f"{metric} vs best 95% CI": ("" if d is None or d.lo is None
+                                             else f"[{d.lo:.3f}, {d.hi:.3f}]")}
+    frame = pd.DataFrame.from_dict(out, orient="index")
+    frame.index.names = [*by, "detector"]
+    return frame
+
+
+def adaptive_leaderboard(table: pd.DataFrame) -> pd.DataFrame:
+    """Per attack family, shard count, strategy and detector over seeds: the final ASR
+    without a filter and behind it, the share of attack ids and requests refused, the
+    share of benign users' requests refused in each population (and of benign ids
+    refused in the attack's own stream), and the paired difference (within seed) of the
+    share of attack ids refused from the best detector of that family, shard count and
+    strategy."""
+    if table.empty:
+        return pd.DataFrame({"stored runs": [0]})
+    t = table.assign(attack=table.variant.map(_title))
+    by = ["attack", "shards", "strategy"]
+    cols = ["asr_after", "asr_filtered", "attack_refused", "attack_requests_refused",
+            *(f"benign_requests_refused_{p}" for p in ADAPTIVE_POPULATIONS),
+            "benign_collateral"]
+    return ex.over_seeds(t, [*by, "detector"], cols).join(paired_gap(t, by, "attack_refused"))
+
+
+def stream_view(table: pd.DataFrame, detectors=("batch", "batch" + STREAM)) -> pd.DataFrame:
+    """:func:`adaptive_leaderboard` for ``detectors`` alone (the batch test per request
+    and on the pooled stream by default), with the columns that tell them apart: attack
+    ids refused, final ASR behind the filter and benign requests refused per population."""
+    board = adaptive_leaderboard(table)
+    if "detector" not in board.index.names:
+        return board
+    board = board[board.index.get_level_values("detector").isin(detectors)]
+    return board[["attack_refused", "asr_filtered",
+                  *(f"benign_requests_refused_{p}" for p in ADAPTIVE_POPULATIONS), "seeds"]]
 
 
 # ------------------------------------------------------------ migration to per-detector runs
