@@ -116,6 +116,7 @@ def scores(service, ids, detector: str) -> np.ndarray:
     :class:`~bdunlearn.unlearning.UnlearningService`; batched per model for a detector
     that sees one model). A sample's score does not depend on what is scored with it."""
     det = detector_of(detector, "sample")
+    _fitted(service)
     ids = sample_ids(ids, len(service.y))
     if service.num_models < det.min_models:
         raise _too_few_models(service, det)
@@ -127,6 +128,14 @@ def scores(service, ids, detector: str) -> np.ndarray:
         sel = np.flatnonzero(owner == m)
         out[sel] = _checked(det, det.fn(ModelView(service, int(m), det), ids[sel]), len(sel))
     return out
+
+
+def _fitted(service) -> None:
+    """Detectors read a service's trained models: one not fitted yet fails with one
+    sentence, not an ``AttributeError`` deep in a model call."""
+    if not getattr(service, "fitted", False):
+        raise ValueError(f"{type(service).__name__} is not fitted; call fit() before scoring "
+                         "requests")
 
 
 def _checked(det, values, n: int) -> np.ndarray:
@@ -142,6 +151,7 @@ def batch_scores(service, batches, detector: str = "batch") -> np.ndarray:
     """One score per request batch (a list of id arrays, each of two or more ids) under a
     registered batch detector (``"batch"`` by default)."""
     det = detector_of(detector, "batch")
+    _fitted(service)
     batches = [sample_ids(b, len(service.y), what="request id") for b in batches]
     if any(b.size < 2 for b in batches):
         raise ValueError("a batch score needs batches of at least two request ids")

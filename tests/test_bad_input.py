@@ -163,6 +163,10 @@ DATA = [
 
 ATTACK = [
     ("unknown variant", lambda c: attack.build_attack(c.ds, "xx"), ValueError, "'xx'"),
+    ("scores of an unfitted service", lambda c: detect.scores(
+        _service(c, shards=2), [0, 1], "mu"), ValueError, "not fitted"),
+    ("batch scores of an unfitted service", lambda c: detect.batch_scores(
+        _service(c, shards=2), [[0, 1]]), ValueError, "not fitted"),
     ("unknown attack knob", lambda c: attack.build_attack(c.ds, "bn", poison=5), ValueError,
      "no knob 'poison'"),
     ("unknown variant (notebooks)", lambda c: attack.build_attack(c.ds, "xx", cfg=None),
