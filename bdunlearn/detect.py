@@ -133,7 +133,7 @@ def scores(service, ids, detector: str) -> np.ndarray:
 def _fitted(service) -> None:
     """Detectors read a service's trained models: one not fitted yet fails with one
     sentence, not an ``AttributeError`` deep in a model call."""
-    if not getattr(service, "fitted", False):
+    if getattr(service, "fitted", True) is False:
         raise ValueError(f"{type(service).__name__} is not fitted; call fit() before scoring "
                          "requests")
 
