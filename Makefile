@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data lint test reproduce figures plan lab bench clean-cache
+.PHONY: setup data lint test test-fast reproduce figures plan lab bench clean-cache
 
 setup: $(VENV)/.installed data
 
@@ -33,13 +33,23 @@ $(VENV)/.cluster: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[cluster]"
 	touch $@
 
-# The linter, unit tests, then every notebook under nbval at the smoke profile, the 25
-# slowest listed at the end; the notebooks' tables and figures go to a temporary folder,
-# not over the committed ones.
+# Everything, as CI runs it: the linter, then every tier (unit, slow, cluster: see
+# tests/conftest.py), then every notebook under nbval at the smoke profile, the 25 slowest
+# listed at the end. The tests run first and train into the same checkpoint cache
+# (BDUNLEARN_CACHE; .ci/run sets one folder per run) that the notebooks then read. The
+# notebooks' tables and figures go to a temporary folder, not over the committed ones.
 test: lint $(VENV)/.cluster
 	out=$$(mktemp -d) && BDUNLEARN_PROFILE=smoke BDUNLEARN_RESULTS=$$out/results \
 	  BDUNLEARN_FIGURES=$$out/figures $(BIN)/python -m pytest tests notebooks --nbval-lax \
 	  -p no:cacheprovider --durations=25
+
+# The inner loop: the unit tier alone (-m unit: no notebook, no Ray, no long training),
+# in a fresh checkpoint cache and a temporary results folder, removed afterwards.
+test-fast: $(VENV)/.installed
+	out=$$(mktemp -d) && BDUNLEARN_PROFILE=smoke BDUNLEARN_CACHE=$$out/checkpoints \
+	  BDUNLEARN_RESULTS=$$out/results BDUNLEARN_FIGURES=$$out/figures \
+	  $(BIN)/python -m pytest tests -m unit -p no:cacheprovider --durations=10; \
+	  rc=$$?; rm -rf "$$out"; exit $$rc
 
 # RAY=local|auto|ADDRESS (or none: local worker processes) first trains the profile's
 # planned models with `python -m bdunlearn.sweep` (Ray comes from the cluster extra).
