@@ -1017,9 +1017,12 @@ def check(name: str, table: pd.DataFrame, run: RunConfig | str) -> dict:
     else:  # its verdict, by the rules of bdunlearn.verdicts, is in the lines below
         status = "reported"
     seeds = table.seed.nunique() if "seed" in table else 1
-    print(f"{name} ({status}, {seeds} seed{'s' * (seeds != 1)}): {claim.describe(numbers)}; "
-          f"thresholds at {profile}: {t}")
-    if claim.decide is not None:
+    head = f"{name} ({status}, {seeds} seed{'s' * (seeds != 1)})"
+    bars = f"asserted at {profile}: {t}" if asserted else ""
+    if claim.decide is None:
+        print(f"{head}: {claim.describe(numbers)}" + (f"; {bars}" if bars else ""))
+    else:  # one line per setting: what was measured -> its verdict
+        print(head + (f"; {bars}" if bars else ""))
         one = table if "seed" in table else table.assign(seed=0)
         for setting, measured, verdict in claim.decide(one, t):
             print(f"    {setting + ': ' if setting else ''}{measured} -> {verdict}")
