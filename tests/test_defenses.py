@@ -1,87 +1,84 @@
-"""Defenses on one small BadNets model and one clean model (digits, trained once)."""
+"""Defenses on the tiny BadNets model and the tiny clean model of conftest.py (digits,
+trained once per session): every defense must weaken the backdoor by a stated margin."""
 
 import pytest
 import torch
 
-from bdunlearn import data
 from bdunlearn.defenses import DEFENSES, DefenderView, DefenseResult, run_defense, stratified_split
 from bdunlearn.defenses.neural_cleanse import anomaly_indices, flag_outliers
-from bdunlearn.metrics import accuracy, attack_success_rate
 from bdunlearn.models import build_model
-from bdunlearn.registry import reference_config
-from bdunlearn.train import fit, make_generator, predict
-from bdunlearn.triggers import PatchTrigger, stamp_patch
+from bdunlearn.triggers import PatchTrigger
 
 TARGET = 0
 NC_FAST = dict(steps=120, batch_size=16)
 
 
 @pytest.fixture(scope="module")
-def setup():
-    ds = data.load("digits")
-    perm = torch.randperm(len(ds.y_train), generator=make_generator(0))
-    held, train = perm[:150], perm[150:]
-    x, y = ds.x_train[train].clone(), ds.y_train[train].clone()
-    poison = torch.randperm(len(y), generator=make_generator(1))[: len(y) // 10]
-    x[poison] = stamp_patch(x[poison], 4, 1.0)
-    y[poison] = TARGET
-    cfg = reference_config("digits", epochs=12)
-    shape = ds.image_shape
-    backdoored = fit(build_model("fmnist_cnn", shape, 10, seed=0), x, y, cfg, seed=0,
-                     device="cpu")
-    clean = fit(build_model("fmnist_cnn", shape, 10, seed=0), ds.x_train[train],
-                ds.y_train[train], cfg, seed=0, device="cpu")
-    return {"ds": ds, "x": ds.x_train[held], "y": ds.y_train[held],
-            "backdoored": backdoored, "clean": clean}
+def setup(digits, backdoored, tiny_model):
+    """The trained models (slow tier: two 14-epoch trainings, once per session)."""
+    return {"ds": digits, "x": backdoored.x, "y": backdoored.y,
+            "backdoored": backdoored.model, "clean": tiny_model, "scores": backdoored.scores}
 
 
-def scores(model, ds):
+@pytest.fixture(scope="module")
+def untrained(digits):
+    """An untrained model and 150 clean images: enough for the checks of views, knobs,
+    counted steps and the result cache, none of which needs a trained model (unit tier)."""
+    return {"x": digits.x_train[:150], "y": digits.y_train[:150],
+            "backdoored": build_model("fmnist_cnn", digits.image_shape, 10, seed=0)}
+
+
+def scores(model, setup):
     """(clean accuracy, ASR of the bright 4x4 patch) on the test split."""
-    acc = accuracy(predict(model, ds.x_test, device="cpu"), ds.y_test)
-    others = ds.x_test[ds.y_test != TARGET]
-    asr = attack_success_rate(predict(model, stamp_patch(others, 4, 1.0), device="cpu"),
-                              TARGET)
-    return acc, asr
+    return setup["scores"](model)
+
+
+# Neural Cleanse's 120 short steps converge on 150 defender images (about 13 passes), not
+# on all 300 (the target's mask norm 36 on 150, 227 on 300, the clean model's least 112).
+NC_IMAGES = 150
 
 
 @pytest.fixture(scope="module")
 def nc_backdoored(setup):
-    view = DefenderView(setup["backdoored"], setup["x"], setup["y"], 10)
+    view = DefenderView(setup["backdoored"], setup["x"][:NC_IMAGES], setup["y"][:NC_IMAGES], 10)
     return run_defense("neural_cleanse", view, seed=0, **NC_FAST)
 
 
+@pytest.mark.slow
 def test_fixture_model_is_backdoored(setup):
-    acc, asr = scores(setup["backdoored"], setup["ds"])
-    assert acc > 0.8 and asr > 0.8
+    acc, asr = scores(setup["backdoored"], setup)
+    assert acc > 0.8 and asr > 0.9
+    clean_acc, clean_asr = scores(setup["clean"], setup)
+    assert clean_acc > 0.8 and clean_asr < 0.2
 
 
-def test_view_holds_only_defender_data(setup):
-    view = DefenderView(setup["backdoored"], setup["x"], setup["y"], 10)
+def test_view_holds_only_defender_data(untrained):
+    view = DefenderView(untrained["backdoored"], untrained["x"], untrained["y"], 10)
     assert not hasattr(view, "manifest") and not hasattr(view, "__dict__")
     with pytest.raises(TypeError):
-        DefenderView(setup["backdoored"], setup["x"], setup["y"], 10, manifest=[])
+        DefenderView(untrained["backdoored"], untrained["x"], untrained["y"], 10, manifest=[])
     with pytest.raises(AttributeError):
         view.trigger = PatchTrigger()
-    assert view.model is not setup["backdoored"]
+    assert view.model is not untrained["backdoored"]
 
 
-def test_view_rejects_bad_input(setup):
+def test_view_rejects_bad_input(untrained):
     with pytest.raises(ValueError, match="uint8"):
-        DefenderView(setup["backdoored"], setup["x"].float(), setup["y"], 10)
+        DefenderView(untrained["backdoored"], untrained["x"].float(), untrained["y"], 10)
     with pytest.raises(ValueError, match="labels outside"):
-        DefenderView(setup["backdoored"], setup["x"], setup["y"], 5)
+        DefenderView(untrained["backdoored"], untrained["x"], untrained["y"], 5)
 
 
-def test_split_is_stratified_and_seeded(setup):
-    (xa, ya), (xb, yb) = stratified_split(setup["x"], setup["y"], 0.2, seed=3)
-    assert len(ya) + len(yb) == len(setup["y"])
-    assert set(yb.tolist()) == set(setup["y"].tolist())
-    (_, _), (_, yb2) = stratified_split(setup["x"], setup["y"], 0.2, seed=3)
+def test_split_is_stratified_and_seeded(untrained):
+    (xa, ya), (xb, yb) = stratified_split(untrained["x"], untrained["y"], 0.2, seed=3)
+    assert len(ya) + len(yb) == len(untrained["y"])
+    assert set(yb.tolist()) == set(untrained["y"].tolist())
+    (_, _), (_, yb2) = stratified_split(untrained["x"], untrained["y"], 0.2, seed=3)
     assert torch.equal(yb, yb2)
 
 
-def test_unknown_defense_and_knob_are_named(setup):
-    view = DefenderView(setup["clean"], setup["x"], setup["y"], 10)
+def test_unknown_defense_and_knob_are_named(untrained):
+    view = DefenderView(untrained["backdoored"], untrained["x"], untrained["y"], 10)
     with pytest.raises(ValueError, match="choose one of .*neural_cleanse"):
         run_defense("spectral", view)
     with pytest.raises(ValueError, match="unknown knob"):
@@ -91,9 +88,9 @@ def test_unknown_defense_and_knob_are_named(setup):
 
 
 @pytest.fixture(scope="module")
-def untrained_view():
+def untrained_view(digits):
     """A view on an untrained model: enough for checks that must fail before any work."""
-    ds = data.load("digits")
+    ds = digits
     return DefenderView(build_model("fmnist_cnn", ds.image_shape, 10, seed=0),
                         ds.x_train[:60], ds.y_train[:60], 10, trigger=PatchTrigger())
 
@@ -136,6 +133,7 @@ def test_anomaly_index_flags_small_outlier():
     assert flag_outliers(norms) == [5]  # the large outlier is not a backdoor sign
 
 
+@pytest.mark.slow
 def test_neural_cleanse_flags_target(nc_backdoored):
     assert nc_backdoored.target == TARGET
     assert nc_backdoored.flagged[0] == TARGET
@@ -143,17 +141,19 @@ def test_neural_cleanse_flags_target(nc_backdoored):
     assert nc_backdoored.seconds > 0 and nc_backdoored.model is None
 
 
+@pytest.mark.slow
 def test_neural_cleanse_on_clean_model_is_less_anomalous(setup, nc_backdoored):
     # With this short a run a naturally small class of the clean digits model can cross
     # index 2, so the test checks that the backdoor target stays unflagged and that the
     # clean model's lowest mask is far less anomalous than the backdoored one's.
-    view = DefenderView(setup["clean"], setup["x"], setup["y"], 10)
+    view = DefenderView(setup["clean"], setup["x"][:NC_IMAGES], setup["y"][:NC_IMAGES], 10)
     result = run_defense("neural_cleanse", view, seed=0, **NC_FAST)
     assert TARGET not in result.flagged
     clean_norms = result.info["norms"]
     assert min(clean_norms) > 1.5 * min(nc_backdoored.info["norms"])
 
 
+@pytest.mark.slow
 def test_grad_prune_respects_bound_and_lowers_asr(setup):
     before = {k: v.clone() for k, v in setup["backdoored"].state_dict().items()}
     view = DefenderView(setup["backdoored"], setup["x"], setup["y"], 10,
@@ -164,13 +164,14 @@ def test_grad_prune_respects_bound_and_lowers_asr(setup):
     bound = (1 - info["max_drop"]) * info["val_acc_before"]
     assert info["val_acc_pruned"] > bound
     assert all(h["val_acc"] > bound for h in info["history"][:len(info["pruned"])])
-    _, asr_before = scores(setup["backdoored"], setup["ds"])
-    _, asr_after = scores(result.model, setup["ds"])
+    _, asr_before = scores(setup["backdoored"], setup)
+    _, asr_after = scores(result.model, setup)
     assert asr_after < asr_before - 0.3
     after = setup["backdoored"].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # caller's model intact
 
 
+@pytest.mark.slow
 def test_baeraser_with_reversed_target_returns_model(setup, nc_backdoored):
     view = DefenderView(setup["backdoored"], setup["x"], setup["y"], 10)
     result = run_defense("baeraser", view, seed=0, target=nc_backdoored.target,
@@ -180,29 +181,52 @@ def test_baeraser_with_reversed_target_returns_model(setup, nc_backdoored):
     assert result.info["val_acc_before"] - result.info["val_acc_after"] <= 0.03
 
 
-@pytest.mark.parametrize("name,knobs", [("finetune", {"epochs": 2}),
-                                        ("fine_pruning", {"epochs": 2})])
-def test_baselines_return_results(setup, name, knobs):
+# Knobs under which each defense weakens the tiny backdoor, and the least it must cut
+# its ASR (absolute). Measured on seeds 0, 1 and 2 (fp32, 2026-12-07) from the model's
+# ASR 0.948, trained with two threads (one thread: another model, same ASR): fine-tuning
+# -> 0.75 / 0.72 on seeds 1, 2 (one thread: 0.62 / 0.63 / 0.82 on seeds 0-2), fine-pruning
+# -> 0.27 / 0.04 (one thread: 0.06 / 0.04 / 0.04), BAERASER -> 0.10 / 0.36 / 0.09 (one
+# thread: 0.16 on seed 0); clean accuracy within 0.035 of the model's every time.
+# BAERASER is given the target, a generator trained long enough to find the patch (10
+# epochs of batches of 32: 80 steps; the 4 steps of 2 epochs of 128 find a trigger that
+# is not the patch, ASR 0.89), and a fixed 5 unlearning epochs (stop_success 0: its
+# early stop reads its own recovered triggers, which this short run already fools).
+# A defense that returns the model unchanged fails.
+CUTS = [
+    ("finetune", dict(epochs=10, lr=0.01, val_fraction=0.3), 0.1),
+    ("fine_pruning", dict(epochs=10, lr=0.02, max_drop=0.1, val_fraction=0.3), 0.5),
+    ("baeraser", dict(target=TARGET, gen_epochs=10, batch_size=32, unlearn_epochs=5,
+                      stop_success=0.0, max_drop=0.1), 0.4),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, knobs, margin", CUTS, ids=[c[0] for c in CUTS])
+def test_defense_cuts_the_backdoor_and_keeps_clean_accuracy(setup, name, knobs, margin):
     view = DefenderView(setup["backdoored"], setup["x"], setup["y"], 10)
     result = run_defense(name, view, seed=0, **knobs)
     assert isinstance(result, DefenseResult) and result.seconds > 0
-    acc, _ = scores(result.model, setup["ds"])
-    assert acc > 0.7
+    acc_before, asr_before = scores(setup["backdoored"], setup)
+    acc_after, asr_after = scores(result.model, setup)
+    assert asr_after <= asr_before - margin, (asr_before, asr_after)
+    assert acc_after >= acc_before - 0.05, (acc_before, acc_after)
 
 
-FAST_KNOBS = {"neural_cleanse": dict(NC_FAST, mitigate=True, unlearn_epochs=1),
-              "baeraser": dict(target=TARGET, gen_epochs=1, unlearn_epochs=1),
-              "grad_prune": dict(samples_per_class=15, finetune_epochs=1),
+# The least work each defense can do: the cache tests check what is stored and loaded.
+FAST_KNOBS = {"neural_cleanse": dict(steps=10, batch_size=16, mitigate=True, unlearn_epochs=1),
+              "baeraser": dict(target=TARGET, gen_epochs=1, unlearn_epochs=1,
+                               positions="random"),
+              "grad_prune": dict(samples_per_class=5, finetune_epochs=1, patience=2),
               "finetune": dict(epochs=1), "fine_pruning": dict(epochs=1)}
 
 
 @pytest.mark.parametrize("name", sorted(DEFENSES))
-def test_cached_defense_is_loaded_not_rerun(setup, tmp_path, monkeypatch, name):
+def test_cached_defense_is_loaded_not_rerun(untrained, tmp_path, monkeypatch, name):
     from bdunlearn import defenses
     from bdunlearn import experiment as ex
 
     trigger = PatchTrigger(4, 1.0) if name == "grad_prune" else None
-    call = lambda seed: ex.defend(setup["backdoored"], name, setup["x"], setup["y"], 10,  # noqa: E731
+    call = lambda seed: ex.defend(untrained["backdoored"], name, untrained["x"], untrained["y"], 10,  # noqa: E731
                                   seed=seed, device="cpu", trigger=trigger,
                                   cache_dir=tmp_path, **FAST_KNOBS[name])
     first = call(0)
@@ -219,19 +243,20 @@ def test_cached_defense_is_loaded_not_rerun(setup, tmp_path, monkeypatch, name):
         call(1)
 
 
-def test_steps_count_every_optimiser_step_of_the_defense(setup):
-    view = DefenderView(setup["backdoored"], setup["x"], setup["y"], 10)
+def test_steps_count_every_optimiser_step_of_the_defense(untrained):
+    view = DefenderView(untrained["backdoored"], untrained["x"], untrained["y"], 10)
     assert run_defense("neural_cleanse", view, seed=0, steps=7, batch_size=16).steps == 7
     # fine-tuning: ceil(135 training images / 64) batches per epoch, two epochs
     tuned = run_defense("finetune", view, seed=0, epochs=2, patience=5)
     assert tuned.steps == 2 * -(-135 // 64)
 
 
-def test_a_cached_result_missing_a_field_is_recomputed_with_a_warning(setup, tmp_path):
+def test_a_cached_result_missing_a_field_is_recomputed_with_a_warning(untrained, tmp_path):
     from bdunlearn import cache
     from bdunlearn import experiment as ex
 
-    call = lambda: ex.defend(setup["backdoored"], "finetune", setup["x"], setup["y"], 10,  # noqa: E731
+    u = untrained
+    call = lambda: ex.defend(u["backdoored"], "finetune", u["x"], u["y"], 10,  # noqa: E731
                              seed=0, device="cpu", cache_dir=tmp_path, epochs=1)
     first = call()
     (path,) = (tmp_path / "defenses").glob("*.pt")
@@ -244,8 +269,8 @@ def test_a_cached_result_missing_a_field_is_recomputed_with_a_warning(setup, tmp
     assert "steps" in cache.load(path)[1]  # rewritten whole
 
 
-def test_a_view_takes_numpy_integer_classes(setup):
+def test_a_view_takes_numpy_integer_classes(untrained):
     import numpy as np
 
-    view = DefenderView(setup["backdoored"], setup["x"], setup["y"], np.int64(10))
+    view = DefenderView(untrained["backdoored"], untrained["x"], untrained["y"], np.int64(10))
     assert view.num_classes == 10 and type(view.num_classes) is int
