@@ -3,13 +3,12 @@ import pytest
 import torch
 
 from bdunlearn import attack
-from bdunlearn.data import load
 from bdunlearn.triggers import blend, blend_pattern, stamp_patch
 
 
 @pytest.fixture(scope="module")
-def ds():
-    return load("digits")
+def ds(digits):
+    return digits
 
 
 def test_badnets_builder(ds):

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from bdunlearn import cache
-from bdunlearn.data import load
 from bdunlearn.defenses import DefenderView, run_defense
 from bdunlearn.models import build_model
 
@@ -155,8 +154,8 @@ def test_stale_temporary_files_are_swept(tmp_path):
     assert not old.exists() and young.exists()
 
 
-def test_defense_results_are_cached_verified_and_planted_files_refused(tmp_path):
-    ds = load("digits").subset(200, 50, seed=0)
+def test_defense_results_are_cached_verified_and_planted_files_refused(tmp_path, digits):
+    ds = digits.subset(200, 50, seed=0)
     model = build_model("fmnist_cnn", (1, 28, 28), 10, seed=0)
     view = DefenderView(model, ds.x_train, ds.y_train, 10, device="cpu")
     first = run_defense("finetune", view, seed=0, cache_dir=tmp_path, epochs=1)

@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load("digits").subset(300, 60, seed=0)
+def digits(digits):
+    """This file's digits: a 300/60 subset of the session's (conftest.py)."""
+    return digits.subset(300, 60, seed=0)
 
 
 def service(ds, folder, **kw):

@@ -68,12 +68,10 @@ def test_request_counts_are_cumulative_and_capped_at_the_attack():
         config.resolve("smoke", request_steps=[0, 100])
 
 
-def test_defender_pool_lies_outside_training_and_evaluation_images():
+def test_defender_pool_lies_outside_training_and_evaluation_images(digits):
     from bdunlearn import experiment as ex
-    from bdunlearn.data import load
-
     cfg = config.resolve("smoke", dataset="digits", train_subset="all", test_subset="half")
-    full = load("digits")
+    full = digits
     ds = ex.dataset(cfg)
     x, y = ex.defender_pool(cfg, 100)
     assert len(y) == 100 and len(ds.y_test) == len(full.y_test) // 2

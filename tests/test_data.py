@@ -149,8 +149,8 @@ def test_unknown_dataset():
         data.load("svhn")
 
 
-def test_subset_is_seeded_and_checked():
-    ds = data.load("digits")
+def test_subset_is_seeded_and_checked(digits):
+    ds = digits
     a, b = ds.subset(100, 50, seed=3), ds.subset(100, 50, seed=3)
     assert len(a.y_train) == 100 and torch.equal(a.x_train, b.x_train)
     with pytest.raises(ValueError, match="train subset size 0 must be an integer >= 1"):

@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from bdunlearn import detect
-from bdunlearn.data import load
 from bdunlearn.metrics import auroc, threshold_at_fpr
 from bdunlearn.registry import reference_config
 from bdunlearn.unlearning import AmnesiacService, SisaService
@@ -39,8 +38,8 @@ def test_threshold_at_fpr():
 
 
 @pytest.fixture(scope="module")
-def service():
-    ds = load("digits").subset(600, 100, seed=0)
+def service(digits):
+    ds = digits.subset(600, 100, seed=0)
     svc = SisaService(ds.x_train, ds.y_train, arch="fmnist_cnn", num_classes=10,
                       cfg=reference_config("digits", epochs=2), shards=2, seed=0, device="cpu")
     return svc.fit()
@@ -97,8 +96,8 @@ def test_filter_rejects_a_threshold_that_is_not_a_finite_number(threshold):
         detect.RequestFilter("mu", threshold)
 
 
-def test_detectors_on_a_one_model_service():
-    ds = load("digits").subset(300, 50, seed=0)
+def test_detectors_on_a_one_model_service(digits):
+    ds = digits.subset(300, 50, seed=0)
     svc = AmnesiacService(ds.x_train, ds.y_train, arch="fmnist_cnn", num_classes=10,
                           cfg=reference_config("digits", epochs=1), watch=np.arange(20),
                           device="cpu").fit()
@@ -112,12 +111,12 @@ def test_detectors_on_a_one_model_service():
 
 
 @pytest.fixture(scope="module")
-def trigger_service():
+def trigger_service(digits):
     """Digits with 40 bright-patch copies of label-0 images relabelled 0..9 at random:
     the patched samples share a feature (the patch) but not a label."""
     from bdunlearn.triggers import stamp_patch
 
-    ds = load("digits").subset(600, 100, seed=0)
+    ds = digits.subset(600, 100, seed=0)
     gen = torch.Generator().manual_seed(0)
     src = torch.nonzero(ds.y_train == 0).flatten()[:40]
     x = torch.cat([ds.x_train, stamp_patch(ds.x_train[src], 8, 1.0)])
@@ -235,7 +234,7 @@ def test_benchmark_thresholds_come_from_benign_requests_alone(trigger_service):
     assert len(calib) == len(test) == 150 and not set(calib) & set(test)
 
 
-def test_screened_requests_counts_benign_refusals_out_of_one_shared_count():
+def test_screened_requests_counts_benign_refusals_out_of_one_shared_count(digits):
     """The filter end to end on a small BadNets attack whose target class is too small to
     hold out as many benign requests as the attack sends: both populations are then
     counted out of the same, smaller number, and the service behind the filter keeps
@@ -243,7 +242,7 @@ def test_screened_requests_counts_benign_refusals_out_of_one_shared_count():
     from bdunlearn import attack, config
     from bdunlearn import experiment as ex
 
-    ds = load("digits")
+    ds = digits
     atk = attack.build_badnets(ds, poison_num=40, mitigation_num=150, alpha=0.5, seed=1)
     cfg = config.resolve("smoke", dataset="digits", target_fpr=0.05)
 

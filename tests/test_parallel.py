@@ -6,15 +6,14 @@ import pytest
 import torch
 
 from bdunlearn import parallel
-from bdunlearn.data import load
 from bdunlearn.models import build_model
 from bdunlearn.parallel import Job, Stage, choose_workers, train_jobs
 from bdunlearn.train import TrainConfig
 
 
 @pytest.fixture(scope="module")
-def jobs():
-    ds = load("digits")
+def jobs(digits):
+    ds = digits
     cfg = TrainConfig(epochs=2, batch_size=50, momentum=0.9, precision="auto",
                       shuffle="once")
     out = []
@@ -82,12 +81,13 @@ def test_bad_environment_value_is_refused(jobs, monkeypatch):
         choose_workers(jobs)
 
 
-def test_sisa_shards_in_workers_match_one_thread_sequential_training(monkeypatch, tmp_path):
+def test_sisa_shards_in_workers_match_one_thread_sequential_training(monkeypatch, tmp_path,
+                                                                       digits):
     """A 3-shard, 2-slice fit and a request, in worker processes and in this process."""
     from bdunlearn.registry import reference_config
     from bdunlearn.unlearning.sisa import SisaService
 
-    ds = load("digits").subset(600, 100, seed=0)
+    ds = digits.subset(600, 100, seed=0)
 
     def service(workers, cache_dir):
         monkeypatch.setenv(parallel.WORKERS_ENV, str(workers))

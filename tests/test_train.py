@@ -19,10 +19,6 @@ from bdunlearn.train import (
 )
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
-
 def _train(ds, seed, epochs=10):
     model = build_model("fmnist_cnn", ds.image_shape, 10, seed=0)
     cfg = reference_config("digits", epochs=epochs)
