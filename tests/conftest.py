@@ -50,6 +50,7 @@ SLOW = {
     "test_sweep.py::test_second_sweep_and_concurrent_sweeps_train_each_job_once",
     # full-size training
     "test_train.py::test_fmnist_cnn_two_epochs_on_the_full_training_set_reaches_85_percent",
+    "test_train.py::test_training_learns_and_is_deterministic",  # 79 (2 x 10 epochs)
     # 10 s or more alone (seconds measured under load)
     "test_detect.py::test_screened_requests_counts_benign_refusals_out_of_one_shared_count",  # 79
     "test_detect.py::test_batch_score_is_its_definition_for_batches_of_any_size",  # 23
