@@ -30,7 +30,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from bdunlearn import cache, checks
-from bdunlearn.train import make_generator, resolve_device
+from bdunlearn.train import device_key, make_generator, resolve_device, synchronize
 from bdunlearn.triggers import MaskTrigger
 
 
@@ -187,6 +187,7 @@ def _timed(fn, view: DefenderView, seed: int, knobs: dict) -> DefenseResult:
     start = time.perf_counter()
     try:
         result = fn(view, seed=seed, **knobs)
+        synchronize(view.device)  # CUDA runs ahead of the clock
     finally:
         handle.remove()
     result.seconds = time.perf_counter() - start
@@ -196,7 +197,7 @@ def _timed(fn, view: DefenderView, seed: int, knobs: dict) -> DefenseResult:
 
 def defense_key(view: DefenderView, name: str, seed: int, knobs: dict) -> str:
     """Content hash of a defense call: what the defender holds and how the defense runs."""
-    h = hashlib.sha256(json.dumps([name, seed, view.num_classes, view.device.type, knobs],
+    h = hashlib.sha256(json.dumps([name, seed, view.num_classes, device_key(view.device), knobs],
                                   sort_keys=True, default=repr).encode())
     for k, v in view.model.state_dict().items():
         h.update(k.encode())

@@ -30,7 +30,15 @@ from ..checks import integer
 from ..models import build_model
 from ..parallel import Job, Stage, choose_workers, train_jobs
 from ..stacked import fit_stacked, stackable
-from ..train import TrainConfig, derive_seed, fit, predict_proba, resolve_device
+from ..train import (
+    TrainConfig,
+    derive_seed,
+    device_key,
+    fit,
+    predict_proba,
+    resolve_device,
+    synchronize,
+)
 from .base import AGGREGATIONS, RequestCost, UnlearningService
 
 
@@ -111,7 +119,7 @@ class SisaService(UnlearningService):
         self._config = {"arch": arch, "shape": list(x.shape[1:]), "classes": self.num_classes,
                         "cfg": cfg.resolved(self.device).as_dict(), "seed": self.seed,
                         "shards": self.shards, "slices": self.slices,
-                        "data": cache.data_fingerprint(x, y), "device": self.device.type,
+                        "data": cache.data_fingerprint(x, y), "device": device_key(self.device),
                         "model": cache.model_fingerprint(self._new_model(0))}
 
     # ------------------------------------------------------------------ bookkeeping
@@ -266,6 +274,7 @@ class SisaService(UnlearningService):
                                     seeds=[derive_seed(self.seed, "train", j.shard, sl)
                                            for j in todo], desc=f"{len(todo)} shards slice {sl}",
                                     **kw)
+                    synchronize(self.device)  # CUDA runs ahead of the clock
                     share = (time.perf_counter() - t0) / len(todo)
                     for j, i in zip(todo, ids):
                         j.records.append([share, len(i) * self.epochs[sl]])
