@@ -339,7 +339,9 @@ def _adaptive_context(recipe, atk):
     pool = np.sort(rng.choice(rest, min(len(rest), 2000), replace=False))
     with detect.memo():  # correlated users: near-neighbours in the first model's features
         feats = detect._outputs(svc, 0, pool, "features")
-    users["correlated"] = adaptive.clusters(feats, pool, BENIGN_USERS, size, rng)
+    # as many users as the held-out pool holds (a tiny dataset holds fewer than 30)
+    n = min(BENIGN_USERS, len(pool) // size)
+    users["correlated"] = adaptive.clusters(feats, pool, n, size, rng) if n else []
     # the attacker's own clean samples: any clean sample no benign user requests (the
     # defender's calibration sample of its training data may hold some of them)
     own = np.setdiff1d(pops["random"], np.concatenate([u for us in users.values()
