@@ -131,16 +131,6 @@ def paired(a: Mapping, b: Mapping, bounds: tuple = (None, None)) -> Spread | Non
     return spread([b[s] - a[s] for s in seeds], bounds)
 
 
-def change(d: Spread, fmt=".3f") -> tuple[bool | None, str]:
-    """Whether a paired difference ``d`` shows a change: ``True`` when its interval
-    excludes zero, ``None`` (undecided) otherwise; with its text."""
-    decided = against(d, 0.0) != undecided(d.n) if d.lo is not None else None
-    text = d.text(fmt)
-    if d.lo is None:
-        return None, f"{text} (n = 1)"
-    return (True if decided else None), text
-
-
 def count_change(a: Mapping, b: Mapping) -> tuple[bool, str]:
     """Two settings' per-run yes/no outcomes compared paired by seed (the seeds both
     hold): whether the majority outcome changes, and ``"k of n -> k' of n"`` with how
