@@ -61,7 +61,8 @@ def table(results: Path) -> str:
 
 def provenance_line(tables: dict[str, pd.DataFrame]) -> str:
     """Where and when the stored runs behind the tables were computed, per precision and
-    device: dates, processors and commits (from the rows' provenance columns)."""
+    device: dates, processors and how many commits (from the rows' provenance columns; each
+    row names its own commit, so the README quotes no commit hash)."""
     rows = [t for t in tables.values() if {"precision", "device", "date"} <= set(t.columns)]
     if not rows:
         return "The tables carry no provenance columns."
@@ -72,7 +73,8 @@ def provenance_line(tables: dict[str, pd.DataFrame]) -> str:
         pooled = (f", pooling seeds from {len(cpus)} processors" if len(cpus) > 1 else "")
         parts.append(f"{precision} on {device}: computed {g.date.min()} to {g.date.max()} on "
                      f"{'; '.join(cpus)}{pooled} "
-                     f"(commits {', '.join(sorted(g.commit.dropna().astype(str).unique()))})")
+                     f"({g.commit.dropna().nunique()} commits, named in each row's `commit` "
+                     "column)")
     return "Stored runs behind these rows: " + "; ".join(parts) + "."
 
 

@@ -42,6 +42,11 @@ def test_readme_has_no_dates_or_commits_outside_generated_blocks(pattern):
     assert not found, f"README.md outside its generated blocks: {found}"
 
 
+def test_readme_quotes_no_commit_hash_even_in_generated_blocks():
+    found = COMMIT.findall(README.read_text())
+    assert not found, f"README.md quotes commit hashes: {found}"
+
+
 def test_generated_blocks_are_closed():
     for md in [README, *DOCS]:
         text = md.read_text()
