@@ -68,17 +68,26 @@ class StoreError(RuntimeError):
 
 SIMD = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"),
         ("avx2", "AVX2"), ("asimd", "NEON"))  # widest first: what sets a CPU's speed and bf16
+# The ATen kernel level (bdunlearn.train.ATEN_LEVELS) each x86 label needs to be used.
+SIMD_LEVEL = {"AMX-BF16": 2, "AVX512-BF16": 2, "AVX-512": 2, "AVX2": 1}
 
 
-def cpu_name(cpuinfo: str | None = None) -> str:
+def cpu_name(cpuinfo: str | None = None, kernels: str | None = None) -> str:
     """The CPU's model name with its widest vector unit, e.g. ``"AMD EPYC (AVX2)"``, from
     ``/proc/cpuinfo`` (or the text given); the model name alone does not tell a machine
-    that computes bf16 natively from one that emulates it 12x slower."""
-    from .train import cpu_info
+    that computes bf16 natively from one that emulates it 12x slower. Where ATen's kernels
+    (``kernels``, default this process's :func:`bdunlearn.train.aten_capability`) are
+    limited below that unit, the label says so, e.g. ``"Intel Xeon (AMX-BF16, ATen kernels
+    AVX2)"`` under ``ATEN_CPU_CAPABILITY=avx2``: the rows were computed as on an AVX2 CPU."""
+    from .train import ATEN_LEVELS, aten_capability, cpu_info
 
     name, flags = cpu_info(cpuinfo)
     name = name or platform.processor() or platform.machine()
     simd = next((label for flag, label in SIMD if flag in flags), None)
+    if simd in SIMD_LEVEL:
+        kernels = (kernels or aten_capability()).upper()
+        if ATEN_LEVELS.get(kernels, 0) < SIMD_LEVEL[simd]:
+            simd = f"{simd}, ATen kernels {kernels}"
     return f"{name} ({simd})" if simd else name
 
 

@@ -123,21 +123,35 @@ def cpu_info(text: str | None = None) -> tuple[str, frozenset[str]]:
     return name, frozenset(flags)
 
 
+# ATen's CPU kernel levels (``torch.backends.cpu.get_cpu_capability()``) by vector width;
+# a name not listed (VSX, Z VECTOR, SVE256) is another architecture's, ranked with none.
+ATEN_LEVELS = {"DEFAULT": 0, "NO AVX": 0, "AVX2": 1, "AVX512": 2}
+
+
+def aten_capability() -> str:
+    """The CPU kernels ATen runs in this process, e.g. ``"AVX512"``, ``"AVX2"``: the widest
+    this CPU offers unless ``ATEN_CPU_CAPABILITY`` limited them before torch loaded."""
+    return torch.backends.cpu.get_cpu_capability().upper()
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively: the ``avx512_bf16`` or ``amx_bf16`` flag in
-    ``/proc/cpuinfo``, or a torch CPU capability that names BF16 or AMX."""
-    if cpu_info()[1] & {"avx512_bf16", "amx_bf16"}:
-        return True
-    capability = torch.backends.cpu.get_cpu_capability().upper()
-    return "BF16" in capability or "AMX" in capability
+    """Whether training computes bf16 natively here: the CPU has the ``avx512_bf16`` or
+    ``amx_bf16`` flag in ``/proc/cpuinfo`` and ATen's kernels are not limited below
+    AVX-512 (:func:`aten_capability`). So ``ATEN_CPU_CAPABILITY=avx2``, which
+    ``tools/avx2_engine.py --avx2`` sets (with oneDNN's and MKL's limits) to emulate an
+    AVX2-only CPU on a wider one, gives ``False`` there, as that CPU would."""
+    if not cpu_info()[1] & {"avx512_bf16", "amx_bf16"}:
+        return False
+    return ATEN_LEVELS.get(aten_capability(), 0) >= ATEN_LEVELS["AVX512"]
 
 
 def resolve_precision(precision: str, device="auto") -> str:
     """The concrete training precision, ``"fp32"`` or ``"bf16"``, for ``device``.
 
     ``"auto"`` is ``"bf16"`` where the device computes it natively and faster than fp32
-    (a CPU with AVX512-BF16 or AMX, a CUDA device with native bf16) and ``"fp32"``
+    (a CPU with AVX512-BF16 or AMX whose kernels are not limited below AVX-512, see
+    :func:`cpu_has_native_bf16`; a CUDA device with native bf16) and ``"fp32"``
     elsewhere; ``"fp32"`` and ``"bf16"`` are returned as given (bf16 on a CPU without
     native support is emulated, but allowed: 12x slower than fp32 for the paper's
     Fashion-MNIST model on a 2-core AVX2-only EPYC, 2026-12-05).

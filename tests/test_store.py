@@ -44,16 +44,19 @@ def test_runs_are_stored_under_their_key_with_provenance(tmp_path):
     assert not list(tmp_path.rglob(".tmp-*"))
 
 
-@pytest.mark.parametrize("flags, label", [
-    ("fpu sse2 avx2 fma avx512f avx512_bf16", "AMD EPYC (AVX512-BF16)"),
-    ("fpu sse2 avx2 fma avx512f", "AMD EPYC (AVX-512)"),
-    ("fpu sse2 avx2 fma", "AMD EPYC (AVX2)"),
-    ("fpu sse2", "AMD EPYC"),
+@pytest.mark.parametrize("flags, kernels, label", [
+    ("fpu sse2 avx2 fma avx512f avx512_bf16", "AVX512", "AMD EPYC (AVX512-BF16)"),
+    ("fpu sse2 avx2 fma avx512f", "AVX512", "AMD EPYC (AVX-512)"),
+    ("fpu sse2 avx2 fma", "AVX2", "AMD EPYC (AVX2)"),
+    ("fpu sse2", "DEFAULT", "AMD EPYC"),
+    # ATEN_CPU_CAPABILITY limits the kernels below the CPU's widest unit: the label says so
+    ("fpu sse2 avx2 fma avx512f avx512_bf16", "AVX2", "AMD EPYC (AVX512-BF16, ATen kernels AVX2)"),
+    ("fpu sse2 avx2 fma", "DEFAULT", "AMD EPYC (AVX2, ATen kernels DEFAULT)"),
 ])
-def test_the_processor_label_tells_bf16_machines_from_avx2_ones(flags, label):
+def test_the_processor_label_tells_bf16_machines_from_avx2_ones(flags, kernels, label):
     # The same model name covers both; the label must say which one computed a stored row.
     two_cores = f"model name\t: AMD EPYC\nflags\t\t: {flags}\n\n" * 2
-    assert cpu_name(two_cores) == label
+    assert cpu_name(two_cores, kernels) == label
 
 
 def test_a_side_table_without_its_run_does_not_count(tmp_path):

@@ -117,8 +117,32 @@ def test_precision_resolves_to_a_concrete_choice(monkeypatch):
 def test_cpu_bf16_detection_reads_the_cpu_flags():
     with open("/proc/cpuinfo") as f:
         flags = {w for line in f if line.startswith("flags") for w in line.split()}
-    if flags & {"avx512_bf16", "amx_bf16"}:
+    if flags & {"avx512_bf16", "amx_bf16"} and train.aten_capability() == "AVX512":
         assert train.cpu_has_native_bf16()
+    if not flags & {"avx512_bf16", "amx_bf16"}:
+        assert not train.cpu_has_native_bf16()
+
+
+@pytest.mark.parametrize("flags, kernels, native", [
+    ({"avx2", "avx512f", "amx_bf16"}, "AVX512", True),
+    ({"avx2", "avx512f", "avx512_bf16"}, "AVX512", True),
+    ({"avx2", "avx512f", "amx_bf16"}, "AVX2", False),  # ATEN_CPU_CAPABILITY=avx2
+    ({"avx2", "avx512f", "amx_bf16"}, "DEFAULT", False),
+    ({"avx2", "avx512f"}, "AVX512", False),
+    ({"avx2"}, "AVX2", False),
+])
+def test_auto_is_bf16_only_where_the_flag_and_avx512_kernels_meet(monkeypatch, flags, kernels,
+                                                                   native):
+    # An AVX2-only CPU emulated on a bf16 one (tools/avx2_engine.py --avx2) must train
+    # what the AVX2-only CPU trains: fp32, not bf16 emulated on AVX2 kernels.
+    monkeypatch.setattr(train, "cpu_info", lambda: ("CPU", frozenset(flags)))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
+    train.cpu_has_native_bf16.cache_clear()
+    try:
+        assert train.cpu_has_native_bf16() is native
+        assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    finally:
+        train.cpu_has_native_bf16.cache_clear()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
