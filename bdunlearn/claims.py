@@ -9,61 +9,16 @@ results table (:mod:`bdunlearn.summary`) is built from the same claims over the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 
 import pandas as pd
 
 from . import verdicts as vd
-from .config import PROFILES, RunConfig
+from .claim import ALL_PROFILES, Claim, ends, pct, points, pts, rate, same, switches
+from .config import RunConfig
 from .experiment import REQUEST_BATCH
 from .verdicts import SWITCH_AFTER, SWITCH_BEFORE, switch_rate, switched_on
-
-ALL_PROFILES = tuple(PROFILES)
-
-
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
-
-
-def _points(before: float, after: float) -> str:
-    return f"{100 * (after - before):+.1f} points"
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One claim: ``measure(table) -> numbers`` (``None`` when the table has no rows for
-    it), ``holds(numbers, thresholds) -> bool``, ``describe(numbers) -> str`` (the
-    README's "measured here"), ``thresholds[profile]``, and where it is asserted."""
-
-    name: str
-    notebook: str
-    statement: str
-    paper: str
-    measure: Callable[[pd.DataFrame], dict | None]
-    holds: Callable[[dict, Mapping[str, float]], bool]
-    describe: Callable[[dict], str]
-    thresholds: Mapping[str, Mapping[str, float]]
-    asserted_at: tuple[str, ...] = ALL_PROFILES
-    in_readme: bool = True
-    # the README rows by the rules of bdunlearn.verdicts: decide(table, thresholds) ->
-    # [(setting, measured, verdict)], counts per run and intervals over seeds
-    decide: Callable[[pd.DataFrame, Mapping[str, float]], list[tuple[str, str, str]]] | None = (
-        None)
-    table_name: str | None = None  # the results table it reads (default: its notebook's)
-    # each number rests on its own rows (one rate per setting): a seed need not hold all
-    # of them to count, and each number says its own seed count (see whole_seeds)
-    independent: bool = False
-
-    @property
-    def table(self) -> str:
-        return self.table_name or self.notebook
-
-
-def _same(values: dict) -> dict:
-    """The same thresholds at every profile."""
-    return {p: dict(values) for p in ALL_PROFILES}
-
 
 # ------------------------------------------------------------ 01/02: the backdoor switches on
 
@@ -93,9 +48,9 @@ def _switch_holds(m: dict, t: Mapping[str, float]) -> bool:
 
 
 def _switch_describe(m: dict) -> str:
-    base = f" (no attack {_pct(m['baseline_acc'])})" if "baseline_acc" in m else ""
-    return (f"ASR {_pct(m['asr_before'])} before, {_pct(m['asr_after'])} after; clean accuracy "
-            f"{_pct(m['acc_before'])} / {_pct(m['acc_after'])}{base}")
+    base = f" (no attack {pct(m['baseline_acc'])})" if "baseline_acc" in m else ""
+    return (f"ASR {pct(m['asr_before'])} before, {pct(m['asr_after'])} after; clean accuracy "
+            f"{pct(m['acc_before'])} / {pct(m['acc_after'])}{base}")
 
 
 # smoke (a few thousand images) only checks that unlearning raises the ASR
@@ -204,7 +159,7 @@ def _overhead(defense: str) -> Claim:
                             f"{m['steps_once']:.0f} once on a classical BadNets model "
                             f"({m['steps_total'] / max(m['steps_once'], 1):.1f}x); seconds "
                             f"{m['seconds_total']:.0f} vs {m['seconds_once']:.0f}"),
-                 _same(dict(min_runs=2, min_step_ratio=1.5)))
+                 same(dict(min_runs=2, min_step_ratio=1.5)))
 
 
 def _nc_first_flag(t: pd.DataFrame) -> dict | None:
@@ -251,10 +206,10 @@ def _baeraser(attack: str, asserted_at) -> Claim:
         _erasure_measure("baeraser", attack),
         lambda m, t: (m["reduction"] >= t["min_asr_reduction"]
                       and m["acc_before"] - m["acc_after"] <= t["max_acc_drop"]),
-        lambda m: (f"ASR {_pct(m['asr_before'])} -> {_pct(m['asr_after'])} "
-                   f"({_pct(m['reduction'])} lower), clean accuracy "
-                   f"{_points(m['acc_before'], m['acc_after'])}"),
-        _same(dict(min_asr_reduction=0.9, max_acc_drop=0.03, paper_asr_reduction=0.99)),
+        lambda m: (f"ASR {pct(m['asr_before'])} -> {pct(m['asr_after'])} "
+                   f"({pct(m['reduction'])} lower), clean accuracy "
+                   f"{points(m['acc_before'], m['acc_after'])}"),
+        same(dict(min_asr_reduction=0.9, max_acc_drop=0.03, paper_asr_reduction=0.99)),
         asserted_at)
 
 
@@ -272,8 +227,8 @@ def _grad_prune(attack: str, asserted_at) -> Claim:
         _erasure_measure("grad_prune", attack),
         lambda m, t: (m["asr_after"] < m["asr_before"] and m["asr_after"] < t["max_asr_after"]
                       and m["acc_before"] - m["acc_after"] <= t["max_acc_drop"]),
-        lambda m: f"from ASR {_pct(m['asr_before'])}: " + "; ".join(
-            f"{n} images: ASR {_pct(a)}, accuracy {100 * g:+.1f} points"
+        lambda m: f"from ASR {pct(m['asr_before'])}: " + "; ".join(
+            f"{n} images: ASR {pct(a)}, accuracy {100 * g:+.1f} points"
             for n, (a, g) in m["per_samples"].items()),
         _GRAD_PRUNE, asserted_at)
 
@@ -348,11 +303,11 @@ def _epochs(t: pd.DataFrame) -> dict | None:
 
 def _epochs_describe(m: dict) -> str:
     return f"{m['seeds']} seed{'s' * (m['seeds'] != 1)} at both: " + "; ".join(
-        f"{e} epochs: BN ASR {_pct(n['bn']['asr_before'])} -> {_pct(n['bn']['asr_after'])}"
-        + (f", IT {_pct(n['it']['asr_before'])} -> {_pct(n['it']['asr_after'])} (switched on"
+        f"{e} epochs: BN ASR {pct(n['bn']['asr_before'])} -> {pct(n['bn']['asr_after'])}"
+        + (f", IT {pct(n['it']['asr_before'])} -> {pct(n['it']['asr_after'])} (switched on"
            " in " + ", ".join(f"S={k}: {x}" for k, x in n["it_switched"].items())
            + f" of {m['seeds']})" if "it" in n else "")
-        + ", BN final ASR " + ", ".join(f"S={k}: {_pct(x)}" for k, x in n["final_asr"].items())
+        + ", BN final ASR " + ", ".join(f"S={k}: {pct(x)}" for k, x in n["final_asr"].items())
         + ", MU AUROC " + ", ".join(f"S={k}: {x:.3f}" for k, x in n["mu"].items())
         for e, n in m["by_epochs"].items())
 
@@ -408,19 +363,19 @@ FIDELITY = (
               "06: before the requests the backdoor answers the poison's own faint patch",
               "BAU: the model looks benign before the requests", _dormant,
               lambda m, t: m["asr_faint_before"] >= m["asr_before"] + t["min_faint_gap"],
-              lambda m: (f"S={m['shards']}: ASR before the requests {_pct(m['asr_before'])} "
-                         f"(bright patch), {_pct(m['asr_faint_before'])} (faint patch); "
-                         f"after {_pct(m['asr_after'])}"),
-              _same(dict(min_faint_gap=0.2)), ("default",)),
+              lambda m: (f"S={m['shards']}: ASR before the requests {pct(m['asr_before'])} "
+                         f"(bright patch), {pct(m['asr_faint_before'])} (faint patch); "
+                         f"after {pct(m['asr_after'])}"),
+              same(dict(min_faint_gap=0.2)), ("default",)),
     _fidelity("fidelity_nc_scan", "06_fidelity-dormant",
               "06: a defender who scans once before the requests",
               "BAU: the backdoor hides from model-level detection until activated", _nc_scan,
               lambda m, t: True,
               lambda m: (f"Neural Cleanse flags the target of the BAU model before any "
-                         f"request in {_pct(m['target_flagged'])} of {m['seeds']} seeds; "
+                         f"request in {pct(m['target_flagged'])} of {m['seeds']} seeds; "
                          f"flags a clean model of the same seed in "
-                         f"{_pct(m['clean_flagged'])}"),
-              _same({})),
+                         f"{pct(m['clean_flagged'])}"),
+              same({})),
     Claim("fidelity_epochs", "06_fidelity", "06: 20 or 100 training epochs",
           "the authors' scripts: 20 by default, 100 for the detection experiments", _epochs,
           lambda m, t: True, _epochs_describe,
@@ -430,30 +385,30 @@ FIDELITY = (
               "06: how often the input-targeted attack switches on",
               "switched on: ASR <= 20% before, >= 80% after", switch_rate,
               lambda m, t: True,
-              lambda m: "; ".join(f"{k}: {_pct(v)} of {m['seeds'][k]} seed"
+              lambda m: "; ".join(f"{k}: {pct(v)} of {m['seeds'][k]} seed"
                                   + "s" * (m["seeds"][k] != 1) for k, v in m["rate"].items()),
-              _same({}), independent=True),
+              same({}), independent=True),
     _fidelity("fidelity_baeraser", "06_fidelity-baeraser",
               "06: BAERASER's knobs on the classical BadNets model",
               "ASR lowered by 99% on average, clean accuracy kept", _baeraser_grid,
               lambda m, t: m["reduction"] >= t["paper_asr_reduction"],
               lambda m: (f"best within 2 points of accuracy: {m['best']}, ASR "
-                         f"{_pct(m['reduction'])} lower ({_points(0, -m['drop'])}); "
-                         f"the paper's setting {_pct(m['paper_setting'])} lower"),
-              _same(dict(paper_asr_reduction=0.99, max_acc_drop=BAERASER_MAX_ACC_DROP))),
+                         f"{pct(m['reduction'])} lower ({points(0, -m['drop'])}); "
+                         f"the paper's setting {pct(m['paper_setting'])} lower"),
+              same(dict(paper_asr_reduction=0.99, max_acc_drop=BAERASER_MAX_ACC_DROP))),
     _fidelity("fidelity_amnesiac", "06_fidelity-amnesiac",
               "06: whether Amnesiac unlearning switches the backdoor on",
               "the backdoor appears under approximate unlearning", _amnesiac_grid,
               lambda m, t: m["rise"] > t["min_asr_rise"],
               lambda m: ((f"largest ASR rise that keeps clean accuracy within 5 points: "
-                          f"{_points(0, m['rise'])} ({m['best']}, ASR {_pct(m['asr_after'])} "
+                          f"{points(0, m['rise'])} ({m['best']}, ASR {pct(m['asr_after'])} "
                           "after); " if m["best"] else "no setting keeps clean accuracy "
                           "within 5 points; ")
                          + f"{m['broken']} of {m['settings']} settings cost more accuracy"
                          + ("" if m["control_asr"] != m["control_asr"] else
                             f"; fine-tuning alone as long (scale 0): ASR "
-                            f"{_pct(m['control_asr'])} after")),
-              _same(dict(min_asr_rise=0.3, max_acc_drop=AMNESIAC_MAX_ACC_DROP))),
+                            f"{pct(m['control_asr'])} after")),
+              same(dict(min_asr_rise=0.3, max_acc_drop=AMNESIAC_MAX_ACC_DROP))),
 )
 
 
@@ -526,7 +481,7 @@ def _seeds(n: int) -> str:
 
 def _describe_families(m: dict) -> str:
     return " | ".join(f"S={s}: " + "; ".join(
-        f"{v} {_pct(b)} -> {_pct(n['asr_after'][v])} (on in {n['switched'][v]} of "
+        f"{v} {pct(b)} -> {pct(n['asr_after'][v])} (on in {n['switched'][v]} of "
         f"{_seeds(n['seeds'][v])})" for v, b in n["asr_before"].items())
         for s, n in m["by_shards"].items())
 
@@ -535,15 +490,15 @@ def _describe_best(m: dict) -> str:
     def costs(n: dict, v: str) -> str:
         out = ""
         if "fpr_reached" in n:
-            out += f", FPR reached {_pct(n['fpr_reached'][v])}"
+            out += f", FPR reached {pct(n['fpr_reached'][v])}"
         if "hard_refused" in n:
             out += (f", refuses {n['hard_refused'][v]:.0f} of "
                     f"{n['benign_requests'][v]:.0f} hard benign requests")
         return out
 
-    return f"at {_pct(m['fpr'])} FPR: " + " | ".join(f"S={s}: " + "; ".join(
-        f"{v}: {d} (TPR {_pct(n['tpr'][v])}{costs(n, v)}, final ASR behind it "
-        f"{_pct(n['asr_filtered'][v])}, {_seeds(n['seeds'][v])}"
+    return f"at {pct(m['fpr'])} FPR: " + " | ".join(f"S={s}: " + "; ".join(
+        f"{v}: {d} (TPR {pct(n['tpr'][v])}{costs(n, v)}, final ASR behind it "
+        f"{pct(n['asr_filtered'][v])}, {_seeds(n['seeds'][v])}"
         + (f"; tied with {', '.join(n['tied'][v])}" if n["tied"][v] else "") + ")"
         for v, d in n["best"].items()) for s, n in m["by_shards"].items())
 
@@ -552,7 +507,7 @@ def _benchmark(name, statement, paper, measure, describe) -> Claim:
     # every number says its own seed count, so a shard count stored for fewer seeds does
     # not narrow the others to its seeds (independent: see whole_seeds)
     return Claim(name, "07_request_detection", statement, paper, measure, lambda m, t: True,
-                 describe, _same({}), (), in_readme=False, independent=True)
+                 describe, same({}), (), in_readme=False, independent=True)
 
 
 BENCHMARK = (
@@ -567,35 +522,6 @@ BENCHMARK = (
 )
 
 
-# ------------------------------------------------------------ the README's verdicts
-# Each decide(table, thresholds) -> [(setting, measured, verdict)] follows bdunlearn.verdicts:
-# a yes/no outcome per run is k of n with a Wilson interval, a continuous figure a
-# t-interval over seeds, an effect its paired per-seed difference from its own control.
-
-def _p(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def _pts(x: float) -> str:
-    return f"{100 * x:+.1f}"
-
-
-def _rate(values) -> str:
-    return vd.spread(values, (0.0, 1.0)).text(_p)
-
-
-def _ends(d: pd.DataFrame, col: str = "asr") -> tuple[dict, dict]:
-    """Per seed, ``col`` before the first request and after the last."""
-    g = d.sort_values("requested").groupby("seed")[col]
-    return g.first().to_dict(), g.last().to_dict()
-
-
-def _switches(d: pd.DataFrame) -> dict:
-    """Per seed, whether the run switched on (:func:`switched_on`)."""
-    before, after = _ends(d)
-    return {s: bool(switched_on(before[s], after[s])) for s in before}
-
-
 def _exact(t: pd.DataFrame, variant: str) -> pd.DataFrame:
     d = t[t.variant == variant] if "variant" in t else t
     if "unlearning" in d:
@@ -608,11 +534,11 @@ def _switch_rows(variant: str):
         d = _exact(t, variant)
         if d.empty or "seed" not in d:
             return []
-        c = vd.count(_switches(d).values())
+        c = vd.count(switches(d).values())
         text = f"switches on in {c} runs"
         if variant != "it":  # IT's ASR is on copies of one image: per run about 0 or 1
-            before, after = _ends(d)
-            text += f"; ASR {_rate(before.values())} before, {_rate(after.values())} after"
+            before, after = ends(d)
+            text += f"; ASR {rate(before.values())} before, {rate(after.values())} after"
         return [("", text, vd.happens(c))]
     return decide
 
@@ -635,13 +561,13 @@ def _sharding_rows(t: pd.DataFrame, th) -> list:
     if len(shards) < 2:
         return []
     per = {k: d[d.shards == k] for k in shards}
-    counts = ", ".join(f"S={k}: {vd.count(_switches(per[k]).values()).k} of "
+    counts = ", ".join(f"S={k}: {vd.count(switches(per[k]).values()).k} of "
                        f"{per[k].seed.nunique()}" for k in shards)
-    diff = vd.paired(_ends(per[shards[0]])[1], _ends(per[shards[-1]])[1])
+    diff = vd.paired(ends(per[shards[0]])[1], ends(per[shards[-1]])[1])
     way = vd.direction(diff)
     verdict = ("agrees" if way == -1 else "differs" if way == 1 else vd.undecided(diff.n))
     return [("", f"switches on in {counts}; final ASR S={shards[-1]} minus S={shards[0]}: "
-             f"{diff.text(_pts)} points", verdict + (" (n = 1)" if diff.lo is None else ""))]
+             f"{diff.text(pts)} points", verdict + (" (n = 1)" if diff.lo is None else ""))]
 
 
 def _detect_rows(detector: str):
@@ -676,13 +602,13 @@ def _detect_rows(detector: str):
 def _filter_rows(t: pd.DataFrame, th) -> list:
     if t.empty or "unlearning" not in t or not {"no filter", "MU filter"} <= set(t.unlearning):
         return []
-    none = _ends(t[t.unlearning == "no filter"])[1]
-    kept = _ends(t[t.unlearning == "MU filter"])[1]
+    none = ends(t[t.unlearning == "no filter"])[1]
+    kept = ends(t[t.unlearning == "MU filter"])[1]
     diff = vd.paired(none, kept)
     refused = t[t.unlearning == "MU filter"].groupby("seed").refused.sum()
     way = vd.direction(diff)
-    return [("", f"final ASR {_rate(none.values())} without, {_rate(kept.values())} with it "
-             f"(paired {diff.text(_pts)} points); {refused.mean():.0f} requests refused",
+    return [("", f"final ASR {rate(none.values())} without, {rate(kept.values())} with it "
+             f"(paired {diff.text(pts)} points); {refused.mean():.0f} requests refused",
              "agrees" if way == -1 else "differs" if way == 1 else vd.undecided(diff.n))]
 
 
@@ -727,8 +653,8 @@ def _erasure_rows(defense: str, attack: str):
             numeric_only=True)
         red = vd.spread(1 - d.asr_after / d.asr_before.clip(lower=1e-9), (None, 1.0))
         drop = vd.spread(d.clean_acc_after - d.clean_acc_before)
-        text = (f"ASR {_rate(d.asr_before)} -> {_rate(d.asr_after)} ({red.text(_p)} lower), "
-                f"clean accuracy {drop.text(_pts)} points")
+        text = (f"ASR {rate(d.asr_before)} -> {rate(d.asr_after)} ({red.text(pct)} lower), "
+                f"clean accuracy {drop.text(pts)} points")
         if "paper_asr_reduction" in th:
             word = vd.against(red, th["paper_asr_reduction"])
             word = word.replace("differs", "weaker than the paper's "
@@ -756,13 +682,13 @@ def _dormant_rows(t: pd.DataFrame, th) -> list:
     d = d[d.shards == d.shards.min()]
     if d.empty:
         return []
-    bright, after = _ends(d)
-    faint = _ends(d, "asr_faint")[0]
+    bright, after = ends(d)
+    faint = ends(d, "asr_faint")[0]
     gap = vd.paired(bright, faint)
     return [("", f"S={int(d.shards.min())}, before the requests: ASR "
-             f"{_rate(bright.values())} under the bright (test) patch, "
-             f"{_rate(faint.values())} under the poison's faint patch; after: "
-             f"{_rate(after.values())} (bright)", vd.against(gap, th["min_faint_gap"]))]
+             f"{rate(bright.values())} under the bright (test) patch, "
+             f"{rate(faint.values())} under the poison's faint patch; after: "
+             f"{rate(after.values())} (bright)", vd.against(gap, th["min_faint_gap"]))]
 
 
 def _nc_scan_rows(t: pd.DataFrame, th) -> list:
@@ -790,14 +716,14 @@ def _epochs_rows(t: pd.DataFrame, th) -> list:
             cell = [d[(d.variant == variant) & (d.shards == k)] for d in (a, b)]
             if any(c.empty for c in cell):
                 continue
-            moved, text = vd.count_change(*map(_switches, cell))
+            moved, text = vd.count_change(*map(switches, cell))
             counts.append(f"{variant.upper()} S={k} {text.split(' (')[0]}")
             if moved:
                 changed.append(f"{variant.upper()} switches on at S={k} ({text})")
             if variant == "bn":
-                d = vd.paired(_ends(cell[0])[1], _ends(cell[1])[1])
+                d = vd.paired(ends(cell[0])[1], ends(cell[1])[1])
                 if vd.direction(d):
-                    changed.append(f"BN final ASR at S={k} ({d.text(_pts)} points)")
+                    changed.append(f"BN final ASR at S={k} ({d.text(pts)} points)")
     if "mu_auroc" in t:
         mu = [d[(d.variant == "bn") & (d.shards == d.shards.min())].groupby("seed")
               .mu_auroc.mean().dropna().to_dict() for d in (a, b)]
@@ -830,9 +756,9 @@ def _baeraser_grid_rows(t: pd.DataFrame, th) -> list:
     word = vd.against(held, th["paper_asr_reduction"]).replace(
         "differs", f"weaker than the paper's {th['paper_asr_reduction']:.0%}")
     text = (f"setting chosen on the other seeds ({', '.join(sorted(set(chosen.values())))}): "
-            f"ASR {held.text(_p)} lower")
+            f"ASR {held.text(pct)} lower")
     if "paper" in red:
-        text += f"; the paper's setting {vd.spread(red['paper'], (None, 1.0)).text(_p)} lower"
+        text += f"; the paper's setting {vd.spread(red['paper'], (None, 1.0)).text(pct)} lower"
     return [("", text, word)]
 
 
@@ -862,7 +788,7 @@ def _amnesiac_grid_rows(t: pd.DataFrame, th) -> list:
     way = vd.direction(held)
     word = "agrees" if way == 1 else "differs" if way == -1 else vd.undecided(held.n)
     return [("", f"setting chosen on the other seeds "
-             f"({', '.join(sorted(set(chosen.values())))}): final ASR {held.text(_pts)} points "
+             f"({', '.join(sorted(set(chosen.values())))}): final ASR {held.text(pts)} points "
              "above its fine-tuning-only control", word + (" (n = 1)" if held.lo is None else ""))]
 
 
@@ -879,12 +805,12 @@ def _headline(name: str, statement: str, paper: str, decide, thresholds) -> Clai
 HEADLINE = (
     _headline("headline_bn", "BAU BadNets-based, one model: unlearning the mitigation "
               "samples switches the backdoor on", "benign before the requests, high ASR "
-              "after (exact unlearning)", _switch_rows("bn"), _same({})),
+              "after (exact unlearning)", _switch_rows("bn"), same({})),
     _headline("headline_it", "BAU input-targeted, one model: unlearning the mitigation "
               "samples switches the backdoor on", "the target image misclassified after "
-              "the requests only", _switch_rows("it"), _same({})),
+              "the requests only", _switch_rows("it"), same({})),
     _headline("headline_sharding", "BAU: sharding (SISA) makes the attack harder",
-              "lower ASR after all requests with more shards", _sharding_rows, _same({})),
+              "lower ASR after all requests with more shards", _sharding_rows, same({})),
     _headline("headline_mu", "BAU: MU detects mitigation samples; sharding weakens it",
               "high AUROC at few shards, falling with more shards", _detect_rows("mu"),
               _AUROC["mu"]),
@@ -905,24 +831,24 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           "BAU: sharding (SISA) makes the attack harder",
           "lower ASR after all requests with more shards", _final_asr_by_shards,
           _sharding_holds,
-          lambda m: "final ASR " + ", ".join(f"S={s}: {_pct(v)}"
+          lambda m: "final ASR " + ", ".join(f"S={s}: {pct(v)}"
                                              for s, v in m["final_asr"].items()),
-          _same({}), ()),
+          same({}), ()),
     Claim("amnesiac_switch_on", "02_unlearning_trajectory",
           "BAU (later work): the attack also works against approximate unlearning",
           "the backdoor appears under Amnesiac unlearning", _amnesiac_measure,
           lambda m, t: m["asr_after"] - m["asr_before"] > t["min_asr_rise"],
-          lambda m: f"ASR {_pct(m['asr_before'])} before, {_pct(m['asr_after'])} after",
-          _same(dict(min_asr_rise=0.3)), (), in_readme=False),
+          lambda m: f"ASR {pct(m['asr_before'])} before, {pct(m['asr_after'])} after",
+          same(dict(min_asr_rise=0.3)), (), in_readme=False),
     _detects("mu", ALL_PROFILES),
     _detects("sms", ("default",)),
     Claim("filter_lowers_asr", "04_detection",
           "BAU: an MU request filter keeps the ASR lower",
           "refusing flagged requests lowers the attack's success", _filter_measure,
           lambda m, t: m["asr_filtered"] < m["asr_no_filter"],
-          lambda m: (f"final ASR {_pct(m['asr_no_filter'])} without the filter, "
-                     f"{_pct(m['asr_filtered'])} with it ({m['refused']:.0f} requests refused)"),
-          _same({}),
+          lambda m: (f"final ASR {pct(m['asr_no_filter'])} without the filter, "
+                     f"{pct(m['asr_filtered'])} with it ({m['refused']:.0f} requests refused)"),
+          same({}),
           table_name="04_detection-filter"),
     _overhead("baeraser"),
     _overhead("grad_prune"),
@@ -934,7 +860,7 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           lambda m: (f"Neural Cleanse flags the target before any request in "
                      f"{m['flagged_before'] * m['seeds']:.0f} of {m['seeds']} seeds (runs after "
                      f"{', '.join(str(k) for k in m['runs'])} requests)"),
-          _same({}), ()),
+          same({}), ()),
     _baeraser("badnets", ("paper",)),  # default: 92.9% lower over 5 seeds, reported (README)
     _baeraser("bau", ()),
     _grad_prune("badnets", ALL_PROFILES),
@@ -943,7 +869,7 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           "anomaly index below 2 on clean models", _nc_clean,
           lambda m, t: m["flagged"] <= t["max_flagged"],
           lambda m: f"{m['flagged']} of {m['models']} clean models flagged",
-          _same(dict(max_flagged=0)), ()),
+          same(dict(max_flagged=0)), ()),
     *FIDELITY,
     *BENCHMARK,
 )}
