@@ -18,76 +18,10 @@ from . import verdicts as vd
 from .claim import ALL_PROFILES, Claim, ends, pct, points, pts, rate, same, switches
 from .config import RunConfig
 from .experiment import REQUEST_BATCH
+from .studies import attack, trajectory
+from .studies.attack import SWITCH, switch_measure, switch_rows
+from .studies.trajectory import sharding_rows
 from .verdicts import SWITCH_AFTER, SWITCH_BEFORE, switch_rate, switched_on
-
-# ------------------------------------------------------------ 01/02: the backdoor switches on
-
-def _switch_measure(variant: str):
-    def measure(t: pd.DataFrame) -> dict | None:
-        d = t[t.variant == variant]
-        if "unlearning" in d:
-            d = d[d.unlearning == "exact"]
-        if d.empty:
-            return None
-        g = d.groupby("requested")[["clean_acc", "asr"]].mean()
-        m = {"asr_before": g.asr.iloc[0], "asr_after": g.asr.iloc[-1],
-             "acc_before": g.clean_acc.iloc[0], "acc_after": g.clean_acc.iloc[-1]}
-        if "baseline_acc" in d:
-            m["baseline_acc"] = d.baseline_acc.mean()
-        return {k: float(v) for k, v in m.items()}
-    return measure
-
-
-def _switch_holds(m: dict, t: Mapping[str, float]) -> bool:
-    ok = (m["asr_before"] <= t["max_asr_before"] and m["asr_after"] >= t["min_asr_after"]
-          and m["asr_after"] - m["asr_before"] >= t["min_asr_rise"])
-    if "baseline_acc" in m:
-        ok = ok and all(abs(m[k] - m["baseline_acc"]) <= t["max_acc_gap"]
-                        for k in ("acc_before", "acc_after"))
-    return ok
-
-
-def _switch_describe(m: dict) -> str:
-    base = f" (no attack {pct(m['baseline_acc'])})" if "baseline_acc" in m else ""
-    return (f"ASR {pct(m['asr_before'])} before, {pct(m['asr_after'])} after; clean accuracy "
-            f"{pct(m['acc_before'])} / {pct(m['acc_after'])}{base}")
-
-
-# smoke (a few thousand images) only checks that unlearning raises the ASR
-_SWITCH = {"smoke": dict(max_asr_before=1.0, min_asr_after=0.0, min_asr_rise=0.2,
-                         max_acc_gap=1.0),
-           "default": dict(max_asr_before=0.15, min_asr_after=0.90, min_asr_rise=0.0,
-                           max_acc_gap=0.02),
-           "paper": dict(max_asr_before=0.15, min_asr_after=0.80, min_asr_rise=0.0,
-                         max_acc_gap=0.02)}
-
-
-def _switch(name, notebook, variant, title, asserted_at, in_readme=True) -> Claim:
-    return Claim(name, notebook,
-                 f"BAU {title}: unlearning the mitigation samples switches the backdoor on",
-                 "benign before the requests, high ASR after (exact unlearning)",
-                 _switch_measure(variant), _switch_holds, _switch_describe, _SWITCH,
-                 asserted_at, in_readme)
-
-
-# ------------------------------------------------------------ 02: sharding, Amnesiac
-
-def _final_asr_by_shards(t: pd.DataFrame) -> dict | None:
-    last = t[(t.requested == t.requested.max()) & t.unlearning.isin(["exact", "sisa"])]
-    by = last.groupby("shards").asr.mean()
-    return None if len(by) < 2 else {"final_asr": {int(s): float(v) for s, v in by.items()}}
-
-
-def _sharding_holds(m: dict, t) -> bool:
-    asr = list(m["final_asr"].values())
-    return asr[-1] < asr[0]
-
-
-def _amnesiac_measure(t: pd.DataFrame) -> dict | None:
-    am = t[t.unlearning == "amnesiac"].groupby("requested").asr.mean()
-    return None if am.empty else {"asr_before": float(am.iloc[0]),
-                                  "asr_after": float(am.iloc[-1])}
-
 
 # ------------------------------------------------------------ 04: detection, the filter
 
@@ -283,7 +217,7 @@ def _epochs(t: pd.DataFrame) -> dict | None:
     for e, d in t.groupby("epochs"):
         if "bn" not in set(d.variant):
             return None
-        m = {v: _switch_measure(v)(rows[rows.shards == rows.shards.min()])
+        m = {v: switch_measure(v)(rows[rows.shards == rows.shards.min()])
              for v, rows in d.groupby("variant")}
         bn = d[d.variant == "bn"]
         m["final_asr"] = {int(k): float(x) for k, x in
@@ -379,7 +313,7 @@ FIDELITY = (
     Claim("fidelity_epochs", "06_fidelity", "06: 20 or 100 training epochs",
           "the authors' scripts: 20 by default, 100 for the detection experiments", _epochs,
           lambda m, t: True, _epochs_describe,
-          {p: {**_SWITCH[p], **{f"mu_{k}": v for k, v in _AUROC["mu"][p].items()}}
+          {p: {**SWITCH[p], **{f"mu_{k}": v for k, v in _AUROC["mu"][p].items()}}
            for p in ALL_PROFILES}, (), table_name="06_fidelity-epochs"),
     _fidelity("fidelity_it", "06_fidelity-it",
               "06: how often the input-targeted attack switches on",
@@ -522,27 +456,6 @@ BENCHMARK = (
 )
 
 
-def _exact(t: pd.DataFrame, variant: str) -> pd.DataFrame:
-    d = t[t.variant == variant] if "variant" in t else t
-    if "unlearning" in d:
-        d = d[d.unlearning == "exact"]
-    return d[d.shards == d.shards.min()] if "shards" in d and len(d) else d
-
-
-def _switch_rows(variant: str):
-    def decide(t: pd.DataFrame, th) -> list:
-        d = _exact(t, variant)
-        if d.empty or "seed" not in d:
-            return []
-        c = vd.count(switches(d).values())
-        text = f"switches on in {c} runs"
-        if variant != "it":  # IT's ASR is on copies of one image: per run about 0 or 1
-            before, after = ends(d)
-            text += f"; ASR {rate(before.values())} before, {rate(after.values())} after"
-        return [("", text, vd.happens(c))]
-    return decide
-
-
 def _per_epochs(decide):
     """``decide`` on each epoch count's rows of notebook 06's epochs section."""
     def rows(t: pd.DataFrame, th) -> list:
@@ -551,23 +464,6 @@ def _per_epochs(decide):
         return [(f"{e} epochs" + (f", {s}" if s else ""), m, v)
                 for e, d in t.groupby("epochs") for s, m, v in decide(d, th)]
     return rows
-
-
-def _sharding_rows(t: pd.DataFrame, th) -> list:
-    d = t[t.variant == "bn"] if "variant" in t else t
-    if "unlearning" in d:
-        d = d[d.unlearning.isin(["exact", "sisa"])]
-    shards = sorted(d.shards.unique()) if len(d) else []
-    if len(shards) < 2:
-        return []
-    per = {k: d[d.shards == k] for k in shards}
-    counts = ", ".join(f"S={k}: {vd.count(switches(per[k]).values()).k} of "
-                       f"{per[k].seed.nunique()}" for k in shards)
-    diff = vd.paired(ends(per[shards[0]])[1], ends(per[shards[-1]])[1])
-    way = vd.direction(diff)
-    verdict = ("agrees" if way == -1 else "differs" if way == 1 else vd.undecided(diff.n))
-    return [("", f"switches on in {counts}; final ASR S={shards[-1]} minus S={shards[0]}: "
-             f"{diff.text(pts)} points", verdict + (" (n = 1)" if diff.lo is None else ""))]
 
 
 def _detect_rows(detector: str):
@@ -805,12 +701,12 @@ def _headline(name: str, statement: str, paper: str, decide, thresholds) -> Clai
 HEADLINE = (
     _headline("headline_bn", "BAU BadNets-based, one model: unlearning the mitigation "
               "samples switches the backdoor on", "benign before the requests, high ASR "
-              "after (exact unlearning)", _switch_rows("bn"), same({})),
+              "after (exact unlearning)", switch_rows("bn"), same({})),
     _headline("headline_it", "BAU input-targeted, one model: unlearning the mitigation "
               "samples switches the backdoor on", "the target image misclassified after "
-              "the requests only", _switch_rows("it"), same({})),
+              "the requests only", switch_rows("it"), same({})),
     _headline("headline_sharding", "BAU: sharding (SISA) makes the attack harder",
-              "lower ASR after all requests with more shards", _sharding_rows, same({})),
+              "lower ASR after all requests with more shards", sharding_rows, same({})),
     _headline("headline_mu", "BAU: MU detects mitigation samples; sharding weakens it",
               "high AUROC at few shards, falling with more shards", _detect_rows("mu"),
               _AUROC["mu"]),
@@ -821,25 +717,8 @@ HEADLINE = (
 
 CLAIMS: dict[str, Claim] = {c.name: c for c in (
     *HEADLINE,
-    _switch("bn_switch_on", "01_attack", "bn", "BadNets-based", ALL_PROFILES),
-    _switch("it_switch_on", "01_attack", "it", "input-targeted", ()),
-    _switch("bn_trajectory", "02_unlearning_trajectory", "bn", "BadNets-based",
-            ALL_PROFILES, in_readme=False),
-    _switch("it_trajectory", "02_unlearning_trajectory", "it", "input-targeted",
-            ("smoke",), in_readme=False),
-    Claim("sharding_harder", "02_unlearning_trajectory",
-          "BAU: sharding (SISA) makes the attack harder",
-          "lower ASR after all requests with more shards", _final_asr_by_shards,
-          _sharding_holds,
-          lambda m: "final ASR " + ", ".join(f"S={s}: {pct(v)}"
-                                             for s, v in m["final_asr"].items()),
-          same({}), ()),
-    Claim("amnesiac_switch_on", "02_unlearning_trajectory",
-          "BAU (later work): the attack also works against approximate unlearning",
-          "the backdoor appears under Amnesiac unlearning", _amnesiac_measure,
-          lambda m, t: m["asr_after"] - m["asr_before"] > t["min_asr_rise"],
-          lambda m: f"ASR {pct(m['asr_before'])} before, {pct(m['asr_after'])} after",
-          same(dict(min_asr_rise=0.3)), (), in_readme=False),
+    *attack.CLAIMS,
+    *trajectory.CLAIMS,
     _detects("mu", ALL_PROFILES),
     _detects("sms", ("default",)),
     Claim("filter_lowers_asr", "04_detection",
@@ -876,8 +755,7 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
 
 # The README's rows of each claim, by the rules of bdunlearn.verdicts.
 _DECIDE = {
-    "bn_switch_on": _switch_rows("bn"), "it_switch_on": _switch_rows("it"),
-    "sharding_harder": _sharding_rows, "mu_detects": _detect_rows("mu"),
+    "mu_detects": _detect_rows("mu"),
     "sms_detects": _detect_rows("sms"), "filter_lowers_asr": _filter_rows,
     **{f"overhead_{d}": _overhead_rows(d) for d in ("baeraser", "grad_prune", "neural_cleanse")},
     "nc_hides": _nc_hides_rows, "nc_clean_models": _nc_clean_rows,
