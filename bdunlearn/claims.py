@@ -18,162 +18,11 @@ from . import verdicts as vd
 from .claim import ALL_PROFILES, Claim, ends, pct, points, pts, rate, same, switches
 from .config import RunConfig
 from .experiment import REQUEST_BATCH
-from .studies import attack, trajectory
+from .studies import attack, detection, erasure, overhead, trajectory
 from .studies.attack import SWITCH, switch_measure, switch_rows
+from .studies.detection import AUROC, detect_rows
 from .studies.trajectory import sharding_rows
 from .verdicts import SWITCH_AFTER, SWITCH_BEFORE, switch_rate, switched_on
-
-# ------------------------------------------------------------ 04: detection, the filter
-
-def _auroc_measure(detector: str):
-    def measure(t: pd.DataFrame) -> dict | None:
-        d = t[(t.variant == "bn") & (t.detector == detector)].groupby("shards").auroc.mean()
-        if d.empty:
-            return None
-        return {"auroc": {int(s): float(v) for s, v in d.items()},
-                "fewest": float(d.iloc[0]), "most": float(d.iloc[-1])}
-    return measure
-
-
-def _auroc_holds(m: dict, t) -> bool:
-    return m["fewest"] >= t["min_auroc"] and m["most"] <= m["fewest"] + t["max_gain_with_shards"]
-
-
-_AUROC = {det: {p: dict(min_auroc=low, max_gain_with_shards=0.02)
-                for p, low in (("smoke", 0.6), ("default", default), ("paper", 0.6))}
-          for det, default in (("mu", 0.65), ("sms", 0.60))}
-
-
-def _detects(detector: str, asserted_at) -> Claim:
-    return Claim(f"{detector}_detects", "04_detection",
-                 f"BAU: {detector.upper()} detects mitigation samples; sharding weakens it",
-                 "high AUROC at few shards, falling with more shards",
-                 _auroc_measure(detector), _auroc_holds,
-                 lambda m: "AUROC " + ", ".join(f"S={s}: {v:.3f}" for s, v in m["auroc"].items()),
-                 _AUROC[detector], asserted_at)
-
-
-def _filter_measure(t: pd.DataFrame) -> dict | None:
-    if t.empty or "unlearning" not in t or not {"no filter", "MU filter"} <= set(t.unlearning):
-        return None
-    last = t[t.requested == t.requested.max()].groupby("unlearning").asr.mean()
-    refused = t[t.unlearning == "MU filter"].groupby("seed").refused.sum().mean()
-    return {"asr_no_filter": float(last["no filter"]), "asr_filtered": float(last["MU filter"]),
-            "refused": float(refused)}
-
-
-# ------------------------------------------------------------ 03: defense overhead
-
-def _overhead_measure(defense: str):
-    def measure(t: pd.DataFrame) -> dict | None:
-        if "steps" not in t:
-            return None
-        runs = t[(t.setting == "bau") & (t.defense == defense)]
-        once = t[(t.setting == "badnets") & (t.defense == defense)]
-        if runs.empty or once.empty:
-            return None
-        per_seed = runs.groupby("seed")
-        return {"runs": float(per_seed.requested.nunique().mean()),
-                "steps_total": float(per_seed.steps.sum().mean()),
-                "steps_once": float(once.steps.mean()),
-                "steps_min": float(runs.steps.min()),
-                "seconds_total": float(per_seed.seconds.sum().mean()),
-                "seconds_once": float(once.seconds.mean())}
-    return measure
-
-
-def _overhead(defense: str) -> Claim:
-    return Claim(f"overhead_{defense}", "03_defense_overhead",
-                 f"BAU: the attack multiplies the cost of {defense}",
-                 "a defender must re-run it after every request batch",
-                 _overhead_measure(defense),
-                 lambda m, t: (m["runs"] >= t["min_runs"] and m["steps_min"] > 0
-                               and m["steps_total"] >= t["min_step_ratio"] * m["steps_once"]),
-                 lambda m: (f"{m['runs']:.0f} runs, {m['steps_total']:.0f} optimiser steps vs "
-                            f"{m['steps_once']:.0f} once on a classical BadNets model "
-                            f"({m['steps_total'] / max(m['steps_once'], 1):.1f}x); seconds "
-                            f"{m['seconds_total']:.0f} vs {m['seconds_once']:.0f}"),
-                 same(dict(min_runs=2, min_step_ratio=1.5)))
-
-
-def _nc_first_flag(t: pd.DataFrame) -> dict | None:
-    nc = t[(t.setting == "bau") & (t.defense == "neural_cleanse")]
-    if nc.empty:
-        return None
-    hit = nc[nc.flagged.astype(str) == "True"]
-    at_zero = nc[nc.requested == 0]
-    first = hit.groupby("seed").requested.min()
-    return {"first": None if first.empty else int(first.min()),
-            "flagged_before": float((at_zero.flagged.astype(str) == "True").mean()),
-            "seeds": int(nc.seed.nunique()),
-            "runs": sorted({int(k) for k in nc.requested})}
-
-
-# ------------------------------------------------------------ 05: erasure
-
-_NAMES = {"bau": "BAU model after activation", "badnets": "classical BadNets"}
-
-
-def _erasure_measure(defense: str, attack: str):
-    def measure(t: pd.DataFrame) -> dict | None:
-        d = t[(t.attack == attack) & (t.defense == defense)]
-        if d.empty:
-            return None
-        per = d.groupby("defender_samples")[["asr_before", "asr_after", "clean_acc_before",
-                                             "clean_acc_after"]].mean()
-        last = per.iloc[-1]
-        return {"asr_before": float(last.asr_before), "asr_after": float(last.asr_after),
-                "acc_before": float(last.clean_acc_before),
-                "acc_after": float(last.clean_acc_after),
-                "reduction": float(1 - last.asr_after / max(last.asr_before, 1e-9)),
-                "per_samples": {int(n): (float(r.asr_after),
-                                         float(r.clean_acc_after - r.clean_acc_before))
-                                for n, r in per.iterrows()}}
-    return measure
-
-
-def _baeraser(attack: str, asserted_at) -> Claim:
-    return Claim(
-        f"baeraser_{attack}", "05_backdoor_erasure",
-        f"BAERASER erases the backdoor ({_NAMES[attack]})",
-        "ASR lowered by 99% on average, clean accuracy kept",
-        _erasure_measure("baeraser", attack),
-        lambda m, t: (m["reduction"] >= t["min_asr_reduction"]
-                      and m["acc_before"] - m["acc_after"] <= t["max_acc_drop"]),
-        lambda m: (f"ASR {pct(m['asr_before'])} -> {pct(m['asr_after'])} "
-                   f"({pct(m['reduction'])} lower), clean accuracy "
-                   f"{points(m['acc_before'], m['acc_after'])}"),
-        same(dict(min_asr_reduction=0.9, max_acc_drop=0.03, paper_asr_reduction=0.99)),
-        asserted_at)
-
-
-_GRAD_PRUNE = {"smoke": dict(max_asr_after=1.0, max_acc_drop=1.0),
-               "default": dict(max_asr_after=0.10, max_acc_drop=0.10),
-               "paper": dict(max_asr_after=0.10, max_acc_drop=0.10)}
-
-
-def _grad_prune(attack: str, asserted_at) -> Claim:
-    return Claim(
-        f"grad_prune_{attack}", "05_backdoor_erasure",
-        f"Grad-Prune erases the backdoor with little data ({_NAMES[attack]}, known trigger)",
-        "low ASR from a small clean set, small accuracy loss (the set sizes, 10-100 per "
-        "class, are this package's sweep)",
-        _erasure_measure("grad_prune", attack),
-        lambda m, t: (m["asr_after"] < m["asr_before"] and m["asr_after"] < t["max_asr_after"]
-                      and m["acc_before"] - m["acc_after"] <= t["max_acc_drop"]),
-        lambda m: f"from ASR {pct(m['asr_before'])}: " + "; ".join(
-            f"{n} images: ASR {pct(a)}, accuracy {100 * g:+.1f} points"
-            for n, (a, g) in m["per_samples"].items()),
-        _GRAD_PRUNE, asserted_at)
-
-
-def _nc_clean(t: pd.DataFrame) -> dict | None:
-    clean = t[(t.attack == "none") & (t.defense == "neural_cleanse")]
-    if clean.empty:
-        return None
-    return {"flagged": int((clean.flagged_labels > 0).sum()), "models": len(clean),
-            "rate": float((clean.flagged_labels > 0).mean())}
-
 
 # ------------------------------------------------------------ 06: fidelity
 
@@ -313,7 +162,7 @@ FIDELITY = (
     Claim("fidelity_epochs", "06_fidelity", "06: 20 or 100 training epochs",
           "the authors' scripts: 20 by default, 100 for the detection experiments", _epochs,
           lambda m, t: True, _epochs_describe,
-          {p: {**SWITCH[p], **{f"mu_{k}": v for k, v in _AUROC["mu"][p].items()}}
+          {p: {**SWITCH[p], **{f"mu_{k}": v for k, v in AUROC["mu"][p].items()}}
            for p in ALL_PROFILES}, (), table_name="06_fidelity-epochs"),
     _fidelity("fidelity_it", "06_fidelity-it",
               "06: how often the input-targeted attack switches on",
@@ -466,111 +315,6 @@ def _per_epochs(decide):
     return rows
 
 
-def _detect_rows(detector: str):
-    def decide(t: pd.DataFrame, th) -> list:
-        col = f"{detector}_auroc" if f"{detector}_auroc" in t else "auroc"
-        d = t[t.variant == "bn"] if "variant" in t else t
-        if "detector" in d:
-            d = d[d.detector == detector]
-        if col not in d:
-            return []
-        d = d[d[col].notna()]
-        shards = sorted(k for k in d.shards.unique() if detector != "sms" or k > 1)
-        if not shards:
-            return []
-        per = {k: d[d.shards == k].groupby("seed")[col].mean().to_dict() for k in shards}
-        level = vd.spread(per[shards[0]].values(), (0.0, 1.0))
-        word = vd.against(level, th["min_auroc"])
-        text = f"AUROC at S={shards[0]}: {level.text()}"
-        if len(shards) > 1:
-            gain = vd.paired(per[shards[0]], per[shards[-1]])
-            text += f"; S={shards[-1]} minus S={shards[0]}: {gain.text('+.3f')}"
-            falls = vd.against(gain, th["max_gain_with_shards"], above=False)
-            if falls.startswith("differs"):
-                word = "differs: gains with shards"
-            elif word.startswith("agrees") and not falls.startswith("agrees"):
-                word = falls
-        return [("", text, f"{word} (bar {th['min_auroc']:.2f}, from this package's "
-                 "cross-check of the authors' code)")]
-    return decide
-
-
-def _filter_rows(t: pd.DataFrame, th) -> list:
-    if t.empty or "unlearning" not in t or not {"no filter", "MU filter"} <= set(t.unlearning):
-        return []
-    none = ends(t[t.unlearning == "no filter"])[1]
-    kept = ends(t[t.unlearning == "MU filter"])[1]
-    diff = vd.paired(none, kept)
-    refused = t[t.unlearning == "MU filter"].groupby("seed").refused.sum()
-    way = vd.direction(diff)
-    return [("", f"final ASR {rate(none.values())} without, {rate(kept.values())} with it "
-             f"(paired {diff.text(pts)} points); {refused.mean():.0f} requests refused",
-             "agrees" if way == -1 else "differs" if way == 1 else vd.undecided(diff.n))]
-
-
-def _overhead_rows(defense: str):
-    def decide(t: pd.DataFrame, th) -> list:
-        if "steps" not in t:
-            return []
-        runs = t[(t.setting == "bau") & (t.defense == defense)]
-        once = t[(t.setting == "badnets") & (t.defense == defense)].groupby("seed")
-        if runs.empty or not len(once):
-            return []
-        per_run = runs.groupby("seed")[["steps", "seconds"]].mean()
-        one = once[["steps", "seconds"]].mean()
-        seeds = [s for s in per_run.index if s in one.index]
-        steps = vd.spread([per_run.steps[s] / one.steps[s] for s in seeds])
-        secs = vd.spread([per_run.seconds[s] / one.seconds[s] for s in seeds])
-        n = float(runs.groupby("seed").requested.nunique().mean())
-        total = vd.spread([n * per_run.steps[s] / one.steps[s] for s in seeds])
-        return [("", f"one run on the BAU model: {steps.text('.2f')}x the optimiser steps "
-                 f"({secs.text('.2f')}x the seconds) of one on a classical BadNets model; "
-                 f"re-run {n:.0f} times (the defender's policy: once per request batch): "
-                 f"{total.text('.1f')}x", vd.against(total, th["min_step_ratio"]))]
-    return decide
-
-
-def _nc_hides_rows(t: pd.DataFrame, th) -> list:
-    nc = t[(t.setting == "bau") & (t.defense == "neural_cleanse") & (t.requested == 0)]
-    if nc.empty:
-        return []
-    hidden = nc.groupby("seed").flagged.first().astype(str) != "True"
-    c = vd.count(hidden)
-    return [("", f"Neural Cleanse flags nothing before the requests in {c} runs",
-             vd.happens(c, no="differs: the dormant backdoor is found"))]
-
-
-def _erasure_rows(defense: str, attack: str):
-    def decide(t: pd.DataFrame, th) -> list:
-        d = t[(t.attack == attack) & (t.defense == defense)]
-        if d.empty:
-            return []
-        d = d[d.defender_samples == d.defender_samples.max()].groupby("seed").mean(
-            numeric_only=True)
-        red = vd.spread(1 - d.asr_after / d.asr_before.clip(lower=1e-9), (None, 1.0))
-        drop = vd.spread(d.clean_acc_after - d.clean_acc_before)
-        text = (f"ASR {rate(d.asr_before)} -> {rate(d.asr_after)} ({red.text(pct)} lower), "
-                f"clean accuracy {drop.text(pts)} points")
-        if "paper_asr_reduction" in th:
-            word = vd.against(red, th["paper_asr_reduction"])
-            word = word.replace("differs", "weaker than the paper's "
-                                f"{th['paper_asr_reduction']:.0%}")
-        else:
-            word = vd.against(vd.spread(d.asr_after, (0.0, 1.0)), th["max_asr_after"],
-                              above=False).replace("differs", "weaker")
-        return [("", text, word)]
-    return decide
-
-
-def _nc_clean_rows(t: pd.DataFrame, th) -> list:
-    clean = t[(t.attack == "none") & (t.defense == "neural_cleanse")]
-    if clean.empty:
-        return []
-    c = vd.count(clean.flagged_labels.fillna(0) == 0)
-    return [("", f"no label flagged on {c} clean models",
-             vd.happens(c, no="differs: false positives"))]
-
-
 def _dormant_rows(t: pd.DataFrame, th) -> list:
     if "part" not in t or "asr_faint" not in t:
         return []
@@ -708,59 +452,26 @@ HEADLINE = (
     _headline("headline_sharding", "BAU: sharding (SISA) makes the attack harder",
               "lower ASR after all requests with more shards", sharding_rows, same({})),
     _headline("headline_mu", "BAU: MU detects mitigation samples; sharding weakens it",
-              "high AUROC at few shards, falling with more shards", _detect_rows("mu"),
-              _AUROC["mu"]),
+              "high AUROC at few shards, falling with more shards", detect_rows("mu"),
+              AUROC["mu"]),
     _headline("headline_sms", "BAU: SMS detects mitigation samples; sharding weakens it",
-              "high AUROC at few shards, falling with more shards", _detect_rows("sms"),
-              _AUROC["sms"]),
+              "high AUROC at few shards, falling with more shards", detect_rows("sms"),
+              AUROC["sms"]),
 )
 
 CLAIMS: dict[str, Claim] = {c.name: c for c in (
     *HEADLINE,
     *attack.CLAIMS,
     *trajectory.CLAIMS,
-    _detects("mu", ALL_PROFILES),
-    _detects("sms", ("default",)),
-    Claim("filter_lowers_asr", "04_detection",
-          "BAU: an MU request filter keeps the ASR lower",
-          "refusing flagged requests lowers the attack's success", _filter_measure,
-          lambda m, t: m["asr_filtered"] < m["asr_no_filter"],
-          lambda m: (f"final ASR {pct(m['asr_no_filter'])} without the filter, "
-                     f"{pct(m['asr_filtered'])} with it ({m['refused']:.0f} requests refused)"),
-          same({}),
-          table_name="04_detection-filter"),
-    _overhead("baeraser"),
-    _overhead("grad_prune"),
-    _overhead("neural_cleanse"),
-    Claim("nc_hides", "03_defense_overhead",
-          "BAU: before the requests the backdoor hides from model-level detection",
-          "Neural Cleanse needs the activated backdoor", _nc_first_flag,
-          lambda m, t: m["first"] is None or m["first"] > 0,
-          lambda m: (f"Neural Cleanse flags the target before any request in "
-                     f"{m['flagged_before'] * m['seeds']:.0f} of {m['seeds']} seeds (runs after "
-                     f"{', '.join(str(k) for k in m['runs'])} requests)"),
-          same({}), ()),
-    _baeraser("badnets", ("paper",)),  # default: 92.9% lower over 5 seeds, reported (README)
-    _baeraser("bau", ()),
-    _grad_prune("badnets", ALL_PROFILES),
-    _grad_prune("bau", ()),
-    Claim("nc_clean_models", "05_backdoor_erasure", "Neural Cleanse does not flag clean models",
-          "anomaly index below 2 on clean models", _nc_clean,
-          lambda m, t: m["flagged"] <= t["max_flagged"],
-          lambda m: f"{m['flagged']} of {m['models']} clean models flagged",
-          same(dict(max_flagged=0)), ()),
+    *detection.CLAIMS,
+    *overhead.CLAIMS,
+    *erasure.CLAIMS,
     *FIDELITY,
     *BENCHMARK,
 )}
 
 # The README's rows of each claim, by the rules of bdunlearn.verdicts.
 _DECIDE = {
-    "mu_detects": _detect_rows("mu"),
-    "sms_detects": _detect_rows("sms"), "filter_lowers_asr": _filter_rows,
-    **{f"overhead_{d}": _overhead_rows(d) for d in ("baeraser", "grad_prune", "neural_cleanse")},
-    "nc_hides": _nc_hides_rows, "nc_clean_models": _nc_clean_rows,
-    **{f"{d}_{a}": _erasure_rows(d, a) for d in ("baeraser", "grad_prune")
-       for a in ("badnets", "bau")},
     "fidelity_dormant": _dormant_rows, "fidelity_nc_scan": _nc_scan_rows,
     "fidelity_epochs": _epochs_rows, "fidelity_it": _it_grid_rows,
     "fidelity_baeraser": _baeraser_grid_rows, "fidelity_amnesiac": _amnesiac_grid_rows,

@@ -8,6 +8,8 @@ import pandas as pd
 
 from .. import defense_runs
 from .. import experiment as ex
+from .. import verdicts as vd
+from ..claim import Claim, same
 from . import COMMON, MEASURED, Need, Run
 
 PARAMETERS = (*COMMON, "epochs", "train_subset", "poison_num", "mitigation_num", "alpha",
@@ -75,3 +77,97 @@ def screening(table: pd.DataFrame) -> str:
     per = screen.groupby("seed").seconds.sum() / screen.groupby("seed").screened.sum()
     return (f"screening the next request batch with MU: {1e3 * per.mean():.3f} ms per request "
             f"(mean over {len(per)} seeds)")
+
+
+# ------------------------------------------------------------ claims: what the defense costs
+
+def _overhead_measure(defense: str):
+    def measure(t: pd.DataFrame) -> dict | None:
+        if "steps" not in t:
+            return None
+        runs = t[(t.setting == "bau") & (t.defense == defense)]
+        once = t[(t.setting == "badnets") & (t.defense == defense)]
+        if runs.empty or once.empty:
+            return None
+        per_seed = runs.groupby("seed")
+        return {"runs": float(per_seed.requested.nunique().mean()),
+                "steps_total": float(per_seed.steps.sum().mean()),
+                "steps_once": float(once.steps.mean()),
+                "steps_min": float(runs.steps.min()),
+                "seconds_total": float(per_seed.seconds.sum().mean()),
+                "seconds_once": float(once.seconds.mean())}
+    return measure
+
+
+def _overhead(defense: str) -> Claim:
+    return Claim(f"overhead_{defense}", "03_defense_overhead",
+                 f"BAU: the attack multiplies the cost of {defense}",
+                 "a defender must re-run it after every request batch",
+                 _overhead_measure(defense),
+                 lambda m, t: (m["runs"] >= t["min_runs"] and m["steps_min"] > 0
+                               and m["steps_total"] >= t["min_step_ratio"] * m["steps_once"]),
+                 lambda m: (f"{m['runs']:.0f} runs, {m['steps_total']:.0f} optimiser steps vs "
+                            f"{m['steps_once']:.0f} once on a classical BadNets model "
+                            f"({m['steps_total'] / max(m['steps_once'], 1):.1f}x); seconds "
+                            f"{m['seconds_total']:.0f} vs {m['seconds_once']:.0f}"),
+                 same(dict(min_runs=2, min_step_ratio=1.5)), decide=_overhead_rows(defense))
+
+
+def _nc_first_flag(t: pd.DataFrame) -> dict | None:
+    nc = t[(t.setting == "bau") & (t.defense == "neural_cleanse")]
+    if nc.empty:
+        return None
+    hit = nc[nc.flagged.astype(str) == "True"]
+    at_zero = nc[nc.requested == 0]
+    first = hit.groupby("seed").requested.min()
+    return {"first": None if first.empty else int(first.min()),
+            "flagged_before": float((at_zero.flagged.astype(str) == "True").mean()),
+            "seeds": int(nc.seed.nunique()),
+            "runs": sorted({int(k) for k in nc.requested})}
+
+
+def _overhead_rows(defense: str):
+    def decide(t: pd.DataFrame, th) -> list:
+        if "steps" not in t:
+            return []
+        runs = t[(t.setting == "bau") & (t.defense == defense)]
+        once = t[(t.setting == "badnets") & (t.defense == defense)].groupby("seed")
+        if runs.empty or not len(once):
+            return []
+        per_run = runs.groupby("seed")[["steps", "seconds"]].mean()
+        one = once[["steps", "seconds"]].mean()
+        seeds = [s for s in per_run.index if s in one.index]
+        steps = vd.spread([per_run.steps[s] / one.steps[s] for s in seeds])
+        secs = vd.spread([per_run.seconds[s] / one.seconds[s] for s in seeds])
+        n = float(runs.groupby("seed").requested.nunique().mean())
+        total = vd.spread([n * per_run.steps[s] / one.steps[s] for s in seeds])
+        return [("", f"one run on the BAU model: {steps.text('.2f')}x the optimiser steps "
+                 f"({secs.text('.2f')}x the seconds) of one on a classical BadNets model; "
+                 f"re-run {n:.0f} times (the defender's policy: once per request batch): "
+                 f"{total.text('.1f')}x", vd.against(total, th["min_step_ratio"]))]
+    return decide
+
+
+def _nc_hides_rows(t: pd.DataFrame, th) -> list:
+    nc = t[(t.setting == "bau") & (t.defense == "neural_cleanse") & (t.requested == 0)]
+    if nc.empty:
+        return []
+    hidden = nc.groupby("seed").flagged.first().astype(str) != "True"
+    c = vd.count(hidden)
+    return [("", f"Neural Cleanse flags nothing before the requests in {c} runs",
+             vd.happens(c, no="differs: the dormant backdoor is found"))]
+
+
+CLAIMS = (
+    _overhead("baeraser"),
+    _overhead("grad_prune"),
+    _overhead("neural_cleanse"),
+    Claim("nc_hides", "03_defense_overhead",
+          "BAU: before the requests the backdoor hides from model-level detection",
+          "Neural Cleanse needs the activated backdoor", _nc_first_flag,
+          lambda m, t: m["first"] is None or m["first"] > 0,
+          lambda m: (f"Neural Cleanse flags the target before any request in "
+                     f"{m['flagged_before'] * m['seeds']:.0f} of {m['seeds']} seeds (runs after "
+                     f"{', '.join(str(k) for k in m['runs'])} requests)"),
+          same({}), (), decide=_nc_hides_rows),
+)
