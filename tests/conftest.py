@@ -141,6 +141,21 @@ def deadline():
 # --- data, models and the cache ----------------------------------------------------------
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _outputs_in_a_temporary_folder(tmp_path_factory):
+    """Tables, figures and run stores that tests write go under a temporary folder, never
+    into the checkout: ``BDUNLEARN_RESULTS``/``BDUNLEARN_FIGURES`` where unset (``make
+    test`` sets both; a plain ``pytest`` run would otherwise write ``results/smoke/``)."""
+    patch = pytest.MonkeyPatch()
+    out = tmp_path_factory.mktemp("outputs")
+    for name, sub in (("BDUNLEARN_RESULTS", "results"), ("BDUNLEARN_FIGURES", "figures")):
+        if not os.environ.get(name):
+            patch.setenv(name, str(out / sub))
+    yield out
+    patch.undo()
+
+
+
 @pytest.fixture(scope="session")
 def digits():
     """The digits dataset (1500 training, 297 test images of 1x28x28), loaded once per

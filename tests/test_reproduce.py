@@ -371,19 +371,39 @@ def test_paper_profile_starts_on_a_tiny_override(tmp_path, monkeypatch):
 @pytest.mark.skipif(not FMNIST, reason="dataset-fashion-mnist is not installed")
 def test_a_notebook_run_outside_the_runner_leaves_committed_results_alone(
         tmp_path, monkeypatch):
+    import shutil
+
     import papermill as pm
 
     for name in ("BDUNLEARN_RESULTS", "BDUNLEARN_FIGURES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("BDUNLEARN_CACHE", str(tmp_path / "cache"))
-    root = NOTEBOOKS.parent
-    pm.execute_notebook(str(NOTEBOOKS / "01_attack.ipynb"), str(tmp_path / "out.ipynb"),
-                        cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False,
+    # A notebook finds its repository from its working directory (config.repository_root):
+    # a copy of the checkout's layout in tmp_path, with committed tables of its own, so the
+    # run writes nothing into the checkout.
+    root = tmp_path / "checkout"
+    (root / "bdunlearn").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    (root / "notebooks").mkdir()
+    shutil.copy(NOTEBOOKS / "01_attack.ipynb", root / "notebooks")
+    (root / "results").mkdir()
+    committed = root / "results" / "01_attack.csv"
+    committed.write_text("committed\n")
+    before = subprocess.run(["git", "status", "--porcelain", "--ignored", "results", "figures"],
+                            cwd=NOTEBOOKS.parent, capture_output=True, text=True,
+                            check=True).stdout
+    pm.execute_notebook(str(root / "notebooks" / "01_attack.ipynb"), str(tmp_path / "out.ipynb"),
+                        cwd=str(root / "notebooks"), kernel_name="python3", progress_bar=False,
                         parameters={"profile": "smoke", "train_subset": 2000, "epochs": 1})
     assert (root / "results" / "smoke" / "01_attack.csv").is_file()
-    status = subprocess.run(["git", "status", "--porcelain", "results", "figures"],
-                            cwd=root, capture_output=True, text=True, check=True).stdout
-    assert status == ""
+    assert (root / "results" / "smoke" / "runs").is_dir()  # its run store too
+    assert committed.read_text() == "committed\n"
+    assert not list((root / "figures").glob("*.png"))  # figures/smoke/ only
+    assert sorted(p.name for p in (root / "results").iterdir()) == ["01_attack.csv", "smoke"]
+    after = subprocess.run(["git", "status", "--porcelain", "--ignored", "results", "figures"],
+                           cwd=NOTEBOOKS.parent, capture_output=True, text=True,
+                           check=True).stdout
+    assert after == before  # nothing written into the checkout
 
 
 def test_readable_copy_keeps_figures_and_drops_progress_bars_and_widget_state(tmp_path):
