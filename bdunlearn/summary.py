@@ -110,8 +110,8 @@ def benchmark_table(results: Path) -> str:
     attack family, shard count and detector, over seeds (mean [95% t-interval]; beside
     each TPR the mean false-positive rate its threshold reached on held-out benign requests)."""
     from .attack import FAMILY_TITLES
-    from .claims import operating_point
     from .store import provenance_groups
+    from .studies.benchmark import operating_point
 
     stem = "07_request_detection"
     t = _tables(results, f"{stem}.csv").get(stem, pd.DataFrame())

@@ -13,6 +13,10 @@ such as the BN attack at 5 shards). The notebook's study module in this package 
   from the very same recipes.
 * optionally ``select(stored, cfg) -> rows``: which stored rows the notebook shows
   (notebook 07: each detector's current version, naming those with no stored rows).
+* ``CLAIMS``: the claims its tables hold (:class:`~bdunlearn.claim.Claim`: measured,
+  thresholds per profile, README rows), each written once and gathered by name in
+  :mod:`bdunlearn.claims` (notebook 06's module also holds ``HEADLINE``, the papers' main
+  claims at both epoch counts, which read its epochs section).
 
 :func:`setup` is a notebook's first cell: it resolves the notebook's parameters into a
 run configuration and returns a :class:`Notebook`, whose :meth:`Notebook.collect`

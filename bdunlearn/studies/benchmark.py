@@ -40,8 +40,10 @@ import pandas as pd
 from .. import adaptive, attacks
 from .. import detectors as registry
 from .. import experiment as ex
+from ..claim import Claim, pct, same
 from ..detect import detector_of
 from ..store import GROUP, PROVENANCE, RunStore
+from ..verdicts import SWITCH_AFTER, SWITCH_BEFORE, switched_on
 from . import COMMON, MEASURED, Need, Run
 
 PARAMETERS = (*COMMON, "shards", "poison_num", "mitigation_num", "alpha", "epochs",
@@ -198,7 +200,7 @@ def leaderboard(table: pd.DataFrame, fpr: float = 0.05) -> pd.DataFrame:
     requests, TPR at 1% and at ``fpr`` each beside the false-positive rate its threshold
     reached on held-out random benign requests, AUROC against the hard population, and
     the filter as it was run (at the runs' ``target_fpr``,
-    :func:`bdunlearn.claims.operating_point`): final ASR without and with it, attack and
+    :func:`operating_point`): final ASR without and with it, attack and
     benign requests refused."""
     if table.empty:
         return pd.DataFrame({"stored runs": [0]})
@@ -474,6 +476,116 @@ def stream_view(table: pd.DataFrame, detectors=("batch", "batch" + STREAM)) -> p
     board = board[board.index.get_level_values("detector").isin(detectors)]
     return board[["attack_refused", "asr_filtered",
                   *(f"benign_requests_refused_{p}" for p in ADAPTIVE_POPULATIONS), "seeds"]]
+
+
+# ------------------------------------------------------------ claims
+
+def _families(t: pd.DataFrame) -> dict | None:
+    """Per shard count, per family: mean ASR before and after its requests are unlearned
+    with no filter, and in how many seeds the run itself switched on (the rule of
+    :func:`switched_on` applies to one run, never to a mean over seeds)."""
+    if "asr_filtered" not in t:
+        return None
+    out = {}
+    for s, d in t.drop_duplicates(["variant", "shards", "seed"]).groupby("shards"):
+        g = d.groupby("variant")[["asr_before", "asr_after"]].mean()
+        on = switched_on(d.asr_before, d.asr_after).groupby(d.variant)
+        out[int(s)] = {"asr_before": g.asr_before.to_dict(),
+                       "asr_after": g.asr_after.to_dict(),
+                       "switched": {v: int(k) for v, k in on.sum().items()},
+                       "seeds": {v: int(n) for v, n in on.size().items()}}
+    return {"by_shards": out}
+
+
+def operating_point(t: pd.DataFrame) -> str:
+    """The false-positive rate (as its column suffix, ``"0.05"``) the stored filters of a
+    notebook 07 table were set for: the one whose random-population threshold each row's
+    ``filter_threshold`` is."""
+    for c in t.columns:
+        if (c.startswith("threshold@") and c.endswith("_random")
+                and (t[c] == t.filter_threshold).all()):
+            return c[len("threshold@"):-len("_random")]
+    raise ValueError("no stored operating point matches the filters' thresholds")
+
+
+def _best_detectors(t: pd.DataFrame) -> dict | None:
+    """Per shard count, per family: the detector with the highest mean TPR on random
+    benign requests at the filters' operating point (a tie goes to the lower final ASR
+    behind the filter, then the name; the detectors it ties with are listed), and the
+    number of seeds behind it."""
+    if "asr_filtered" not in t:
+        return None
+    fpr = operating_point(t)
+    # what the winner costs, where stored: the false-positive rate its threshold reached
+    # on held-out random benign requests, and the hard benign requests it refuses
+    costs = {k: (c, agg) for k, c, agg in (("fpr_reached", f"fpr@{fpr}_random", "mean"),
+                                           ("hard_refused", "benign_refused_hard", "mean"),
+                                           ("benign_requests", "benign_requests", "max"))
+             if c in t}
+    out = {}
+    for s, d in t.groupby("shards"):
+        g = d.groupby(["variant", "detector"]).agg(
+            tpr=(f"tpr@{fpr}_random", "mean"), asr_filtered=("asr_filtered", "mean"),
+            seeds=("seed", "nunique"), **costs).reset_index()
+        m = {k: {} for k in ("best", "tied", "tpr", "asr_filtered", "seeds", *costs)}
+        for v, rows in g.groupby("variant"):
+            rows = rows.sort_values(["tpr", "asr_filtered", "detector"],
+                                    ascending=[False, True, True])
+            top = rows.iloc[0]
+            m["best"][v], m["tpr"][v] = top.detector, float(top.tpr)
+            m["asr_filtered"][v], m["seeds"][v] = float(top.asr_filtered), int(top.seeds)
+            m["tied"][v] = rows.detector[rows.tpr == top.tpr].tolist()[1:]
+            for k in costs:
+                m[k][v] = float(top[k])
+        out[int(s)] = m
+    return {"by_shards": out, "fpr": float(fpr)}
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' * (n != 1)}"
+
+
+def _describe_families(m: dict) -> str:
+    return " | ".join(f"S={s}: " + "; ".join(
+        f"{v} {pct(b)} -> {pct(n['asr_after'][v])} (on in {n['switched'][v]} of "
+        f"{_seeds(n['seeds'][v])})" for v, b in n["asr_before"].items())
+        for s, n in m["by_shards"].items())
+
+
+def _describe_best(m: dict) -> str:
+    def costs(n: dict, v: str) -> str:
+        out = ""
+        if "fpr_reached" in n:
+            out += f", FPR reached {pct(n['fpr_reached'][v])}"
+        if "hard_refused" in n:
+            out += (f", refuses {n['hard_refused'][v]:.0f} of "
+                    f"{n['benign_requests'][v]:.0f} hard benign requests")
+        return out
+
+    return f"at {pct(m['fpr'])} FPR: " + " | ".join(f"S={s}: " + "; ".join(
+        f"{v}: {d} (TPR {pct(n['tpr'][v])}{costs(n, v)}, final ASR behind it "
+        f"{pct(n['asr_filtered'][v])}, {_seeds(n['seeds'][v])}"
+        + (f"; tied with {', '.join(n['tied'][v])}" if n["tied"][v] else "") + ")"
+        for v, d in n["best"].items()) for s, n in m["by_shards"].items())
+
+
+def _benchmark(name, statement, paper, measure, describe) -> Claim:
+    # every number says its own seed count, so a shard count stored for fewer seeds does
+    # not narrow the others to its seeds (independent: see whole_seeds)
+    return Claim(name, "07_request_detection", statement, paper, measure, lambda m, t: True,
+                 describe, same({}), (), in_readme=False, independent=True)
+
+
+CLAIMS = (
+    _benchmark("benchmark_switch_on", "07: which attack families switch on",
+               f"switched on: ASR <= {SWITCH_BEFORE:.0%} before the camouflage is unlearned, "
+               f">= {SWITCH_AFTER:.0%} after", _families, _describe_families),
+    _benchmark("benchmark_best_detector", "07: the detector that catches each attack best",
+               "highest TPR at the filters' false-positive rate on random benign requests "
+               f"(the batch test's TPR counts batches of {ex.REQUEST_BATCH} requests, the "
+               "others' single requests)",
+               _best_detectors, _describe_best),
+)
 
 
 # ------------------------------------------------------------ migration to per-detector runs
