@@ -375,3 +375,16 @@ def test_benchmark_claims_count_seeds_and_rank_at_the_filters_operating_point():
     assert benchmark.operating_point(t.assign(filter_threshold=0.9)) == "0.01"
     with pytest.raises(ValueError, match="no stored operating point"):
         benchmark.operating_point(t.assign(filter_threshold=0.7))
+
+
+def test_each_study_holds_its_notebooks_claims_and_all_are_gathered_by_name():
+    from bdunlearn import studies
+
+    held = []
+    for stem in studies.STEMS:
+        mod = studies.study(stem)
+        for claim in (*getattr(mod, "HEADLINE", ()), *mod.CLAIMS):
+            assert claim.notebook == stem, f"{claim.name} is held by {stem}'s study"
+            assert claims.get(claim.name) is claim
+            held.append(claim.name)
+    assert sorted(held) == sorted(claims.CLAIMS)  # every claim once, none outside a study
