@@ -21,7 +21,7 @@ After resolution every field holds a concrete value:
 * ``train_subset``/``test_subset`` given as ``"all"`` become the size of the dataset's
   standard split (a smaller copy on disk is then used whole), ``"half"`` half of it (the
   ``default`` and ``paper`` profiles evaluate on half of the test split; the defenses'
-  defender pool comes from the other half, :func:`bdunlearn.experiment.defender_pool`);
+  defender pool comes from the other half, :func:`bdunlearn.defender.defender_pool`);
 * ``request_steps``/``defense_steps`` are a number of equal request batches, or the
   cumulative request counts after each batch (``(100, 300)``: a batch of 100, then 200;
   counts above an attack's mitigation samples are capped at that number);

@@ -7,7 +7,7 @@ running them once on a classical BadNets model. Notebook 05 (:func:`erasure_plan
 on a BAU model after activation, and Neural Cleanse's false positives on clean models.
 
 Every defense sees only defender data (a model, a clean pool, a trigger where its paper
-assumes one) through :func:`bdunlearn.experiment.defend`; the attack's manifest and test
+assumes one) through :func:`bdunlearn.defender.defend`; the attack's manifest and test
 trigger are used only to evaluate what the defense left.
 """
 
@@ -23,6 +23,7 @@ from . import experiment as ex
 from .attack import AttackSet
 from .config import RunConfig
 from .data import Dataset
+from .defender import defend
 from .train import predict, synchronize
 from .triggers import PatchTrigger
 
@@ -50,8 +51,8 @@ def overhead_once(model, atk: AttackSet, pool, ds: Dataset, cfg: RunConfig, *, s
                 requested=requested, setting=setting)
     rows = []
     for name, knobs in overhead_defenses(cfg).items():
-        r = ex.defend(model, name, x_def, y_def, ds.num_classes, seed=seed,
-                      device=cfg.device, cache_dir=cache_dir, **knobs)
+        r = defend(model, name, x_def, y_def, ds.num_classes, seed=seed,
+                   device=cfg.device, cache_dir=cache_dir, **knobs)
         after = atk.evaluate(lambda x, m=r.model or model: predict(m, x, device=cfg.device))
         rows.append({**meta, "defense": name, "seconds": r.seconds, "steps": r.steps,
                      "flagged": atk.target in (r.flagged or []),
@@ -129,8 +130,8 @@ def erasure(targets: dict, pool, ds: Dataset, cfg: RunConfig, *, seed: int,
         before = atk.evaluate(lambda x, m=model: predict(m, x, device=cfg.device))
         for name, n, known, knobs in tqdm(erasure_plan(cfg, len(y_def)), desc=attack_name):
             trigger = PatchTrigger(atk.info["patch"]) if known else None
-            r = ex.defend(model, name, x_def[:n], y_def[:n], ds.num_classes, seed=seed,
-                          device=cfg.device, trigger=trigger, cache_dir=cache_dir, **knobs)
+            r = defend(model, name, x_def[:n], y_def[:n], ds.num_classes, seed=seed,
+                       device=cfg.device, trigger=trigger, cache_dir=cache_dir, **knobs)
             after = atk.evaluate(lambda x, m=r.model or model: predict(m, x,
                                                                      device=cfg.device))
             rows.append({"dataset": ds.name, "attack": attack_name,
@@ -148,8 +149,8 @@ def clean_model_flags(model, ds: Dataset, cfg: RunConfig, pool, *, seed: int,
     """Neural Cleanse on a model trained without attack samples: how many labels it flags
     (any flag is a false positive)."""
     x_def, y_def = pool
-    r = ex.defend(model, "neural_cleanse", x_def, y_def, ds.num_classes, seed=seed,
-                  device=cfg.device, steps=cfg.nc_steps, cache_dir=cache_dir)
+    r = defend(model, "neural_cleanse", x_def, y_def, ds.num_classes, seed=seed,
+               device=cfg.device, steps=cfg.nc_steps, cache_dir=cache_dir)
     return {"dataset": ds.name, "attack": "none", "defense": "neural_cleanse", "seed": seed,
             "defender_samples": len(y_def), "seconds": r.seconds, "steps": r.steps,
             "flagged_labels": len(r.flagged)}

@@ -39,6 +39,7 @@ from .cache import content_key, default_cache_dir
 from .config import RunConfig, profile_datasets
 from .layout import available, folders, notebooks
 from .models import build_model
+from .screening import screened_requests
 from .store import GROUP, RunStore
 from .studies import Recipe
 
@@ -109,7 +110,7 @@ class Chain:
                                             cache_dir=str(cache_dir))
         elif self.kind == "screened":
             recipe = replace(self.recipe, cache_dir=str(cache_dir))
-            svc, _ = ex.screened_requests(atk, recipe.build, dict(self.knobs)["detector"], cfg)
+            svc, _ = screened_requests(atk, recipe.build, dict(self.knobs)["detector"], cfg)
         else:
             svc = ex.amnesiac_service(atk, ds, cfg, cache_dir=str(cache_dir),
                                       **dict(self.knobs))

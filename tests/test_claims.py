@@ -153,8 +153,8 @@ def test_readme_rows_give_rates_as_k_of_n_and_figures_with_t_intervals():
 
 
 def test_an_interval_is_clipped_by_what_the_number_is_not_by_its_values():
-    from bdunlearn import experiment as ex
     from bdunlearn.metrics import value_range
+    from bdunlearn.tables import over_seeds
 
     # benign requests refused, 1, 0 and 1 over three seeds: a count, not a rate, whose
     # t-interval reaches 2.10 (mean 0.667, sd 0.577, t(0.975, 2) = 4.303)
@@ -164,7 +164,7 @@ def test_an_interval_is_clipped_by_what_the_number_is_not_by_its_values():
     assert value_range("rise") == (-1.0, 1.0) and value_range("epochs") == (None, None)
     t = pd.DataFrame({"seed": [0, 1, 2], "g": "x", "benign_refused_random": [1, 0, 1],
                       "auroc": [0.9, 0.95, 1.0], "reduction": [0.1, 0.0, 0.1]})
-    shown = ex.over_seeds(t, ["g"], ["benign_refused_random", "auroc", "reduction"]).iloc[0]
+    shown = over_seeds(t, ["g"], ["benign_refused_random", "auroc", "reduction"]).iloc[0]
     assert shown["benign_refused_random 95% CI"] == "[0.000, 2.101]"
     assert shown["auroc 95% CI"] == "[0.826, 1.000]"
     assert shown["reduction 95% CI"] == "[-0.077, 0.210]"

@@ -70,17 +70,18 @@ def test_request_counts_are_cumulative_and_capped_at_the_attack():
 
 def test_defender_pool_lies_outside_training_and_evaluation_images(digits):
     from bdunlearn import experiment as ex
+    from bdunlearn.defender import defender_pool
     cfg = config.resolve("smoke", dataset="digits", train_subset="all", test_subset="half")
     full = digits
     ds = ex.dataset(cfg)
-    x, y = ex.defender_pool(cfg, 100)
+    x, y = defender_pool(cfg, 100)
     assert len(y) == 100 and len(ds.y_test) == len(full.y_test) // 2
     flat = {tuple(v.flatten().tolist()) for v in x}
     assert not flat & {tuple(v.flatten().tolist()) for v in ds.x_test}
     assert not flat & {tuple(v.flatten().tolist()) for v in ds.x_train}
     with pytest.raises(ValueError, match="no clean image for the defender"):
-        ex.defender_pool(config.resolve("smoke", dataset="digits", train_subset="all",
-                                        test_subset="all"), 10)
+        defender_pool(config.resolve("smoke", dataset="digits", train_subset="all",
+                                     test_subset="all"), 10)
 
 
 def test_profile_comes_from_the_environment(monkeypatch):

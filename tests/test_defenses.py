@@ -223,12 +223,12 @@ FAST_KNOBS = {"neural_cleanse": dict(steps=10, batch_size=16, mitigate=True, unl
 @pytest.mark.parametrize("name", sorted(DEFENSES))
 def test_cached_defense_is_loaded_not_rerun(untrained, tmp_path, monkeypatch, name):
     from bdunlearn import defenses
-    from bdunlearn import experiment as ex
+    from bdunlearn.defender import defend
 
     trigger = PatchTrigger(4, 1.0) if name == "grad_prune" else None
-    call = lambda seed: ex.defend(untrained["backdoored"], name, untrained["x"], untrained["y"], 10,  # noqa: E731
-                                  seed=seed, device="cpu", trigger=trigger,
-                                  cache_dir=tmp_path, **FAST_KNOBS[name])
+    call = lambda seed: defend(untrained["backdoored"], name, untrained["x"], untrained["y"], 10,  # noqa: E731
+                               seed=seed, device="cpu", trigger=trigger,
+                               cache_dir=tmp_path, **FAST_KNOBS[name])
     first = call(0)
     assert len(list((tmp_path / "defenses").glob("*.pt"))) == 1
     assert not list((tmp_path / "defenses").glob(".tmp-*"))
@@ -253,11 +253,11 @@ def test_steps_count_every_optimiser_step_of_the_defense(untrained):
 
 def test_a_cached_result_missing_a_field_is_recomputed_with_a_warning(untrained, tmp_path):
     from bdunlearn import cache
-    from bdunlearn import experiment as ex
+    from bdunlearn.defender import defend
 
     u = untrained
-    call = lambda: ex.defend(u["backdoored"], "finetune", u["x"], u["y"], 10,  # noqa: E731
-                             seed=0, device="cpu", cache_dir=tmp_path, epochs=1)
+    call = lambda: defend(u["backdoored"], "finetune", u["x"], u["y"], 10,  # noqa: E731
+                          seed=0, device="cpu", cache_dir=tmp_path, epochs=1)
     first = call()
     (path,) = (tmp_path / "defenses").glob("*.pt")
     tensors, meta = cache.load(path)

@@ -240,7 +240,7 @@ def test_screened_requests_counts_benign_refusals_out_of_one_shared_count(digits
     counted out of the same, smaller number, and the service behind the filter keeps
     what it refused."""
     from bdunlearn import attack, config
-    from bdunlearn import experiment as ex
+    from bdunlearn.screening import screened_requests
 
     ds = digits
     atk = attack.build_badnets(ds, poison_num=40, mitigation_num=150, alpha=0.5, seed=1)
@@ -252,7 +252,7 @@ def test_screened_requests_counts_benign_refusals_out_of_one_shared_count(digits
                            device="cpu")
 
     order = atk.request_order()
-    svc, r = ex.screened_requests(atk, build, "loss", cfg)
+    svc, r = screened_requests(atk, build, "loss", cfg)
     assert r["requests"] == len(order) == 150
     assert 2 <= r["benign_requests"] < len(order)  # the target class holds fewer
     assert set(r["benign"]) == {"random", "hard"}

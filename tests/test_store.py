@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from bdunlearn import config, studies
-from bdunlearn import experiment as ex
 from bdunlearn.store import RunStore, StoreError, cpu_name, merge, provenance, provenance_groups
+from bdunlearn.tables import over_seeds
 
 CUDA = {"precision": "bf16", "device": "cuda", "processor": "NVIDIA H100", "torch": "2.5",
         "date": "2026-12-01", "commit": "abc1234"}  # a GPU machine's provenance
@@ -105,11 +105,11 @@ def test_groups_of_precision_and_device_are_told_apart():
     assert labels == ["bf16, cpu", "bf16, cuda"]  # the group with more seeds first
     assert provenance_groups(rows(0, 0.9))[0][0] == ""
     # a notebook's display never averages them: each group is its own row
-    shown = ex.over_seeds(t, ["requested"], ["asr"])
+    shown = over_seeds(t, ["requested"], ["asr"])
     assert list(shown.index.names) == ["precision", "device", "requested"]
     assert shown.loc[("bf16", "cpu", 300), ["asr", "seeds"]].tolist() == [0.9, 2]
     assert shown.loc[("bf16", "cuda", 300), ["asr", "seeds"]].tolist() == [0.5, 1]
-    assert list(ex.over_seeds(t[t.device == "cpu"], ["requested"], ["asr"]).index.names) == [
+    assert list(over_seeds(t[t.device == "cpu"], ["requested"], ["asr"]).index.names) == [
         "requested"]
 
 

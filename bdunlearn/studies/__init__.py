@@ -38,8 +38,10 @@ from .. import attack as attacks
 from .. import experiment as ex
 from ..cache import default_cache_dir
 from ..config import PLACEMENT, RunConfig, resolve
+from ..defender import defender_pool
 from ..registry import load_plugins
 from ..store import GROUP, RunStore, provenance
+from ..tables import output_dirs, save_table
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent.parent / "notebooks"
 STEMS = ("01_attack", "02_unlearning_trajectory", "03_defense_overhead", "04_detection",
@@ -161,8 +163,8 @@ class Context:
 
     @cached_property
     def pool(self):
-        """The defender's clean images (:func:`bdunlearn.experiment.defender_pool`)."""
-        return ex.defender_pool(self.cfg, self.cfg.defender_size)
+        """The defender's clean images (:func:`bdunlearn.defender.defender_pool`)."""
+        return defender_pool(self.cfg, self.cfg.defender_size)
 
     def recipe(self, kind: str, seed: int, shards: int = 1, variant: str | None = None
                ) -> Recipe:
@@ -222,7 +224,7 @@ class Notebook:
     def __init__(self, stem: str, cfg: RunConfig, cache_dir: str | None = None):
         self.stem, self.cfg, self.study = stem, cfg, study(stem)
         self.ctx = Context(cfg, str(cache_dir or default_cache_dir()))
-        self.res_dir, self.fig_dir = ex.output_dirs(cfg)
+        self.res_dir, self.fig_dir = output_dirs(cfg)
         self.store = RunStore(cfg.store_dir)
 
     @property
@@ -293,11 +295,11 @@ class Notebook:
     def save(self, table: pd.DataFrame, name: str | None = None, columns=None) -> Path:
         """Write ``<results_dir>/<name>.csv`` (the notebook's stem by default): ``columns``
         first (for the notebook's own table, its study's ``COLUMNS``, the results
-        contract, by default), the provenance last (:func:`bdunlearn.experiment.save_table`)."""
+        contract, by default), the provenance last (:func:`bdunlearn.tables.save_table`)."""
         name = name or self.stem
         if columns is None and name == self.stem:
             columns = getattr(self.study, "COLUMNS", None)
-        return ex.save_table(table, name, self.res_dir, columns)
+        return save_table(table, name, self.res_dir, columns)
 
     def figure(self, fig, name: str) -> Path:
         """Save ``fig`` as ``<figures_dir>/<stem>-<name>.png``."""

@@ -11,6 +11,7 @@ import pandas as pd
 from .. import experiment as ex
 from .. import verdicts as vd
 from ..claim import ALL_PROFILES, Claim, ends, pct, rate, switches
+from ..tables import over_seeds
 from . import COMMON, MEASURED, Need, Run
 
 PARAMETERS = (*COMMON, "poison_num", "mitigation_num", "alpha", "epochs", "train_subset")
@@ -48,8 +49,8 @@ def compute(run: Run, ctx) -> pd.DataFrame:
 
 def show(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and spread over seeds of what the attack does, per variant and request count."""
-    return ex.over_seeds(table, ["variant", "requested"],
-                         ["baseline_acc", "clean_acc", "asr", "retrain_seconds"])
+    return over_seeds(table, ["variant", "requested"],
+                      ["baseline_acc", "clean_acc", "asr", "retrain_seconds"])
 
 
 # ------------------------------------------------------------ claims: the backdoor switches on

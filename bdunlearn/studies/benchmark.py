@@ -4,7 +4,7 @@ defined at that shard count (:mod:`bdunlearn.detectors`), one run fits the attac
 service (its models come from the checkpoint cache, shared by every detector's run),
 scores the attacker's requests against two benign populations and serves the whole
 request order behind a filter at the threshold set on random benign requests
-(:func:`bdunlearn.experiment.screened_requests`). One row per run, with the attack's ASR
+(:func:`bdunlearn.screening.screened_requests`). One row per run, with the attack's ASR
 before and after its requests unlearned without a filter (whether the family switches on
 at all).
 
@@ -39,10 +39,11 @@ import pandas as pd
 
 from .. import adaptive, attacks
 from .. import detectors as registry
-from .. import experiment as ex
 from ..claim import Claim, pct, same
 from ..detect import detector_of
+from ..screening import BENIGN_SAMPLE, REQUEST_BATCH, benign_populations, screened_requests
 from ..store import GROUP, PROVENANCE, RunStore
+from ..tables import over_seeds
 from ..verdicts import SWITCH_AFTER, SWITCH_BEFORE, switched_on
 from . import COMMON, MEASURED, Need, Run
 
@@ -137,7 +138,7 @@ def compute(run: Run, ctx) -> pd.DataFrame:
     recipe, cfg, det = plain.recipe, ctx.cfg, run["detector"]
     atk = recipe.attack()
     base = _switch_on(recipe, atk)
-    r = ex.screened_requests(atk, recipe.build, det, cfg)[1]
+    r = screened_requests(atk, recipe.build, det, cfg)[1]
     row = {"dataset": ctx.ds.name, "variant": atk.variant, "seed": run.seed,
            "shards": run["shards"], **base, "detector": det,
            **{k: run[k] for k in VERSIONS}, "filter_threshold": r["threshold"],
@@ -213,7 +214,7 @@ def leaderboard(table: pd.DataFrame, fpr: float = 0.05) -> pd.DataFrame:
         ["auroc_random", "tpr@0.01_random", "fpr@0.01_random", f"tpr@{fpr:g}_random",
          f"fpr@{fpr:g}_random", "auroc_hard", "asr_after", "asr_filtered", "refused",
          "benign_refused_random", "benign_refused_hard"]))
-    return ex.over_seeds(t, ["attack", "shards", "detector"], cols)
+    return over_seeds(t, ["attack", "shards", "detector"], cols)
 
 
 def switch_on(table: pd.DataFrame) -> pd.DataFrame:
@@ -224,8 +225,8 @@ def switch_on(table: pd.DataFrame) -> pd.DataFrame:
     run = ["variant", "seed", "shards", *(c for c in GROUP if c in table)]
     first = table.drop_duplicates(run)
     first = first.assign(attack=first.variant.map(_title))
-    return ex.over_seeds(first, ["attack", "shards"],
-                         ["asr_before", "asr_after", "clean_acc_before", "clean_acc_after"])
+    return over_seeds(first, ["attack", "shards"],
+                      ["asr_before", "asr_after", "clean_acc_before", "clean_acc_after"])
 
 
 # ------------------------------------------------------------ the adaptive track
@@ -328,9 +329,9 @@ def _adaptive_context(recipe, atk):
     if recipe in _CONTEXT:
         return _CONTEXT[recipe]
     svc = recipe.build().fit()
-    pops = ex.benign_populations(atk)
+    pops = benign_populations(atk)
     mitigation = atk.ids("mitigation")
-    calib = detect.split_benign(svc, pops["random"], mitigation, sample=ex.BENIGN_SAMPLE,
+    calib = detect.split_benign(svc, pops["random"], mitigation, sample=BENIGN_SAMPLE,
                                 seed=atk.seed)[0]
     rng = np.random.default_rng([atk.seed, 47])
     held = {k: np.setdiff1d(v, np.concatenate([calib, mitigation])) for k, v in pops.items()}
@@ -381,10 +382,10 @@ def adaptive_compute(run: Run, ctx) -> pd.DataFrame:
     svc, users, plan, _ = _adaptive_context(recipe, atk)
     base, pooled = base_detector(det)
     with detect.memo():
-        random = ex.benign_populations(atk)["random"]  # split as the other runs split it
+        random = benign_populations(atk)["random"]  # split as the other runs split it
         bench = detect.benchmark(svc, plan.mitigation, {"random": random}, base,
                                  fprs=(cfg.target_fpr,), batch=adaptive.REQUEST_SIZE,
-                                 sample=ex.BENIGN_SAMPLE, seed=atk.seed)
+                                 sample=BENIGN_SAMPLE, seed=atk.seed)
         thr = bench["random"][f"threshold@{cfg.target_fpr:g}"]
         screen = detect.screen_for(base, thr, batch=adaptive.REQUEST_SIZE)
 
@@ -463,7 +464,7 @@ def adaptive_leaderboard(table: pd.DataFrame) -> pd.DataFrame:
     cols = ["asr_after", "asr_filtered", "attack_refused", "attack_requests_refused",
             *(f"benign_requests_refused_{p}" for p in ADAPTIVE_POPULATIONS),
             "benign_collateral"]
-    return ex.over_seeds(t, [*by, "detector"], cols).join(paired_gap(t, by, "attack_refused"))
+    return over_seeds(t, [*by, "detector"], cols).join(paired_gap(t, by, "attack_refused"))
 
 
 def stream_view(table: pd.DataFrame, detectors=("batch", "batch" + STREAM)) -> pd.DataFrame:
@@ -582,7 +583,7 @@ CLAIMS = (
                f">= {SWITCH_AFTER:.0%} after", _families, _describe_families),
     _benchmark("benchmark_best_detector", "07: the detector that catches each attack best",
                "highest TPR at the filters' false-positive rate on random benign requests "
-               f"(the batch test's TPR counts batches of {ex.REQUEST_BATCH} requests, the "
+               f"(the batch test's TPR counts batches of {REQUEST_BATCH} requests, the "
                "others' single requests)",
                _best_detectors, _describe_best),
 )

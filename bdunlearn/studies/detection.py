@@ -13,6 +13,7 @@ from .. import detect
 from .. import experiment as ex
 from .. import verdicts as vd
 from ..claim import ALL_PROFILES, Claim, ends, pct, pts, rate, same
+from ..tables import over_seeds
 from . import COMMON, MEASURED, Need, Run
 
 PARAMETERS = (*COMMON, "shards", "poison_num", "mitigation_num", "alpha", "epochs",
@@ -102,13 +103,13 @@ def curves(scores: pd.DataFrame) -> dict:
 
 
 def show(table: pd.DataFrame) -> pd.DataFrame:
-    return ex.over_seeds(table, ["variant", "detector", "shards"], ["auroc", "tpr", "fpr"])
+    return over_seeds(table, ["variant", "detector", "shards"], ["auroc", "tpr", "fpr"])
 
 
 def show_filter(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame({"stored runs": [0]})
-    return ex.over_seeds(table, ["unlearning", "requested"], ["asr", "clean_acc", "refused"])
+    return over_seeds(table, ["unlearning", "requested"], ["asr", "clean_acc", "refused"])
 
 
 # ------------------------------------------------------------ claims: detection, the filter

@@ -9,6 +9,7 @@ import pandas as pd
 from .. import defense_runs
 from .. import verdicts as vd
 from ..claim import ALL_PROFILES, Claim, pct, points, pts, rate, same
+from ..tables import over_seeds
 from . import COMMON, MEASURED, Need, Run
 
 PARAMETERS = (*COMMON, "epochs", "train_subset", "poison_num", "mitigation_num", "alpha",
@@ -67,11 +68,9 @@ def models(table: pd.DataFrame) -> pd.DataFrame:
 def show(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame({"stored runs": [0]})
-    from .. import experiment as ex
-
     d = table[table.attack != "none"]
-    return ex.over_seeds(d, ["attack", "defense", "defender_samples"],
-                         ["asr_before", "asr_after", "clean_acc_after", "seconds"])
+    return over_seeds(d, ["attack", "defense", "defender_samples"],
+                      ["asr_before", "asr_after", "clean_acc_after", "seconds"])
 
 
 # ------------------------------------------------------------ claims: erasure

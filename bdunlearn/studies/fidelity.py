@@ -29,7 +29,9 @@ from .. import detect
 from .. import experiment as ex
 from .. import verdicts as vd
 from ..claim import ALL_PROFILES, Claim, ends, pct, points, pts, rate, same, switches
+from ..defender import defend
 from ..metrics import proportion_interval
+from ..tables import over_seeds
 from ..train import predict
 from ..verdicts import switch_rate, switched_on
 from . import COMMON, MEASURED, Need, Run
@@ -133,9 +135,9 @@ def compute(run: Run, ctx) -> pd.DataFrame:
         target = first.recipe.attack().target
         rows = []
         for model_name, model in (("bau_before_requests", bau), ("clean", clean)):
-            r = ex.defend(model, "neural_cleanse", *ctx.pool, ctx.ds.num_classes,
-                          seed=run.seed, device=ctx.cfg.device, steps=ctx.cfg.nc_steps,
-                          cache_dir=ctx.cache_dir)
+            r = defend(model, "neural_cleanse", *ctx.pool, ctx.ds.num_classes,
+                       seed=run.seed, device=ctx.cfg.device, steps=ctx.cfg.nc_steps,
+                       cache_dir=ctx.cache_dir)
             rows.append({**base, "model": model_name, "flagged_labels": len(r.flagged),
                          "flags_target": target in r.flagged, "steps": r.steps,
                          "seconds": r.seconds})
@@ -153,8 +155,8 @@ def compute(run: Run, ctx) -> pd.DataFrame:
         atk, model = first.recipe.attack(), first.recipe.build().fit().models[0]
         knobs = {"scan_steps": ctx.cfg.nc_steps, **BAERASER_GRID[run["setting"]]}
         before = atk.evaluate(lambda x: predict(model, x))
-        r = ex.defend(model, "baeraser", *ctx.pool, ctx.ds.num_classes, seed=run.seed,
-                      device=ctx.cfg.device, cache_dir=ctx.cache_dir, **knobs)
+        r = defend(model, "baeraser", *ctx.pool, ctx.ds.num_classes, seed=run.seed,
+                   device=ctx.cfg.device, cache_dir=ctx.cache_dir, **knobs)
         after = atk.evaluate(lambda x, m=r.model or model: predict(m, x))
         return pd.DataFrame([{**base, "asr_before": before["asr"], "asr_after": after["asr"],
                               "clean_acc_before": before["clean_acc"],
@@ -193,10 +195,10 @@ def show(table: pd.DataFrame, name: str) -> pd.DataFrame:
         return pd.DataFrame({"stored runs": [0]}, index=[name])
     if name == DORMANT:
         attack = table[table.part == "attack"].astype({"shards": int, "requested": int})
-        return ex.over_seeds(attack, ["shards", "requested"], ["asr", "asr_faint", "clean_acc"])
+        return over_seeds(attack, ["shards", "requested"], ["asr", "asr_faint", "clean_acc"])
     if name == EPOCHS:
         cols = [c for c in ("asr", "clean_acc", "mu_auroc", "sms_auroc") if c in table]
-        return ex.over_seeds(table, ["variant", "shards", "epochs", "requested"], cols)
+        return over_seeds(table, ["variant", "shards", "epochs", "requested"], cols)
     if name == IT:
         m, rows = switch_rate(table), {}
         for setting, n in m["seeds"].items():
@@ -206,10 +208,10 @@ def show(table: pd.DataFrame, name: str) -> pd.DataFrame:
                              "rate 95% CI (Wilson)": f"[{lo:.3f}, {hi:.3f}]"}
         return pd.DataFrame.from_dict(rows, orient="index").rename_axis("setting")
     if name == BAERASER:
-        return ex.over_seeds(table.assign(reduction=1 - table.asr_after
-                                          / table.asr_before.clip(lower=1e-9)),
-                             ["setting"], ["asr_after", "reduction", "clean_acc_after"])
-    return ex.over_seeds(table, ["setting", "requested"], ["asr", "clean_acc"])
+        return over_seeds(table.assign(reduction=1 - table.asr_after
+                                       / table.asr_before.clip(lower=1e-9)),
+                          ["setting"], ["asr_after", "reduction", "clean_acc_after"])
+    return over_seeds(table, ["setting", "requested"], ["asr", "clean_acc"])
 
 
 def amnesiac_knobs(table: pd.DataFrame) -> pd.DataFrame:

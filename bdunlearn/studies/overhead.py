@@ -10,6 +10,7 @@ from .. import defense_runs
 from .. import experiment as ex
 from .. import verdicts as vd
 from ..claim import Claim, same
+from ..tables import over_seeds
 from . import COMMON, MEASURED, Need, Run
 
 PARAMETERS = (*COMMON, "epochs", "train_subset", "poison_num", "mitigation_num", "alpha",
@@ -59,7 +60,7 @@ def show(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame({"stored runs": [0]})
     d = table[table.defense != "screen_mu"]
-    return ex.over_seeds(d, ["defense", "setting", "requested"], ["steps", "seconds"])
+    return over_seeds(d, ["defense", "setting", "requested"], ["steps", "seconds"])
 
 
 def defenses(cfg) -> list[str]:

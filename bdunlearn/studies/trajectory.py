@@ -9,6 +9,7 @@ import pandas as pd
 from .. import experiment as ex
 from .. import verdicts as vd
 from ..claim import ALL_PROFILES, Claim, ends, pct, pts, same, switches
+from ..tables import over_seeds
 from . import COMMON, MEASURED, Need, Run
 from .attack import switch_claim
 
@@ -68,7 +69,7 @@ def setting_names(traj: pd.DataFrame) -> pd.Series:
 
 
 def show(table: pd.DataFrame) -> pd.DataFrame:
-    return ex.over_seeds(table, ["setting", "requested"], ["clean_acc", "asr", "retrain_seconds"])
+    return over_seeds(table, ["setting", "requested"], ["clean_acc", "asr", "retrain_seconds"])
 
 
 def before_after(table: pd.DataFrame) -> pd.DataFrame:
