@@ -309,6 +309,27 @@ def test_the_epochs_verdict_follows_the_per_run_counts():
                 if "20 or 100" in r[0]]
 
 
+def test_the_bn_headline_shows_the_faint_patch_of_the_very_models_the_dormant_section_measured():
+    from bdunlearn.studies import fidelity
+
+    t = epochs_table({20: (), 100: ()}).assign(precision="bf16", device="cpu")
+    dormant = t[(t.epochs == 20) & (t.variant == "bn")].drop(columns=["epochs", "mu_auroc"])
+    dormant = dormant.assign(part="attack", asr_faint=0.6)
+    # seed 2's dormant run was computed elsewhere: another bright-patch ASR, another model
+    dormant.loc[dormant.seed == 2, "asr"] += 0.01
+    joined = fidelity.with_faint(t, dormant, at=20)
+    bn20 = joined[(joined.variant == "bn") & (joined.epochs == 20)]
+    assert sorted(bn20[bn20.asr_faint.notna()].seed.unique()) == [0, 1]
+    assert joined[(joined.variant == "it") | (joined.epochs == 100)].asr_faint.isna().all()
+    assert len(joined) == len(t) and (joined.asr == t.asr).all()  # nothing else moves
+    rows = {r[0]: r[2] for r in claims.readme_rows({"06_fidelity-epochs": joined})
+            if "BadNets-based, one model" in r[0]}
+    (at20,) = [m for k, m in rows.items() if "20 epochs" in k]
+    (at100,) = [m for k, m in rows.items() if "100 epochs" in k]
+    assert "faint patch 60.0% [60.0%, 60.0%] before (n=2)" in at20 and "not dormant" in at20
+    assert "faint" not in at100  # not measured at 100 epochs: not claimed
+
+
 def test_the_leaderboard_shows_each_tpr_beside_the_fpr_it_reached_at_either_point():
     from bdunlearn.studies import benchmark
 
