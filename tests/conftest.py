@@ -24,7 +24,8 @@ import pytest
 
 TIERS = ("unit", "slow", "notebook", "cluster")
 
-# Tests that start a Ray cluster (each one a private local cluster, 65-170 s).
+# Tests that start a Ray cluster (each one a private local cluster sweeping notebooks 01
+# and 02 at a tiny size: 30-60 s alone on a busy 2-core machine, fp32 on AVX2 kernels).
 CLUSTER = {
     "test_sweep.py::test_sweep_command_on_local_ray_cluster",
     "test_sweep.py::test_killed_ray_worker_leaves_a_valid_cache_and_the_sweep_completes",
