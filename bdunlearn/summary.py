@@ -105,34 +105,58 @@ def _cell(values, pct: bool = True) -> str:
     return f(mean) + ("" if lo is None else f" [{f(lo)}, {f(hi)}]")
 
 
-def benchmark_table(results: Path) -> str:
-    """The README's request-detection leaderboard from ``07_request_detection.csv``: per
-    attack family, shard count and detector, over seeds (mean [95% t-interval]; beside
-    each TPR the mean false-positive rate its threshold reached on held-out benign requests)."""
+def _gap(per_seed: pd.DataFrame, variant: str, shards: int, detector: str, best: str,
+         metric: str) -> str:
+    """``detector``'s ``metric`` minus ``best``'s, paired within seed: mean [t-interval]."""
+    from .verdicts import paired
+
+    if detector == best:
+        return "best"
+    cell = per_seed[(per_seed.variant == variant) & (per_seed.shards == shards)]
+    per = {d: g.set_index("seed")[metric].to_dict() for d, g in cell.groupby("detector")}
+    d = paired(per[best], per[detector], bounds=(-1.0, 1.0))
+    if d is None:
+        return "n/a"
+    return f"{d.mean:+.0%}" + ("" if d.lo is None else f" [{d.lo:+.0%}, {d.hi:+.0%}]")
+
+
+def benchmark_table(results: Path, switched: bool = False) -> str:
+    """The request-detection leaderboard from ``07_request_detection.csv``: per attack
+    family, shard count and detector, over seeds (mean [95% t-interval]; beside each TPR
+    the mean false-positive rate its threshold reached on held-out benign requests; the
+    TPR's paired difference within seed from the best detector of its family and shard
+    count). ``switched``: on the runs whose attack switched on only."""
     from .attack import FAMILY_TITLES
     from .store import provenance_groups
-    from .studies.benchmark import operating_point
+    from .studies.benchmark import operating_point, paired_gap, switched_runs
 
     stem = "07_request_detection"
     t = _tables(results, f"{stem}.csv").get(stem, pd.DataFrame())
     if t.empty:
         return "_No stored runs yet: run notebook 07 (`make reproduce ARGS=\"--only 07\"`)._"
+    if switched:
+        t = switched_runs(t)
+        if t.empty:
+            return "_No stored run of any family switched on._"
     lines = []
     for label, g in provenance_groups(t):
         per_seed = g.groupby(["variant", "shards", "detector", "seed"]).first().reset_index()
         fpr = operating_point(per_seed)  # the filters' false-positive rate
+        best = paired_gap(per_seed, ["variant", "shards"], f"tpr@{fpr}_random").groupby(
+            level=[0, 1]).best.first()
         lines += [f"Computed in {label}:" if label else "", "",
                   f"| attack | S | detector | AUROC (random) | TPR at 1% FPR (reached) | "
-                  f"TPR at {float(fpr):.0%} FPR (reached) | AUROC (hard) | final ASR: no "
-                  "filter / behind it "
+                  f"TPR at {float(fpr):.0%} FPR (reached) | its gap to the best, paired | "
+                  "AUROC (hard) | final ASR: no filter / behind it "
                   "| benign refused (random, hard) | seeds |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for (v, s, d), r in per_seed.groupby(["variant", "shards", "detector"]):
+            vs = _gap(per_seed, v, s, d, best[(v, s)], f"tpr@{fpr}_random")
             lines.append(
                 f"| {FAMILY_TITLES.get(v, v)} | {s} | {d} | {_cell(r.auroc_random, False)} | "
                 f"{_cell(r['tpr@0.01_random'])} ({r['fpr@0.01_random'].mean():.1%}) | "
                 f"{_cell(r[f'tpr@{fpr}_random'])} ({r[f'fpr@{fpr}_random'].mean():.1%}) | "
-                f"{_cell(r.auroc_hard, False)} | {_cell(r.asr_after)} / "
+                f"{vs} | {_cell(r.auroc_hard, False)} | {_cell(r.asr_after)} / "
                 f"{_cell(r.asr_filtered)} | {r.benign_refused_random.mean():.1f}, "
                 f"{r.benign_refused_hard.mean():.1f} of {int(r.benign_requests.max())} | "
                 f"{r.seed.nunique()} |")
@@ -192,7 +216,9 @@ def timings_table(results: Path) -> str:
                               f"{t.seconds.sum():.1f} s."])
 
 
-BLOCKS = {"results": table, "benchmark": benchmark_table, "precision": precision_table,
+BLOCKS = {"results": table, "benchmark": benchmark_table,
+          "benchmark-switched": lambda results: benchmark_table(results, switched=True),
+          "precision": precision_table,
           "timings": timings_table}
 
 

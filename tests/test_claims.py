@@ -347,6 +347,31 @@ def test_the_leaderboard_shows_each_tpr_beside_the_fpr_it_reached_at_either_poin
         benchmark.leaderboard(t, 0.1)
 
 
+def test_the_leaderboard_on_switched_runs_keeps_them_alone_and_pairs_each_detector_with_the_best():
+    from bdunlearn.studies import benchmark
+
+    cols = ("auroc_random", "tpr@0.01_random", "fpr@0.01_random", "fpr@0.05_random",
+            "auroc_hard", "asr_filtered", "refused", "benign_refused_random",
+            "benign_refused_hard")
+    rows = []
+    for seed in range(3):  # seed 2's attack never hid (ASR 50% before): not switched on
+        for det, tpr in (("batch", 0.9 + seed / 100), ("mu", 0.3 + seed / 10)):
+            rows.append({"variant": "bn", "shards": 1, "detector": det, "seed": seed,
+                         **dict.fromkeys(cols, 0.5), "tpr@0.05_random": tpr,
+                         "asr_before": 0.5 if seed == 2 else 0.05, "asr_after": 0.95})
+    t = pd.DataFrame(rows)
+    every, on = benchmark.leaderboard(t), benchmark.leaderboard(t, switched=True)
+    assert every.loc[("BAU BadNets", 1, "mu"), "seeds"] == 3
+    assert on.loc[("BAU BadNets", 1, "mu"), "seeds"] == 2  # seeds 0 and 1 only
+    # mu - batch per seed: -0.6, -0.51 (seeds 0, 1): mean -0.555 on the switched runs
+    assert on.loc[("BAU BadNets", 1, "mu"), "tpr@0.05_random vs best"] == pytest.approx(-0.555)
+    assert on.loc[("BAU BadNets", 1, "batch"), "best"] == "batch"
+    none = t.assign(asr_before=0.5)
+    assert list(benchmark.leaderboard(none, switched=True).columns) == ["runs that switched on"]
+    with pytest.raises(ValueError, match="switched"):
+        benchmark.leaderboard(t, switched="yes")
+
+
 def test_switched_on_is_one_rule_for_floats_and_columns():
     from bdunlearn.verdicts import switched_on
 

@@ -39,6 +39,7 @@ import pandas as pd
 
 from .. import adaptive, attacks
 from .. import detectors as registry
+from ..checks import flag
 from ..claim import Claim, pct, same
 from ..detect import detector_of
 from ..screening import BENIGN_SAMPLE, REQUEST_BATCH, benign_populations, screened_requests
@@ -196,25 +197,40 @@ def _title(variant: str) -> str:
     return attacks.FAMILY_TITLES.get(variant, variant)
 
 
-def leaderboard(table: pd.DataFrame, fpr: float = 0.05) -> pd.DataFrame:
+def switched_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the runs whose attack switched on without a filter (the rule of
+    :func:`switched_on`, run by run: concealed before the requests, on after them)."""
+    return table[switched_on(table.asr_before, table.asr_after)]
+
+
+def leaderboard(table: pd.DataFrame, fpr: float = 0.05, switched: bool = False
+                ) -> pd.DataFrame:
     """Per attack family, shard count and detector over seeds: AUROC against random benign
     requests, TPR at 1% and at ``fpr`` each beside the false-positive rate its threshold
     reached on held-out random benign requests, AUROC against the hard population, and
     the filter as it was run (at the runs' ``target_fpr``,
     :func:`operating_point`): final ASR without and with it, attack and
-    benign requests refused."""
+    benign requests refused; and each detector's TPR at ``fpr`` against the best
+    detector's of its family and shard count, paired within seed (:func:`paired_gap`).
+    ``switched``: on the runs whose attack switched on only (:func:`switched_runs`)."""
+    flag("switched", switched)
     if table.empty:
         return pd.DataFrame({"stored runs": [0]})
     if f"tpr@{fpr:g}_random" not in table:
         stored = [c[4:-7] for c in table if c.startswith("tpr@") and c.endswith("_random")]
         raise ValueError(f"fpr {fpr!r} is not an operating point of the stored runs; use one "
                          f"of {', '.join(stored)}")
+    if switched:
+        table = switched_runs(table)
+        if table.empty:
+            return pd.DataFrame({"runs that switched on": [0]})
     t = table.assign(attack=table.variant.map(_title))
     cols = list(dict.fromkeys(
         ["auroc_random", "tpr@0.01_random", "fpr@0.01_random", f"tpr@{fpr:g}_random",
          f"fpr@{fpr:g}_random", "auroc_hard", "asr_after", "asr_filtered", "refused",
          "benign_refused_random", "benign_refused_hard"]))
-    return over_seeds(t, ["attack", "shards", "detector"], cols)
+    return over_seeds(t, ["attack", "shards", "detector"], cols).join(
+        paired_gap(t, ["attack", "shards"], f"tpr@{fpr:g}_random"))
 
 
 def switch_on(table: pd.DataFrame) -> pd.DataFrame:
