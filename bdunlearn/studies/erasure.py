@@ -100,7 +100,7 @@ def _baeraser(attack: str, asserted_at) -> Claim:
     return Claim(
         f"baeraser_{attack}", "05_backdoor_erasure",
         f"BAERASER erases the backdoor ({_NAMES[attack]})",
-        "ASR lowered by 99% on average, clean accuracy kept",
+        "ASR lowered by 99% on average (its abstract; the clean-accuracy bound is this package's)",
         _erasure_measure("baeraser", attack),
         lambda m, t: (m["reduction"] >= t["min_asr_reduction"]
                       and m["acc_before"] - m["acc_after"] <= t["max_acc_drop"]),
@@ -120,8 +120,8 @@ def _grad_prune(attack: str, asserted_at) -> Claim:
     return Claim(
         f"grad_prune_{attack}", "05_backdoor_erasure",
         f"Grad-Prune erases the backdoor with little data ({_NAMES[attack]}, known trigger)",
-        "low ASR from a small clean set, small accuracy loss (the set sizes, 10-100 per "
-        "class, are this package's sweep)",
+        "effective with limited data (its abstract; the set sizes, 10-100 per class, and "
+        "the accuracy bound are this package's)",
         _erasure_measure("grad_prune", attack),
         lambda m, t: (m["asr_after"] < m["asr_before"] and m["asr_after"] < t["max_asr_after"]
                       and m["acc_before"] - m["acc_after"] <= t["max_acc_drop"]),
@@ -176,7 +176,8 @@ CLAIMS = (
     _grad_prune("badnets", ALL_PROFILES),
     _grad_prune("bau", ()),
     Claim("nc_clean_models", "05_backdoor_erasure", "Neural Cleanse does not flag clean models",
-          "anomaly index below 2 on clean models", _nc_clean,
+          "anomaly index below 2 on clean models (Neural Cleanse's own outlier threshold, "
+          "as this package runs it)", _nc_clean,
           lambda m, t: m["flagged"] <= t["max_flagged"],
           lambda m: f"{m['flagged']} of {m['models']} clean models flagged",
           same(dict(max_flagged=0)), (), decide=_nc_clean_rows),
