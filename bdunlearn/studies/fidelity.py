@@ -513,7 +513,8 @@ CLAIMS = (
               same({}), independent=True, decide=_it_grid_rows),
     _fidelity("fidelity_baeraser", "06_fidelity-baeraser",
               "06: BAERASER's knobs on the classical BadNets model",
-              "ASR lowered by 99% on average (its abstract; the clean-accuracy bound is this package's)", _baeraser_grid,
+              "ASR lowered by 99% on average (its abstract; the clean-accuracy bound is this "
+              "package's)", _baeraser_grid,
               lambda m, t: m["reduction"] >= t["paper_asr_reduction"],
               lambda m: (f"best within 2 points of accuracy: {m['best']}, ASR "
                          f"{pct(m['reduction'])} lower ({points(0, -m['drop'])}); "
