@@ -20,8 +20,9 @@ requests it is sent among (one id array per request, in arrival order) and a see
 * ``"aware"`` (e): the attacker requests only the half of its mitigation samples a
   surrogate scores least suspicious, in requests of :data:`REQUEST_SIZE`.
 
-(d), each camouflage or poison sample with its own trigger, needs its own training and
-is left out of this track (docs/benchmark.md).
+(d), each camouflage or poison sample with its own trigger, needs its own training: it
+is the attack family ``"bn_varied"`` (:mod:`bdunlearn.attacks.varied`), which the track
+runs under every strategy above like any family (docs/benchmark.md).
 
 How a service screens a stream (:func:`screen_stream`): a per-request screen sees each
 request as sent (a per-sample detector scores each id; a batch detector each request's

@@ -200,7 +200,9 @@ def test_each_family_routes_its_own_run_configuration_fields(ds):
         "it": {"poison_num": "it_poison_num", "mitigation_num": "it_mitigation_num"},
         "lc": {"poison_num": "poison_num"}, "noise": {"poison_num": "poison_num"},
         "blend": {"poison_num": "poison_num", "mitigation_num": "mitigation_num",
-                  "alpha": "alpha"}}
+                  "alpha": "alpha"},
+        "bn_varied": {"poison_num": "poison_num", "mitigation_num": "mitigation_num",
+                      "alpha": "alpha"}}
     bn = attack.build_attack(ds, "bn", seed=1, cfg=cfg)
     assert bn.info["poison_num"] == 30 and bn.info["mitigation_num"] == 40
     assert bn.info["alpha"] == 0.6
@@ -208,7 +210,8 @@ def test_each_family_routes_its_own_run_configuration_fields(ds):
     assert len(lc.ids("poison")) == 30 and len(lc.ids("mitigation")) == 90
     it = attack.build_attack(ds, "it", seed=1, cfg=cfg, poison_num=3)
     assert it.info["poison_num"] == 3 and it.info["mitigation_num"] == cfg.it_mitigation_num
-    assert attack.FAMILIES == attacks.names() == ("bn", "it", "lc", "noise", "blend")
+    assert attack.FAMILIES == attacks.names() == ("bn", "it", "lc", "noise", "blend",
+                                                     "bn_varied")
     assert attack.FAMILY_TITLES["lc"] == "label-consistent camouflage (UBA-Inf)"
 
 
@@ -250,3 +253,33 @@ def test_the_documented_family_registers_from_outside_and_builds(ds):
     finally:
         attacks.REGISTRY.pop("corner", None)
     assert "corner" not in attack.FAMILIES
+
+
+def test_varied_triggers_move_each_patch_alone_and_keep_badnets_samples(ds):
+    """Strategy (d) of the adaptive track: the same samples as BAU BadNets at the seed,
+    each poison and mitigation sample with its patch (faint, bright) in one corner of its
+    own, every corner used; clean samples untouched; the test trigger's corner varies."""
+    from bdunlearn.attacks.varied import stamp_corners
+    from bdunlearn.triggers import CORNERS, patch_value
+
+    v = attack.build_attack(ds, "bn_varied", poison_num=40, mitigation_num=40, seed=3)
+    b = attack.build_attack(ds, "bn", poison_num=40, mitigation_num=40, seed=3)
+    assert v.variant == "bn_varied" and v.target == b.target
+    assert v.manifest.equals(b.manifest)
+    clean = torch.from_numpy(b.ids("clean"))
+    assert torch.equal(v.x[clean], b.x[clean]) and torch.equal(v.y, b.y)
+    origin = v.manifest.origin.to_numpy()
+    for role, value in (("poison", patch_value(v.info["alpha"])), ("mitigation", 255)):
+        ids = v.ids(role)
+        orig = ds.x_train[torch.from_numpy(origin[ids])]
+        # each sample equals its original with the patch in exactly one corner
+        fits = torch.stack([(stamp_patch(orig, 4, 1.0 if value == 255 else v.info["alpha"],
+                                         corner=c) == v.x[ids]).flatten(1).all(1)
+                            for c in CORNERS])
+        assert (fits.sum(0) >= 1).all()
+        used = fits.float().argmax(0)
+        assert len(set(used.tolist())) == len(CORNERS)  # 40 draws: every corner used
+    assert len(v.x_eval) == len(b.x_eval) and not torch.equal(v.x_eval, b.x_eval)
+    x = ds.x_test[:8]
+    one = stamp_corners(x, np.array([2] * 8), 4, 1.0)
+    assert torch.equal(one, stamp_patch(x, 4, 1.0, corner=CORNERS[2]))

@@ -21,7 +21,7 @@ import inspect
 
 # isort: off
 from .base import REGISTRY, ROLES, AttackSet, Family, get, names, register
-from . import badnets, input_targeted, label_consistent, noise_camouflage, blended  # noqa: F401
+from . import badnets, input_targeted, label_consistent, noise_camouflage, blended, varied  # noqa: F401
 from .badnets import build_badnets
 from .blended import BLEND_OPACITY, build_blended
 from .classic_badnets import build_classic_badnets
