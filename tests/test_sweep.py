@@ -44,25 +44,19 @@ def jobs(store):
     return plan("smoke", store_dir=store, **TINY)
 
 
-# The concurrent-sweep test sweeps notebooks 01-06: the mechanics are the same, and notebook
-# 07's 45 filter chains (in the plan-is-complete test) would double its time (103 s with
-# them, 62 s without, 2-core EPYC, 2026-12-06).
-BUT_07 = ("01", "02", "03", "04", "05", "06")
-# The Ray tests sweep notebooks 01 and 02 (13 jobs at TINY, against 44 for 01-06): slice
-# jobs (clean, attacked and unlearned models, one shard and two) and a request chain (02's
-# Amnesiac trajectory), both kinds of job a Ray task runs; node loss, a killed worker and
-# resumption need no more, and the plan-is-complete test checks every notebook's plan.
-ON_RAY = ("01", "02")
+# The concurrent-sweep and Ray tests sweep notebooks 01 and 02 (13 jobs at TINY, against
+# 44 for 01-06 and 107 for all): slice jobs (clean, attacked and unlearned models, one shard
+# and two) and a request chain (02's Amnesiac trajectory), both kinds of job a sweep runs.
+# Concurrent sweeps, node loss, a killed worker and resumption need no more; the
+# plan-is-complete test checks every notebook's plan.
+FEW = ("01", "02")
 
 
 @pytest.fixture(scope="module")
-def jobs_but_07(store):
-    return plan("smoke", store_dir=store, only=BUT_07, **TINY)
-
-
-@pytest.fixture(scope="module")
-def jobs_on_ray(store):
-    return plan("smoke", store_dir=store, only=ON_RAY, **TINY)
+def few_jobs(store):
+    jobs = plan("smoke", store_dir=store, only=FEW, **TINY)
+    assert {type(j) for j in jobs} == {Job, Chain}
+    return jobs
 
 
 def checkpoints(cache: Path) -> dict[str, float]:
@@ -161,11 +155,11 @@ def test_a_job_run_here_trains_into_its_cache_and_leaves_the_callers_env(jobs, c
     assert os.environ["BDUNLEARN_CACHE"] == str(cache)
 
 
-def test_second_sweep_and_concurrent_sweeps_train_each_job_once(jobs_but_07, cache, deadline):
+def test_second_sweep_and_concurrent_sweeps_train_each_job_once(few_jobs, cache, deadline):
     # slice jobs: each is one checkpoint, so "trained once" is exact per job. (A request
     # chain is several checkpoints; two concurrent sweeps may each train part of one,
     # never the same checkpoint, which the per-entry cache lock ensures.)
-    jobs = jobs_but_07
+    jobs = few_jobs
     slices = [j for j in jobs if isinstance(j, Job)]
     first = slices[: len(slices) // 2]
     env = dict(os.environ)
@@ -211,14 +205,13 @@ def _ray():
         "ray", reason='Ray is not installed (pip install "bdunlearn[cluster]")')
 
 
-def test_sweep_command_on_local_ray_cluster(jobs_on_ray, store, cache, deadline):
-    jobs = jobs_on_ray
-    assert {type(j) for j in jobs} == {Job, Chain}
+def test_sweep_command_on_local_ray_cluster(few_jobs, store, cache, deadline):
+    jobs = few_jobs
     _ray()
     args = [a for k, v in TINY.items() for a in ("-p", k, repr(v))]
     cli = subprocess.run([sys.executable, "-m", "bdunlearn.sweep", "--profile", "smoke", *args,
                           "--ray", "local", "--workers", "2", "--no-notebooks",
-                          "--only", ",".join(ON_RAY),
+                          "--only", ",".join(FEW),
                           "-p", "store_dir", repr(store)],
                          capture_output=True, text=True, timeout=deadline - 10)
     assert cli.returncode == 0, cli.stderr[-2000:]
@@ -250,7 +243,7 @@ def _ray_task_pids() -> list[int]:
 
 def test_killed_ray_worker_leaves_a_valid_cache_and_the_sweep_completes(cache, deadline):
     _ray()
-    jobs = plan("smoke", store_dir=str(cache.parent / "store"), only=ON_RAY,
+    jobs = plan("smoke", store_dir=str(cache.parent / "store"), only=FEW,
                 **{**TINY, "epochs": 4})
     backend = RayBackend("local", 2)
     results, killed = [], []
@@ -280,7 +273,7 @@ def _collect_everything(store: str, cache: Path, monkeypatch, overrides: dict) -
     monkeypatch.setattr(sisa, "fit", no_training)
     monkeypatch.setattr(sisa, "fit_stacked", no_training)
     monkeypatch.setattr(amnesiac, "fit", no_training)
-    for stem in (s for s in studies.STEMS if s.split("_")[0] in ON_RAY):
+    for stem in (s for s in studies.STEMS if s.split("_")[0] in FEW):
         nb = studies.Notebook(stem, studies.config(stem, "smoke", store_dir=store, **overrides),
                               str(cache))
         for table in {r.table for r in nb.runs()}:
@@ -294,7 +287,7 @@ def test_a_sweep_across_two_ray_nodes_completes_when_one_node_is_removed(
 
     overrides = {**TINY, "epochs": 4}
     store = str(tmp_path / "store")
-    jobs = plan("smoke", store_dir=store, only=ON_RAY, **overrides)
+    jobs = plan("smoke", store_dir=store, only=FEW, **overrides)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
         nodes = [cluster.add_node(num_cpus=1, resources={f"node{i}": 1}) for i in range(2)]
