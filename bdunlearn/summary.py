@@ -105,16 +105,11 @@ def _cell(values, pct: bool = True) -> str:
     return f(mean) + ("" if lo is None else f" [{f(lo)}, {f(hi)}]")
 
 
-def _gap(per_seed: pd.DataFrame, variant: str, shards: int, detector: str, best: str,
-         metric: str) -> str:
-    """``detector``'s ``metric`` minus ``best``'s, paired within seed: mean [t-interval]."""
-    from .verdicts import paired
-
+def _gap(best: str, d, detector: str) -> str:
+    """A detector's paired difference from the best one (:func:`studies.benchmark.gaps`):
+    mean [t-interval] in points of a rate."""
     if detector == best:
         return "best"
-    cell = per_seed[(per_seed.variant == variant) & (per_seed.shards == shards)]
-    per = {d: g.set_index("seed")[metric].to_dict() for d, g in cell.groupby("detector")}
-    d = paired(per[best], per[detector], bounds=(-1.0, 1.0))
     if d is None:
         return "n/a"
     return f"{d.mean:+.0%}" + ("" if d.lo is None else f" [{d.lo:+.0%}, {d.hi:+.0%}]")
@@ -128,7 +123,7 @@ def benchmark_table(results: Path, switched: bool = False) -> str:
     count). ``switched``: on the runs whose attack switched on only."""
     from .attack import FAMILY_TITLES
     from .store import provenance_groups
-    from .studies.benchmark import operating_point, paired_gap, switched_runs
+    from .studies.benchmark import gaps, operating_point, switched_runs
 
     stem = "07_request_detection"
     t = _tables(results, f"{stem}.csv").get(stem, pd.DataFrame())
@@ -142,8 +137,7 @@ def benchmark_table(results: Path, switched: bool = False) -> str:
     for label, g in provenance_groups(t):
         per_seed = g.groupby(["variant", "shards", "detector", "seed"]).first().reset_index()
         fpr = operating_point(per_seed)  # the filters' false-positive rate
-        best = paired_gap(per_seed, ["variant", "shards"], f"tpr@{fpr}_random").groupby(
-            level=[0, 1]).best.first()
+        gap = gaps(per_seed, ["variant", "shards"], f"tpr@{fpr}_random")
         lines += [f"Computed in {label}:" if label else "", "",
                   f"| attack | S | detector | AUROC (random) | TPR at 1% FPR (reached) | "
                   f"TPR at {float(fpr):.0%} FPR (reached) | its gap to the best, paired | "
@@ -151,7 +145,7 @@ def benchmark_table(results: Path, switched: bool = False) -> str:
                   "| benign refused (random, hard) | seeds |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for (v, s, d), r in per_seed.groupby(["variant", "shards", "detector"]):
-            vs = _gap(per_seed, v, s, d, best[(v, s)], f"tpr@{fpr}_random")
+            vs = _gap(*gap[(v, s, d)], d)
             lines.append(
                 f"| {FAMILY_TITLES.get(v, v)} | {s} | {d} | {_cell(r.auroc_random, False)} | "
                 f"{_cell(r['tpr@0.01_random'])} ({r['fpr@0.01_random'].mean():.1%}) | "

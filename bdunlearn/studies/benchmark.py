@@ -449,13 +449,11 @@ def adaptive_compute(run: Run, ctx) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
-def paired_gap(table: pd.DataFrame, by: list[str], metric: str, higher: bool = True
-               ) -> pd.DataFrame:
-    """Each detector's paired difference from the best detector of its group ``by`` (the
-    one with the best mean ``metric`` over seeds; ``higher``: high is good), seed by seed
-    over the seeds both hold (:func:`bdunlearn.verdicts.paired`): columns ``best``,
-    ``<metric> vs best`` (the mean) and its 95% t-interval, indexed by ``by`` and the
-    detector."""
+def gaps(table: pd.DataFrame, by: list[str], metric: str, higher: bool = True) -> dict:
+    """``{(*group, detector): (best, difference)}``: each detector's paired difference
+    from the best detector of its group ``by`` (the one with the best mean ``metric`` over
+    seeds; ``higher``: high is good), seed by seed over the seeds both hold
+    (:func:`bdunlearn.verdicts.paired`; ``None`` when they share none)."""
     from ..verdicts import paired
 
     out = {}
@@ -465,11 +463,19 @@ def paired_gap(table: pd.DataFrame, by: list[str], metric: str, higher: bool = T
         best = means.idxmax() if higher else means.idxmin()
         ref = per.loc[best].to_dict()
         for det in means.index:
-            d = paired(ref, per.loc[det].to_dict(), bounds=(-1.0, 1.0))
-            out[(*(key if isinstance(key, tuple) else (key,)), det)] = {
-                "best": best, f"{metric} vs best": None if d is None else round(d.mean, 3),
-                f"{metric} vs best 95% CI": ("" if d is None or d.lo is None
-                                             else f"[{d.lo:.3f}, {d.hi:.3f}]")}
+            out[(*(key if isinstance(key, tuple) else (key,)), det)] = (
+                best, paired(ref, per.loc[det].to_dict(), bounds=(-1.0, 1.0)))
+    return out
+
+
+def paired_gap(table: pd.DataFrame, by: list[str], metric: str, higher: bool = True
+               ) -> pd.DataFrame:
+    """:func:`gaps` as columns ``best``, ``<metric> vs best`` (the mean) and its 95%
+    t-interval, indexed by ``by`` and the detector."""
+    out = {key: {"best": best, f"{metric} vs best": None if d is None else round(d.mean, 3),
+                 f"{metric} vs best 95% CI": ("" if d is None or d.lo is None
+                                              else f"[{d.lo:.3f}, {d.hi:.3f}]")}
+           for key, (best, d) in gaps(table, by, metric, higher).items()}
     frame = pd.DataFrame.from_dict(out, orient="index")
     frame.index.names = [*by, "detector"]
     return frame
