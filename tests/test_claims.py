@@ -434,3 +434,20 @@ def test_each_study_holds_its_notebooks_claims_and_all_are_gathered_by_name():
             assert claims.get(claim.name) is claim
             held.append(claim.name)
     assert sorted(held) == sorted(claims.CLAIMS)  # every claim once, none outside a study
+
+
+def test_smoke_runs_fewer_knob_settings_and_keeps_each_amnesiac_control():
+    from bdunlearn.studies import fidelity
+    smoke, default = config.resolve("smoke"), config.resolve("default")
+    for table, full in ((fidelity.BAERASER, fidelity.BAERASER_GRID),
+                        (fidelity.AMNESIAC, fidelity.AMNESIAC_GRID)):
+        assert fidelity.grid(table, default) == full
+        cut = fidelity.grid(table, smoke)
+        assert cut.items() < full.items()
+        ran = {r["setting"] for r in fidelity.runs(smoke) if r.table == table}
+        assert ran == set(cut)
+    assert "paper" in fidelity.grid(fidelity.BAERASER, smoke)
+    amnesiac = fidelity.grid(fidelity.AMNESIAC, smoke)
+    for knobs in amnesiac.values():  # every subtracting setting has its control at smoke
+        assert {"finetune_epochs": knobs["finetune_epochs"], "scale": 0.0} in [
+            *amnesiac.values(), {"finetune_epochs": 0.0, "scale": 0.0}]

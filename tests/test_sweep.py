@@ -87,14 +87,14 @@ def test_plan_lists_each_checkpoint_once_after_its_predecessor(jobs, store):
     chains = [j for j in jobs if isinstance(j, Chain)]
     # 02's Amnesiac trajectory, 04's filter, notebook 06's Amnesiac grid (each its knobs),
     # and notebook 07's filters: one per attack family, shard count and detector (at
-    # smoke the added families at one model only)
+    # smoke the added families at one model, screened by MU and the batch test only)
     smoke = SimpleNamespace(profile="smoke", shards=TINY["shards"])
-    assert benchmark.shards_of("lc", smoke) == (1,) and benchmark.shards_of("it", smoke) == (1, 2)
-    screened = sum(len(benchmark.detectors(s)) for v in attack.FAMILIES
-                   for s in benchmark.shards_of(v, smoke))
+    assert benchmark.screens("lc", smoke) == [(1, "mu"), (1, "batch")]
+    assert {s for s, _ in benchmark.screens("it", smoke)} == {1, 2}
+    screened = sum(len(benchmark.screens(v, smoke)) for v in attack.FAMILIES)
     # the grid's fine-tuning is capped at the training epochs, so some settings coincide
     grid = {(min(k["finetune_epochs"], TINY["epochs"]), k["scale"])
-            for k in fidelity.AMNESIAC_GRID.values()}
+            for k in fidelity.grid(fidelity.AMNESIAC, smoke).values()}
     assert sorted(c.kind for c in chains) == (["amnesiac"] * (1 + len(grid)) + ["filter"]
                                               + ["screened"] * screened)
     assert len({c.knobs for c in chains if c.kind == "amnesiac"}) == 1 + len(grid)
