@@ -144,7 +144,7 @@ def train_jobs(jobs: list[Job], *, device="cpu", workers="auto",
     return _in_workers(jobs, n, str(resolve_device(device)))
 
 
-def _in_workers(jobs: list[Job], n: int, device: str):
+def _in_workers(jobs: list[Job], n: int, device: str):  # noqa: C901
     ctx = torch.multiprocessing.get_context("spawn")
     tasks, results = ctx.Queue(), ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(tasks, results, device), daemon=True)

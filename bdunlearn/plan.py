@@ -219,7 +219,7 @@ class Step:
         return out
 
 
-def survey(profile: str | None = None, *, only=None, cache_dir=None, results=None,
+def survey(profile: str | None = None, *, only=None, cache_dir=None, results=None,  # noqa: C901
            trainings: bool = True, datasets=None, **overrides) -> list[Step]:
     """The plan of :func:`plan`, per notebook and dataset, in the runner's order (see
     :class:`Step`). ``results``: the runner's ``--results`` folder (its store is

@@ -217,7 +217,7 @@ def _n(count: int, word: str) -> str:
     return f"{count} {word}" + ("" if count == 1 else "s")
 
 
-def show_plan(steps, host: str, measure_seconds: float = 2.0) -> dict:
+def show_plan(steps, host: str, measure_seconds: float = 2.0) -> dict:  # noqa: C901
     """Print the plan: per notebook, the runs stored for this machine's precision and
     device group and the runs to compute, the slices they train and the request chains
     they run, and an estimate; a plan longer than :data:`LONG` names the quick path.
@@ -445,7 +445,7 @@ def other_writers() -> set[str]:
     return out
 
 
-def run(profile: str, only=None, params=None, results=None, figures=None,
+def run(profile: str, only=None, params=None, results=None, figures=None,  # noqa: C901
         folder: Path = ROOT / "notebooks", plan_only: bool = False) -> pd.DataFrame:
     """Run the notebooks (see the module docstring); returns this run's timing rows.
     The plan (:func:`show_plan`) is printed first; ``plan_only`` prints it and returns

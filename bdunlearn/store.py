@@ -150,7 +150,7 @@ _swept: set[Path] = set()
 _warned: set[tuple] = set()
 
 
-def check_rows(rows: pd.DataFrame, name: str, *, rkey: str, skey: str | None = None,
+def check_rows(rows: pd.DataFrame, name: str, *, rkey: str, skey: str | None = None,  # noqa: C901
                required=(), finite=(), run: dict | None = None, precision: str | None = None,
                device: str | None = None, version=None) -> pd.DataFrame:
     """``rows`` if they may stand as the stored run ``rkey`` (of the settings key

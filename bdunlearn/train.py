@@ -275,7 +275,7 @@ def _has_dropout(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
 
 
-def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,  # noqa: C901
         seed: int, device="auto", epochs: int | None = None, epoch_offset: int = 0,
         progress: bool = False, desc: str = "train", watch: torch.Tensor | None = None,
         on_update=None) -> nn.Module:

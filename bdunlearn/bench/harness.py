@@ -467,7 +467,7 @@ def neural_cleanse_rows(name: str, dev, st: Settings) -> list[Row]:
 
 # ------------------------------------------------------------------ driver and printing
 
-def run_benchmark(datasets=("fmnist",), device="auto", quick: bool = False,
+def run_benchmark(datasets=("fmnist",), device="auto", quick: bool = False,  # noqa: C901
                   settings: Settings | None = None, stacked_on_cpu: bool = False,
                   log=print, on_rows=None) -> tuple[dict, list[Row]]:
     """Measure every figure for ``datasets``; return the machine info and the rows.
@@ -619,7 +619,7 @@ def _int_list(text: str) -> tuple[int, ...]:
     return vals
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> int:  # noqa: C901
     p = argparse.ArgumentParser(prog="python -m bdunlearn.bench",
                                 description="Print the performance figures (docs/performance.md).")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")

@@ -170,7 +170,7 @@ def _needs(sees: str, features: bool, min_models: int) -> str:
     return what + (f" (S >= {min_models})" if min_models > 1 else "")
 
 
-def register(name: str, *, sees: str = "own model", unit: str = "sample",
+def register(name: str, *, sees: str = "own model", unit: str = "sample",  # noqa: C901
              features: bool = False, version: int = 1, min_models: int = 1,
              title: str | None = None, needs: str | None = None, benchmark: bool = True):
     """Decorator adding a detector function to :data:`REGISTRY` under ``name``, with what

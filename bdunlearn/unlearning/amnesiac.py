@@ -185,7 +185,7 @@ class AmnesiacService(UnlearningService):
         return self
 
     # ------------------------------------------------------------------ unlearning
-    def _prepare(self, accepted: np.ndarray, cost: RequestCost):
+    def _prepare(self, accepted: np.ndarray, cost: RequestCost):  # noqa: C901
         """Subtract the requested samples' recorded updates from a copy of the model,
         then fine-tune it briefly (or load the result of this request history)."""
         history = [*self._history, accepted]

@@ -211,7 +211,7 @@ class SisaService(UnlearningService):
         return stack
 
     # ------------------------------------------------------------------ training
-    def _train_shards(self, shards, removed: np.ndarray) -> list[_Job]:
+    def _train_shards(self, shards, removed: np.ndarray) -> list[_Job]:  # noqa: C901
         """Bring ``shards`` up to date for the removed flags ``removed``: load cached
         slices, train the rest, store every slice checkpoint as soon as it is trained.
 
