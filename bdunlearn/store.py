@@ -150,7 +150,7 @@ _swept: set[Path] = set()
 _warned: set[tuple] = set()
 
 
-def check_rows(rows: pd.DataFrame, name: str, *, rkey: str, skey: str | None = None,  # noqa: C901
+def check_rows(rows: pd.DataFrame, name: str, *, rkey: str, skey: str | None = None,
                required=(), finite=(), run: dict | None = None, precision: str | None = None,
                device: str | None = None, version=None) -> pd.DataFrame:
     """``rows`` if they may stand as the stored run ``rkey`` (of the settings key
@@ -166,6 +166,15 @@ def check_rows(rows: pd.DataFrame, name: str, *, rkey: str, skey: str | None = N
     if rows.empty:
         raise RunFileError(f"{name} holds no rows")
     required = [*required, *(c for c in finite if c not in required)]
+    _check_columns(rows, name, required)
+    _check_identity(rows, name, rkey, skey, run,
+                    {"study_version": version, "precision": precision, "device": device})
+    _check_values(rows, name, finite)
+    return rows
+
+
+def _check_columns(rows: pd.DataFrame, name: str, required: list) -> None:
+    """The provenance and ``required`` columns are there, the provenance in every row."""
     missing = [c for c in (*PROVENANCE, *required) if c not in rows.columns]
     if missing:
         raise RunFileError(f"{name} lacks the column{'s' * (len(missing) > 1)} "
@@ -175,29 +184,39 @@ def check_rows(rows: pd.DataFrame, name: str, *, rkey: str, skey: str | None = N
     empty = [c for c in PROVENANCE if rows[c].isna().any()]
     if empty:
         raise RunFileError(f"{name} has no {empty[0]} in some rows")
+
+
+def _check_identity(rows: pd.DataFrame, name: str, rkey: str, skey: str | None,
+                    run: dict | None, expected: dict) -> None:
+    """The rows are those of run ``rkey``: its key, one study version, precision and
+    device (those the caller ``expected`` where it knows them), the ``run``'s values,
+    and ``rkey`` recomputed from ``run`` under ``skey``."""
     keys = sorted(set(rows.run_key.astype(str)))
     if keys != [rkey]:
         raise RunFileError(f"{name} holds the rows of run {', '.join(keys)[:90]}, not of "
                            f"run {rkey} that its name says")
-    for column in ("study_version", "precision", "device"):
+    for column, want in expected.items():
         values = sorted(set(rows[column].astype(str)))
         if len(values) > 1:
             raise RunFileError(f"{name} mixes the {column} values {', '.join(values)[:90]}")
-    for column, want in (("study_version", version), ("precision", precision),
-                         ("device", device)):
-        got = str(rows[column].iloc[0])
-        if want is not None and got != str(want):
-            raise RunFileError(f"{name} was stored with {column} {got}, not {want}")
-    if run is not None:
-        for column, want in run.items():
-            if column in rows.columns and not (rows[column].astype(str) == str(want)).all():
-                got = sorted(set(rows[column].astype(str)))
-                raise RunFileError(f"{name} holds rows of {column} {', '.join(got)[:60]} "
-                                   f"where its key says {column} {want}")
-        if skey is not None and RunStore.run_key(skey, run, str(rows.precision.iloc[0]),
-                                                 str(rows.device.iloc[0])) != rkey:
-            raise RunFileError(f"{name} is not named by the key of its run {run} in "
-                               f"{rows.precision.iloc[0]} on {rows.device.iloc[0]}")
+        if want is not None and values[0] != str(want):
+            raise RunFileError(f"{name} was stored with {column} {values[0]}, not {want}")
+    if run is None:
+        return
+    for column, want in run.items():
+        if column in rows.columns and not (rows[column].astype(str) == str(want)).all():
+            got = sorted(set(rows[column].astype(str)))
+            raise RunFileError(f"{name} holds rows of {column} {', '.join(got)[:60]} "
+                               f"where its key says {column} {want}")
+    if skey is not None and RunStore.run_key(skey, run, str(rows.precision.iloc[0]),
+                                             str(rows.device.iloc[0])) != rkey:
+        raise RunFileError(f"{name} is not named by the key of its run {run} in "
+                           f"{rows.precision.iloc[0]} on {rows.device.iloc[0]}")
+
+
+def _check_values(rows: pd.DataFrame, name: str, finite) -> None:
+    """A whole-number seed, no infinite number, a finite measured number somewhere, and
+    the ``finite`` columns finite in every row."""
     if "seed" in rows.columns:
         seeds = pd.to_numeric(rows.seed, errors="coerce")
         if seeds.isna().any() or not (seeds == seeds.round()).all():
@@ -218,7 +237,6 @@ def check_rows(rows: pd.DataFrame, name: str, *, rkey: str, skey: str | None = N
         if not np.isfinite(value.to_numpy(dtype=float)).all():
             raise RunFileError(f"{name} has a missing or non-finite {column}, which the "
                                "table requires in every row")
-    return rows
 
 
 def read_run(path, *, side: bool = False, **expect) -> pd.DataFrame:
