@@ -74,8 +74,7 @@ def grid(table: str, cfg) -> dict:
     """The settings of a knob section (:data:`BAERASER_GRID` or :data:`AMNESIAC_GRID`)
     that ``cfg`` runs: every one, except at ``smoke``, where neither section's claim is
     asserted: BAERASER at the paper's setting and its cheapest change, Amnesiac with at
-    most half an epoch of fine-tuning (every scale, its control among them). CI then
-    trains 2 minutes less of notebook 06 on an AVX2-only CPU."""
+    most half an epoch of fine-tuning (every scale, its control among them)."""
     full = BAERASER_GRID if table == BAERASER else AMNESIAC_GRID
     if cfg.profile != "smoke":
         return dict(full)
