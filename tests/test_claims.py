@@ -436,6 +436,14 @@ def test_each_study_holds_its_notebooks_claims_and_all_are_gathered_by_name():
     assert sorted(held) == sorted(claims.CLAIMS)  # every claim once, none outside a study
 
 
+def test_only_smoke_is_narrowed_and_only_to_what_keep_accepts():
+    from bdunlearn.studies import at_smoke
+    smoke, default = config.resolve("smoke"), config.resolve("default")
+    assert at_smoke(default, iter([3, 1, 2]), lambda v: v == 1) == (3, 1, 2)
+    assert at_smoke(None, [3, 1, 2], lambda v: False) == (3, 1, 2)
+    assert at_smoke(smoke, iter([3, 1, 2]), lambda v: v != 1) == (3, 2)  # order kept
+
+
 def test_smoke_runs_fewer_knob_settings_and_keeps_each_amnesiac_control():
     from bdunlearn.studies import fidelity
     smoke, default = config.resolve("smoke"), config.resolve("default")

@@ -89,7 +89,7 @@ def test_plan_lists_each_checkpoint_once_after_its_predecessor(jobs, store):
     # and notebook 07's filters: one per attack family, shard count and detector (at
     # smoke every family but BN at one model, screened by the batch test only)
     smoke = SimpleNamespace(profile="smoke", shards=TINY["shards"])
-    assert benchmark.screens("lc", smoke) == benchmark.screens("it", smoke) == [(1, "batch")]
+    assert benchmark.screens("lc", smoke) == benchmark.screens("it", smoke) == ((1, "batch"),)
     assert {s for s, _ in benchmark.screens("bn", smoke)} == {1, 2}
     screened = sum(len(benchmark.screens(v, smoke)) for v in attack.FAMILIES)
     # the grid's fine-tuning is capped at the training epochs, so some settings coincide

@@ -174,6 +174,19 @@ class Context:
         return self.recipe("attack", seed, 1, variant).attack()
 
 
+def at_smoke(cfg: RunConfig | None, values, keep) -> tuple:
+    """``values`` as a tuple; at the ``smoke`` profile only those ``keep`` accepts.
+
+    Every study narrows its smoke run through this one helper, and only in sections whose
+    claims are not asserted at ``smoke``: CI then trains less, and ``default`` (and any
+    other profile) runs everything. Each call's ``keep`` says what stays.
+    """
+    values = tuple(values)
+    if cfg is None or cfg.profile != "smoke":
+        return values
+    return tuple(v for v in values if keep(v))
+
+
 def study(stem: str):
     """The study module of notebook ``stem`` (a number such as ``"04"`` works too)."""
     load_plugins()  # one's own detectors, attacks, datasets ($BDUNLEARN_PLUGINS)

@@ -25,7 +25,7 @@ each also scored per request by the mean and max of its scores (``"mu@mean"``,
 behind the detector's filter for that strategy's requests, the attack ids and requests
 refused, and the share of benign requests refused in each of three populations (random,
 the target class, correlated users) at the threshold set on random benign requests.
-At ``smoke`` the track is narrowed (:data:`SMOKE_ADAPTIVE`).
+At ``smoke`` the track is narrowed (:data:`SMOKE_ADAPTIVE`, :func:`bdunlearn.studies.at_smoke`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from ..screening import BENIGN_SAMPLE, REQUEST_BATCH, benign_populations, screen
 from ..store import GROUP, PROVENANCE, RunStore
 from ..tables import over_seeds
 from ..verdicts import SWITCH_AFTER, SWITCH_BEFORE, switched_on
-from . import COMMON, MEASURED, Need, Run
+from . import COMMON, MEASURED, Need, Run, at_smoke
 
 PARAMETERS = (*COMMON, "shards", "poison_num", "mitigation_num", "alpha", "epochs",
               "train_subset", "target_fpr")
@@ -109,16 +109,15 @@ def runs(cfg) -> list[Run]:
 SMOKE_DETECTORS = ("batch",)  # the detector every other family meets at smoke
 
 
-def screens(variant: str, cfg) -> list[tuple[int, str]]:
+def screens(variant: str, cfg) -> tuple[tuple[int, str], ...]:
     """The (shard count, detector) pairs the benchmark runs ``variant`` at: every shard
     count of the run with every detector defined there. At ``smoke``, where no claim of
     notebook 07 is asserted, only BAU BadNets runs in that full shape; every other family
     runs at one model under :data:`SMOKE_DETECTORS`, enough to check that it builds,
     switches on and is screened (CI trains half of notebook 07's services and chains)."""
-    if cfg.profile == "smoke" and variant != "bn":
-        one = min(cfg.shards)
-        return [(one, d) for d in detectors(one) if d in SMOKE_DETECTORS]
-    return [(s, d) for s in cfg.shards for d in detectors(s)]
+    one = min(cfg.shards)
+    return at_smoke(cfg, ((s, d) for s in cfg.shards for d in detectors(s)),
+                    lambda sd: variant == "bn" or (sd[0] == one and sd[1] in SMOKE_DETECTORS))
 
 
 def needs(run: Run, ctx) -> list[Need]:
@@ -296,20 +295,14 @@ def adaptive_detectors(shards: int, cfg=None) -> tuple[str, ...]:
     batch = [d for d in detectors(shards) if registry.get(d).unit == "batch"]
     out = [*sample, *(aggregated(d, h) for d in sample for h in AGGREGATES), *batch,
            *(d + STREAM for d in batch)]
-    return _narrow(cfg, "detectors", out)
-
-
-def _narrow(cfg, what: str, values) -> tuple:
-    if cfg is not None and cfg.profile == "smoke":
-        return tuple(v for v in values if v in SMOKE_ADAPTIVE[what])
-    return tuple(values)
+    return at_smoke(cfg, out, SMOKE_ADAPTIVE["detectors"].__contains__)
 
 
 def adaptive_shards(cfg) -> tuple[int, ...]:
     """The adaptive track's shard counts: those of :data:`ADAPTIVE_SHARDS` the run has
-    (at ``smoke``, or with none of them, the run's fewest)."""
-    have = tuple(s for s in cfg.shards if s in ADAPTIVE_SHARDS)
-    return have if have and cfg.profile != "smoke" else tuple(sorted(cfg.shards)[:1])
+    (with none of them, the run's fewest; at ``smoke``, the fewest of these)."""
+    have = tuple(s for s in cfg.shards if s in ADAPTIVE_SHARDS) or (min(cfg.shards),)
+    return at_smoke(cfg, have, lambda s: s == min(have))
 
 
 def adaptive_setting(variant: str, shards: int, strategy: str, detector: str) -> tuple:
@@ -323,9 +316,10 @@ def adaptive_setting(variant: str, shards: int, strategy: str, detector: str) ->
 def adaptive_runs(cfg) -> list[Run]:
     """The adaptive track's runs: family x shard count x seed x strategy x detector."""
     return [Run(ADAPTIVE, seed, adaptive_setting(v, s, st, d))
-            for seed in cfg.seeds[:SEEDS] for v in _narrow(cfg, "families", families())
+            for seed in cfg.seeds[:SEEDS]
+            for v in at_smoke(cfg, families(), SMOKE_ADAPTIVE["families"].__contains__)
             for s in adaptive_shards(cfg)
-            for st in _narrow(cfg, "strategies", adaptive.STRATEGIES)
+            for st in at_smoke(cfg, adaptive.STRATEGIES, SMOKE_ADAPTIVE["strategies"].__contains__)
             for d in adaptive_detectors(s, cfg)]
 
 

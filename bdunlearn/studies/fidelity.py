@@ -34,7 +34,7 @@ from ..metrics import proportion_interval
 from ..tables import over_seeds
 from ..train import predict
 from ..verdicts import switch_rate, switched_on
-from . import COMMON, MEASURED, Need, Run
+from . import COMMON, MEASURED, Need, Run, at_smoke
 from .attack import SWITCH, switch_measure, switch_rows
 from .detection import AUROC, detect_rows
 from .trajectory import sharding_rows
@@ -75,12 +75,10 @@ def grid(table: str, cfg) -> dict:
     that ``cfg`` runs: every one, except at ``smoke``, where neither section's claim is
     asserted: BAERASER at the paper's setting and its cheapest change, Amnesiac with at
     most half an epoch of fine-tuning (every scale, its control among them)."""
-    full = BAERASER_GRID if table == BAERASER else AMNESIAC_GRID
-    if cfg.profile != "smoke":
-        return dict(full)
     if table == BAERASER:
-        return {k: full[k] for k in ("paper", "unlearning lr x10")}
-    return {k: v for k, v in full.items() if v["finetune_epochs"] <= 0.5}
+        return dict(at_smoke(cfg, BAERASER_GRID.items(),
+                             lambda kv: kv[0] in ("paper", "unlearning lr x10")))
+    return dict(at_smoke(cfg, AMNESIAC_GRID.items(), lambda kv: kv[1]["finetune_epochs"] <= 0.5))
 
 
 def runs(cfg) -> list[Run]:
@@ -91,7 +89,7 @@ def runs(cfg) -> list[Run]:
     # Every seed, so the headline stands at both epoch settings on as many seeds as
     # notebook 01; BN also at the third shard count (the sharding claim's "most"); at
     # smoke, where none of the section's claims is asserted, IT at one model only.
-    it_shards = _shards(cfg)[:1] if cfg.profile == "smoke" else _shards(cfg)
+    it_shards = at_smoke(cfg, _shards(cfg), lambda k: k == _shards(cfg)[0])
     out += [Run(EPOCHS, s, (("epochs", e), ("variant", v), ("shards", k)))
             for s in cfg.seeds for e in sorted({cfg.epochs, cfg.long_epochs})
             for v in ("bn", "it") for k in (cfg.shards[:3] if v == "bn" else it_shards)]
