@@ -1,9 +1,9 @@
 """Notebook 07's runs: the request-detection benchmark. For each registered attack family
-(:mod:`bdunlearn.attacks`), shard count, seed (the first three) and registered detector
-defined at that shard count (:mod:`bdunlearn.detectors`), one run fits the attack's
-service (its models come from the checkpoint cache, shared by every detector's run),
-scores the attacker's requests against two benign populations and serves the whole
-request order behind a filter at the threshold set on random benign requests
+(:mod:`bdunlearn.attacks`), shard count, seed (every seed of the run: five at ``default``)
+and registered detector defined at that shard count (:mod:`bdunlearn.detectors`), one run
+fits the attack's service (its models come from the checkpoint cache, shared by every
+detector's run), scores the attacker's requests against two benign populations and serves
+the whole request order behind a filter at the threshold set on random benign requests
 (:func:`bdunlearn.screening.screened_requests`). One row per run, with the attack's ASR
 before and after its requests unlearned without a filter (whether the family switches on
 at all).
@@ -57,7 +57,6 @@ SETTINGS = (*MEASURED, "alpha", "poison_num", "mitigation_num", "it_poison_num",
             "it_mitigation_num", "target_fpr")
 TABLE = "07_request_detection"
 COLUMNS = ["dataset", "variant", "seed", "shards", "detector"]  # a row's identity first
-SEEDS = 3  # the benchmark's seeds: the first three of the run's
 POPULATIONS = ("random", "hard")
 VERSIONS = ("detector_version", "attack_version")  # in each run's key and row
 
@@ -102,7 +101,7 @@ def setting(variant: str, shards: int, detector: str) -> tuple:
 
 def runs(cfg) -> list[Run]:
     return [*(Run(TABLE, seed, setting(v, s, d))
-              for seed in cfg.seeds[:SEEDS] for v in families() for s, d in screens(v, cfg)),
+              for seed in cfg.seeds for v in families() for s, d in screens(v, cfg)),
             *adaptive_runs(cfg)]
 
 
@@ -316,7 +315,7 @@ def adaptive_setting(variant: str, shards: int, strategy: str, detector: str) ->
 def adaptive_runs(cfg) -> list[Run]:
     """The adaptive track's runs: family x shard count x seed x strategy x detector."""
     return [Run(ADAPTIVE, seed, adaptive_setting(v, s, st, d))
-            for seed in cfg.seeds[:SEEDS]
+            for seed in cfg.seeds
             for v in at_smoke(cfg, families(), SMOKE_ADAPTIVE["families"].__contains__)
             for s in adaptive_shards(cfg)
             for st in at_smoke(cfg, adaptive.STRATEGIES, SMOKE_ADAPTIVE["strategies"].__contains__)
