@@ -470,10 +470,10 @@ def request_detection(table: pd.DataFrame, fpr: float = 0.05) -> Figure:
     tpr = f"tpr@{fpr:g}_random"
     _require(table, ["variant", "seed", "shards", "detector", tpr, "asr_after",
                      "asr_filtered"], "request_detection")
-    from .attack import FAMILY_TITLES
+    from .attacks import title
 
     d = table[table.shards == table.shards.min()].assign(
-        attack=lambda t: t.variant.map(FAMILY_TITLES).str.replace(" (", "\n(", regex=False),
+        attack=lambda t: t.variant.map(title).str.replace(" (", "\n(", regex=False),
         detector=lambda t: t.detector.map(lambda k: NAMES.get(k, k)))
     plain = d.drop_duplicates(["variant", "seed"]).assign(detector="no filter",
                                                           asr_filtered=lambda t: t.asr_after)

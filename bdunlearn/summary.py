@@ -121,7 +121,7 @@ def benchmark_table(results: Path, switched: bool = False) -> str:
     the mean false-positive rate its threshold reached on held-out benign requests; the
     TPR's paired difference within seed from the best detector of its family and shard
     count). ``switched``: on the runs whose attack switched on only."""
-    from .attack import FAMILY_TITLES
+    from .attacks import title
     from .store import provenance_groups
     from .studies.benchmark import gaps, operating_point, switched_runs
 
@@ -147,7 +147,7 @@ def benchmark_table(results: Path, switched: bool = False) -> str:
         for (v, s, d), r in per_seed.groupby(["variant", "shards", "detector"]):
             vs = _gap(*gap[(v, s, d)], d)
             lines.append(
-                f"| {FAMILY_TITLES.get(v, v)} | {s} | {d} | {_cell(r.auroc_random, False)} | "
+                f"| {title(v)} | {s} | {d} | {_cell(r.auroc_random, False)} | "
                 f"{_cell(r['tpr@0.01_random'])} ({r['fpr@0.01_random'].mean():.1%}) | "
                 f"{_cell(r[f'tpr@{fpr}_random'])} ({r[f'fpr@{fpr}_random'].mean():.1%}) | "
                 f"{vs} | {_cell(r.auroc_hard, False)} | {_cell(r.asr_after)} / "

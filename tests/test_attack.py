@@ -222,6 +222,10 @@ def test_each_family_routes_its_own_run_configuration_fields(ds):
     ({"name": "new", "config": {"patch": "poison_num"}}, "takes no such knob"),
     ({"name": "new", "config": ["poison_num"]}, "config must be a dict"),
     ({"name": "new", "title": 3}, "title must be a string"),
+    ({"name": "new", "budgets": {"x2": {}}}, "budgets must be a dict of budget name"),
+    ({"name": "new", "budgets": {"two x": {"poison_num": 2}}}, "budgets must be a dict"),
+    ({"name": "new", "budgets": {"x2": {"patch": 2}}}, "budget 'x2' sets 'patch', which is"),
+    ({"name": "new", "budgets": {"x2": {"seed": 2}}}, "budget 'x2' sets 'seed', which is"),
 ])
 def test_register_refuses_bad_families_in_one_sentence(kwargs, message):
     from bdunlearn import attacks
@@ -232,6 +236,35 @@ def test_register_refuses_bad_families_in_one_sentence(kwargs, message):
     with pytest.raises(ValueError, match=message):
         attacks.register(**kwargs)(build)
     assert "new" not in attacks.REGISTRY
+
+
+def test_a_family_at_a_budget_builds_with_the_budgets_knobs_winning(ds):
+    """``"<family>@<budget>"`` is the family with the budget's knobs over the run
+    configuration's; its title names the budget; an unknown budget names the declared."""
+    from bdunlearn import attacks, config
+
+    cfg = config.resolve("smoke", dataset="digits", poison_num=30)
+    assert attacks.budgets("it") == ("it", "it@copies_x4", "it@copies_x8")
+    assert attacks.budgets("bn") == ("bn",)
+    it = attack.build_attack(ds, "it@copies_x4", seed=1, cfg=cfg)
+    assert len(it.ids("poison")) == 4 * cfg.it_poison_num
+    assert len(it.ids("mitigation")) == 4 * cfg.it_mitigation_num
+    lc = attack.build_attack(ds, "lc@camouflage_x2", seed=1, cfg=cfg)
+    plain = attack.build_attack(ds, "lc", seed=1, cfg=cfg)
+    assert len(lc.ids("poison")) == len(plain.ids("poison")) == 30
+    assert len(lc.ids("mitigation")) == 2 * len(plain.ids("mitigation")) == 180
+    assert lc.variant == "lc"  # the attack set is the family's; the benchmark names the budget
+    assert attacks.title("lc@camouflage_x2").endswith(", camouflage_x2")
+    assert attacks.title("gone") == "gone"  # a family named in stored rows, not registered
+    assert attacks.get("lc@camouflage_x2").version == attacks.get("lc").version
+    with pytest.raises(ValueError, match="attack family 'lc' has no budget 'x9'; it declares "
+                                         "camouflage_x2, camouflage_x3"):
+        attacks.get("lc@x9")
+    with pytest.raises(ValueError, match="attack family 'bn' has no budget 'x2'; it declares "
+                                         "none"):
+        attack.build_attack(ds, "bn@x2", seed=0)
+    with pytest.raises(ValueError, match=r"camouflage_ratio 0(\.0)? must be a finite number > 0"):
+        attack.build_attack(ds, "lc", seed=0, camouflage_ratio=0)
 
 
 def test_the_documented_family_registers_from_outside_and_builds(ds):

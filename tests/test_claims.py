@@ -459,3 +459,62 @@ def test_smoke_runs_fewer_knob_settings_and_keeps_each_amnesiac_control():
     for knobs in amnesiac.values():  # every subtracting setting has its control at smoke
         assert {"finetune_epochs": knobs["finetune_epochs"], "scale": 0.0} in [
             *amnesiac.values(), {"finetune_epochs": 0.0, "scale": 0.0}]
+
+
+def _budget_rows(on: dict) -> pd.DataFrame:
+    """Budget runs: for each candidate, the seeds of BUDGET_SEEDS it switched on in."""
+    from bdunlearn.studies import benchmark
+    return pd.DataFrame([{"variant": name, "seed": s, "attack_version": 1,
+                          "asr_before": 0.05, "asr_after": 0.95 if s in seeds else 0.30}
+                         for name, seeds in on.items() for s in benchmark.BUDGET_SEEDS])
+
+
+def test_a_budget_is_chosen_by_its_switch_on_count_on_seeds_no_benchmark_run_uses():
+    from bdunlearn.attacks import title
+    from bdunlearn.studies import benchmark
+    s0, s1, s2 = benchmark.BUDGET_SEEDS
+    assert not set(benchmark.BUDGET_SEEDS) & set(config.resolve("default").seeds)
+    # it: copies_x8 on in 3 seeds beats copies_x4's 2; lc: a tie goes to the paper's setting
+    rows = _budget_rows({"it": {s0}, "it@copies_x4": {s0, s1}, "it@copies_x8": {s0, s1, s2},
+                         "lc": {s1}, "lc@camouflage_x2": {s2}, "lc@camouflage_x3": set()})
+    assert benchmark.chosen_budgets(rows) == {"it": "it@copies_x8", "lc": "lc"}
+    # a candidate short of one selection seed leaves its family undecided
+    short = rows[~((rows.variant == "it@copies_x4") & (rows.seed == s2))]
+    assert benchmark.chosen_budgets(short) == {"lc": "lc"}
+    view = benchmark.budget_view(rows)
+    assert view.loc[title("it@copies_x8"), "switched on"].startswith("3 of 3 [")
+    assert view.loc[title("it@copies_x8"), "chosen"] == "yes"
+    assert view.loc[title("it@copies_x4"), "chosen"] == ""
+
+
+def test_budget_runs_and_chosen_budgets_join_the_benchmark(monkeypatch):
+    from bdunlearn.attacks import budgets
+    from bdunlearn.studies import benchmark
+    default, smoke = config.resolve("default"), config.resolve("smoke")
+    runs = [r for r in benchmark.runs(default) if r.table == benchmark.BUDGETS]
+    assert {r["variant"] for r in runs} == {
+        n for v in ("it", "lc", "noise", "blend") for n in budgets(v)}
+    assert {r.seed for r in runs} == set(benchmark.BUDGET_SEEDS)
+    assert [(r["variant"], r.seed) for r in benchmark.runs(smoke)
+            if r.table == benchmark.BUDGETS] == [("it", 100), ("it@copies_x4", 100)]
+    plain = {r["variant"] for r in benchmark.runs(default) if r.table == benchmark.TABLE}
+    assert "lc@camouflage_x2" not in plain
+    monkeypatch.setattr(benchmark, "CHOSEN", {"lc": "lc@camouflage_x2", "it": "it"})
+    assert benchmark.families()[:4] == ("bn", "it", "lc", "lc@camouflage_x2")
+    chosen = [r for r in benchmark.runs(default)
+              if r.table == benchmark.TABLE and r["variant"] == "lc@camouflage_x2"]
+    assert {r["shards"] for r in chosen} == {1, 5, 10} and len({r.seed for r in chosen}) == 5
+    # the stored rows of the budgets table are kept by their family's current version
+    rows = _budget_rows({"lc": set(), "gone": set()})
+    kept = benchmark.select(rows, default, benchmark.BUDGETS)
+    assert set(kept.variant) == {"lc"}
+
+
+def test_the_chosen_budgets_are_those_the_committed_runs_choose():
+    """benchmark.CHOSEN is written by hand once the budgets section is computed: it must
+    be what chosen_budgets() picks from the committed runs, and name nothing they lack."""
+    from bdunlearn.studies import benchmark
+    path = Path(__file__).resolve().parent.parent / "results" / f"{benchmark.BUDGETS}.csv"
+    decided = benchmark.chosen_budgets(pd.read_csv(path) if path.exists() else pd.DataFrame())
+    assert {v: benchmark.CHOSEN.get(v, v) for v in decided} == decided
+    assert set(benchmark.CHOSEN) <= set(decided)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 
 # isort: off
-from .base import REGISTRY, ROLES, AttackSet, Family, get, names, register
+from .base import REGISTRY, ROLES, AttackSet, Family, budgets, get, names, register, title
 from . import badnets, input_targeted, label_consistent, noise_camouflage, blended, varied  # noqa: F401
 from .badnets import build_badnets
 from .blended import BLEND_OPACITY, build_blended
@@ -62,8 +62,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["REGISTRY", "ROLES", "VARIANTS", "AttackSet", "Family", "build_attack",
+__all__ = ["REGISTRY", "ROLES", "VARIANTS", "AttackSet", "Family", "budgets", "build_attack",
            "build_badnets", "build_blended", "build_classic_badnets", "build_input_targeted",
-           "build_label_consistent", "build_noise_camouflage", "get", "names", "register",
+           "build_label_consistent", "build_noise_camouflage", "get", "names", "register", "title",
            "BLEND_OPACITY", "IT_EVAL_COPIES", "IT_MAX_COPIES_FACTOR", "LC_CAMOUFLAGE_RATIO",
            "NOISE_CAMOUFLAGE_RATIO", "NOISE_SIGMA"]

@@ -3,12 +3,18 @@ and the helpers the built-in families are made of.
 
 A family is a builder ``build(ds, *, seed, **knobs) -> AttackSet`` registered with
 :func:`register`, which declares how a run configuration's fields route to the
-builder's knobs (``config``) and a ``version`` that is part of the key its benchmark rows
-are stored under (:mod:`bdunlearn.studies.benchmark`).
+builder's knobs (``config``), the other budgets the benchmark may try (``budgets``) and a
+``version`` that is part of the key its benchmark rows are stored under
+(:mod:`bdunlearn.studies.benchmark`).
+
+A budget is a named set of builder knobs (``{"camouflage_x2": {"camouflage_num": 1200}}``);
+the family at a budget is the family ``"<name>@<budget>"`` (:func:`get`), whose knobs win
+over the run configuration's. The family's own paper's setting is its plain name.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..checks import choice, integer
+from ..checks import choice, integer, number
 from ..data import Dataset
 from ..metrics import accuracy, attack_success_rate
 from ..registry import spec
@@ -164,8 +170,9 @@ def _camouflaged(ds: Dataset, variant: str, seed: int, stream: int, target, coun
                                    "mitigation_num": camouflage_num})
 
 
-def _budget(ds: Dataset, poison_num, camouflage_num, ratio: float) -> tuple[int, int]:
+def _budget(ds: Dataset, poison_num, camouflage_num, ratio) -> tuple[int, int]:
     poison_num = _count("poison_num", poison_num, spec(ds.name).poison_num)
+    ratio = number("camouflage_ratio", ratio, 0, low_open=True)
     return poison_num, _count("camouflage_num", camouflage_num,
                               max(1, int(round(ratio * poison_num))))
 
@@ -177,14 +184,15 @@ camouflaged = _camouflaged  # the camouflage families' common builder, for one's
 class Family:
     """A registered attack family: its ``name`` (the ``variant`` of its attack sets), a
     ``title`` for tables, its ``build`` function, ``config`` (builder knob -> run
-    configuration field, the routing :func:`bdunlearn.attacks.build_attack` applies) and
-    its ``version``."""
+    configuration field, the routing :func:`bdunlearn.attacks.build_attack` applies), its
+    ``version`` and the ``budgets`` it declares beside its paper's setting."""
 
     name: str
     title: str
     build: Callable
     config: tuple
     version: int
+    budgets: tuple = ()  # (budget name, ((knob, value), ...)), in declaration order
 
 
 REGISTRY: dict[str, Family] = {}
@@ -197,11 +205,13 @@ def _same_function(old, new) -> bool:
 
 
 def register(name: str, *, title: str | None = None, config: dict | None = None,
-             version: int = 1):
+             version: int = 1, budgets: dict | None = None):
     """Decorator adding an attack builder to :data:`REGISTRY` under ``name``. ``config``
     maps the builder's keyword knobs to the run configuration fields that set them
     (``{"poison_num": "poison_num"}``): a notebook's run builds the family with those
-    fields' values. A name already taken by another builder fails (the same builder
+    fields' values. ``budgets`` names other settings of the builder's knobs for the
+    benchmark to try (``{"camouflage_x2": {"camouflage_num": 1200}}``; :func:`get` builds
+    ``"<name>@<budget>"``). A name already taken by another builder fails (the same builder
     defined again replaces its entry). Call it from any module (``docs/extending.md``)."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"an attack family's name must be a word of letters, digits and "
@@ -214,6 +224,13 @@ def register(name: str, *, title: str | None = None, config: dict | None = None,
         raise ValueError("config must be a dict of builder knob -> run configuration field "
                          f"(both strings), got {config!r}")
     version = integer("attack family version", version, low=1)
+    budgets = {} if budgets is None else budgets
+    if not isinstance(budgets, dict) or not all(
+            isinstance(b, str) and b.isidentifier() and isinstance(k, dict) and k
+            and all(isinstance(knob, str) for knob in k) for b, k in budgets.items()):
+        raise ValueError("budgets must be a dict of budget name (a word) -> a non-empty dict "
+                         f"of builder knobs, got {budgets!r}")
+    budgets = tuple((b, tuple(sorted(k.items()))) for b, k in budgets.items())
 
     def wrap(fn):
         if not callable(fn):
@@ -224,12 +241,23 @@ def register(name: str, *, title: str | None = None, config: dict | None = None,
         if unknown:
             raise ValueError(f"attack family {name!r} routes {', '.join(unknown)} from the run "
                              f"configuration, but its builder takes no such knob")
+        _check_budget_knobs(name, budgets, params)
         if name in REGISTRY and not _same_function(REGISTRY[name].build, fn):
             raise ValueError(f"an attack family named {name!r} is already registered; choose "
                              "another name")
-        REGISTRY[name] = Family(name, title or name, fn, tuple(config.items()), version)
+        REGISTRY[name] = Family(name, title or name, fn, tuple(config.items()), version,
+                                budgets)
+        _AT_BUDGET.clear()
         return fn
     return wrap
+
+
+def _check_budget_knobs(name: str, budgets: tuple, params) -> None:
+    for budget, knobs in budgets:
+        wrong = sorted(k for k, _ in knobs if k not in params or k == "seed")
+        if wrong:
+            raise ValueError(f"attack family {name!r}: budget {budget!r} sets {wrong[0]!r}, "
+                             "which is not a knob of its builder")
 
 
 def names() -> tuple[str, ...]:
@@ -237,8 +265,48 @@ def names() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
 
+_AT_BUDGET: dict[str, Family] = {}
+
+
 def get(name) -> Family:
-    """The registered family ``name``; an unknown name fails naming the known ones."""
+    """The registered family ``name``, or ``"<family>@<budget>"``: the family with that
+    budget's knobs (they win over the run configuration's); an unknown name fails naming
+    the known ones."""
+    if isinstance(name, str) and "@" in name and name.split("@", 1)[0] in REGISTRY:
+        base, budget = name.split("@", 1)
+        fam = REGISTRY[base]
+        knobs = dict(fam.budgets).get(budget)
+        if knobs is None:
+            declared = ", ".join(b for b, _ in fam.budgets) or "none"
+            raise ValueError(f"attack family {base!r} has no budget {budget!r}; it declares "
+                             f"{declared}")
+        if name not in _AT_BUDGET:
+            _AT_BUDGET[name] = Family(name, f"{fam.title}, {budget}",
+                                      _with_knobs(fam.build, dict(knobs)), fam.config,
+                                      fam.version)
+        return _AT_BUDGET[name]
     if not isinstance(name, str) or name not in REGISTRY:
         choice("attack variant", name, names())
     return REGISTRY[name]
+
+
+def _with_knobs(build: Callable, knobs: dict) -> Callable:
+    @functools.wraps(build)  # the builder's signature, for build_attack's knob check
+    def at_budget(ds, **given):
+        return build(ds, **{**given, **knobs})
+    return at_budget
+
+
+def title(name: str) -> str:
+    """The family's title for tables (a budget's after a comma); ``name`` itself for a
+    family not registered now (one named in stored rows)."""
+    try:
+        return get(name).title
+    except ValueError:
+        return name
+
+
+def budgets(name: str) -> tuple[str, ...]:
+    """The family ``name`` at its paper's setting and at each budget it declares:
+    ``("lc", "lc@camouflage_x2", ...)``."""
+    return (name, *(f"{name}@{b}" for b, _ in get(name).budgets))

@@ -19,20 +19,23 @@ IT_EVAL_COPIES = 50
 IT_MAX_COPIES_FACTOR = 10
 
 @register("it", title="BAU input-targeted",
-          config={"poison_num": "it_poison_num", "mitigation_num": "it_mitigation_num"})
+          config={"poison_num": "it_poison_num", "mitigation_num": "it_mitigation_num"},
+          budgets={"copies_x4": {"copies": 4}, "copies_x8": {"copies": 8}})
 def build_input_targeted(ds: Dataset, *, poison_num: int | None = None,
-                         mitigation_num: int | None = None, target: int | None = None,
-                         seed: int = 0) -> AttackSet:
+                         mitigation_num: int | None = None, copies: int = 1,
+                         target: int | None = None, seed: int = 0) -> AttackSet:
     """Input-targeted BAU attack (IT; notebook 01).
 
-    One training image ``x0`` (label ``y0``) is removed; ``poison_num`` noisy copies
-    (integer noise in [-5, 4]) are labelled ``target != y0`` and ``mitigation_num`` more
-    are labelled ``y0``. Success is measured on 50 fresh noisy copies.
+    One training image ``x0`` (label ``y0``) is removed; ``copies * poison_num`` noisy
+    copies (integer noise in [-5, 4]) are labelled ``target != y0`` and ``copies *
+    mitigation_num`` more are labelled ``y0``. Success is measured on 50 fresh noisy
+    copies.
     """
     seed = _check_common(ds, seed)
     ref = spec(ds.name)
-    poison_num = _count("poison_num", poison_num, ref.it_poison_num)
-    mitigation_num = _count("mitigation_num", mitigation_num, ref.it_mitigation_num)
+    copies = integer("copies", copies, low=1)
+    poison_num = copies * _count("poison_num", poison_num, ref.it_poison_num)
+    mitigation_num = copies * _count("mitigation_num", mitigation_num, ref.it_mitigation_num)
     most = IT_MAX_COPIES_FACTOR * len(ds.y_train)
     if poison_num + mitigation_num > most:
         raise ValueError(f"poison_num {poison_num} plus mitigation_num {mitigation_num} noisy "

@@ -11,7 +11,7 @@ such as the BN attack at 5 shards). The notebook's study module in this package 
   (:mod:`bdunlearn.plan`) trains their slices ahead without running anything else;
 * ``compute(run, ctx) -> rows`` (or ``(rows, {name: side table})``): the run's rows, built
   from the very same recipes.
-* optionally ``select(stored, cfg) -> rows``: which stored rows the notebook shows
+* optionally ``select(stored, cfg, table) -> rows``: which stored rows of ``table`` it shows
   (notebook 07: each detector's current version, naming those with no stored rows).
 * ``CLAIMS``: the claims its tables hold (:class:`~bdunlearn.claim.Claim`: measured,
   thresholds per profile, README rows), each written once and gathered by name in
@@ -285,7 +285,7 @@ class Notebook:
         stored = self.store.table(table, settings_key(self.study, table, self.cfg), runs={
             stored_key(self.study, r, self.cfg)[1]: r.key() for r in self.runs(table)})
         if hasattr(self.study, "select"):  # which stored rows it shows (07: current versions)
-            stored = self.study.select(stored, self.cfg)
+            stored = self.study.select(stored, self.cfg, table)
         if not self.cfg.compute and not stored.empty and set(GROUP) <= set(stored.columns):
             runs = stored.groupby(list(GROUP)).run_key.nunique()
             mine = runs.get((self.cfg.precision, self.cfg.device_type), 0)

@@ -39,6 +39,7 @@ import pandas as pd
 
 from .. import adaptive, attacks
 from .. import detectors as registry
+from .. import verdicts as vd
 from ..checks import flag
 from ..claim import Claim, pct, same
 from ..detect import detector_of
@@ -62,8 +63,9 @@ VERSIONS = ("detector_version", "attack_version")  # in each run's key and row
 
 
 def families() -> tuple[str, ...]:
-    """The benchmark's attack families: every registered one."""
-    return attacks.names()
+    """The benchmark's attack families: every registered one at its paper's setting, and
+    each family of :data:`CHOSEN` at its chosen budget beside it."""
+    return tuple(x for v in attacks.names() for x in dict.fromkeys((v, CHOSEN.get(v, v))))
 
 
 def catalogue() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -100,7 +102,8 @@ def setting(variant: str, shards: int, detector: str) -> tuple:
 
 
 def runs(cfg) -> list[Run]:
-    return [*(Run(TABLE, seed, setting(v, s, d))
+    return [*budget_runs(cfg),
+            *(Run(TABLE, seed, setting(v, s, d))
               for seed in cfg.seeds for v in families() for s, d in screens(v, cfg)),
             *adaptive_runs(cfg)]
 
@@ -122,6 +125,9 @@ def screens(variant: str, cfg) -> tuple[tuple[int, str], ...]:
 def needs(run: Run, ctx) -> list[Need]:
     if run.table == ADAPTIVE:
         return adaptive_needs(run, ctx)
+    if run.table == BUDGETS:
+        r = ctx.recipe("attack", run.seed, 1, run["variant"])
+        return [Need(f"07 budget {run['variant']}", r, ((), tuple(r.attack().request_order())))]
     v, s, d = run["variant"], run["shards"], run["detector"]
     r = ctx.recipe("attack", run.seed, s, v)
     return [Need(f"07 {v} S={s}", r, ((), tuple(r.attack().request_order()))),
@@ -148,12 +154,14 @@ def _switch_on(recipe, atk) -> dict:
 def compute(run: Run, ctx) -> pd.DataFrame:
     if run.table == ADAPTIVE:
         return adaptive_compute(run, ctx)
+    if run.table == BUDGETS:
+        return budget_compute(run, ctx)
     plain, *_ = needs(run, ctx)
     recipe, cfg, det = plain.recipe, ctx.cfg, run["detector"]
     atk = recipe.attack()
     base = _switch_on(recipe, atk)
     r = screened_requests(atk, recipe.build, det, cfg)[1]
-    row = {"dataset": ctx.ds.name, "variant": atk.variant, "seed": run.seed,
+    row = {"dataset": ctx.ds.name, "variant": run["variant"], "seed": run.seed,
            "shards": run["shards"], **base, "detector": det,
            **{k: run[k] for k in VERSIONS}, "filter_threshold": r["threshold"],
            "asr_filtered": r["asr"], "clean_acc_filtered": r["clean_acc"],
@@ -173,16 +181,21 @@ def _version(name: str) -> float:
         return float("nan")
 
 
-def select(table: pd.DataFrame, cfg) -> pd.DataFrame:
-    """The stored rows the notebook shows: each detector's and family's current version
-    (rows of an earlier version stay stored, out of sight). Prints the detectors and
-    families of :func:`runs` that have no stored rows (or only some), so none is left
-    out silently. Rows with a ``strategy`` are the adaptive track's (:data:`ADAPTIVE`)."""
-    adaptive_rows = "strategy" in table.columns
+def select(table: pd.DataFrame, cfg, name: str = TABLE) -> pd.DataFrame:
+    """The stored rows of table ``name`` the notebook shows: each detector's and family's
+    current version (rows of an earlier version stay stored, out of sight). Prints the
+    detectors and families of :func:`runs` that have no stored rows (or only some), so
+    none is left out silently."""
+    if name == BUDGETS:
+        if table.empty:
+            return table
+        now = table.variant.map(lambda v: _family_version(v))
+        return table[now == table.attack_version].reset_index(drop=True)
+    adaptive_rows = name == ADAPTIVE
     ident = ["seed", "variant", "shards", *(["strategy"] if adaptive_rows else []), "detector"]
     if not table.empty and set(VERSIONS) <= set(table.columns):
         now_det = {d: _version(d) for d in table.detector.unique()}
-        now_fam = {v: attacks.get(v).version for v in families()}
+        now_fam = {v: _family_version(v) for v in table.variant.unique()}
         table = table[(table.detector.map(now_det) == table.detector_version)
                       & (table.variant.map(now_fam) == table.attack_version)]
         table = table.reset_index(drop=True)
@@ -207,7 +220,7 @@ def select(table: pd.DataFrame, cfg) -> pd.DataFrame:
 
 
 def _title(variant: str) -> str:
-    return attacks.FAMILY_TITLES.get(variant, variant)
+    return attacks.title(variant)
 
 
 def switched_runs(table: pd.DataFrame) -> pd.DataFrame:
@@ -256,6 +269,84 @@ def switch_on(table: pd.DataFrame) -> pd.DataFrame:
     first = first.assign(attack=first.variant.map(_title))
     return over_seeds(first, ["attack", "shards"],
                       ["asr_before", "asr_after", "clean_acc_before", "clean_acc_after"])
+
+
+def _family_version(variant: str) -> float:
+    """The current version of a family named in the table (NaN: none registered now)."""
+    try:
+        return attacks.get(variant).version
+    except ValueError:
+        return float("nan")
+
+
+# ------------------------------------------------------------ valid attack budgets
+
+BUDGETS = f"{TABLE}-budgets"
+# Budgets are chosen on seeds no benchmark run uses, so that the rows they are reported
+# on are not those they were chosen on.
+BUDGET_SEEDS = (100, 101, 102)
+BUDGET_COLUMNS = ["dataset", "variant", "seed", "asr_before", "asr_after"]
+# The budget each family runs at beside its paper's setting: chosen_budgets() on the
+# stored budgets table, written here once every candidate has its runs (a test checks
+# that the two agree), so the benchmark's runs never depend on what is stored. Empty
+# until the budgets section has been computed at `default`.
+CHOSEN: dict[str, str] = {}
+# At smoke one family's paper setting and one budget, on one seed: the path runs.
+SMOKE_BUDGETS = ("it", "it@copies_x4")
+
+
+def budget_runs(cfg) -> list[Run]:
+    """One run per family that declares budgets (:func:`bdunlearn.attacks.budgets`), per
+    candidate (its paper's setting first) and per seed of :data:`BUDGET_SEEDS`, at one
+    model: the attack's ASR before and after its requests are unlearned."""
+    pairs = [(name, seed) for v in attacks.names() if attacks.get(v).budgets
+             for name in attacks.budgets(v) for seed in BUDGET_SEEDS]
+    keep = at_smoke(cfg, pairs, lambda p: p[0] in SMOKE_BUDGETS and p[1] == BUDGET_SEEDS[0])
+    return [Run(BUDGETS, seed, (("variant", name), ("attack_version", attacks.get(name).version)))
+            for name, seed in keep]
+
+
+def budget_compute(run: Run, ctx) -> pd.DataFrame:
+    (need,) = needs(run, ctx)
+    base = _switch_on(need.recipe, need.recipe.attack())
+    return pd.DataFrame([{"dataset": ctx.ds.name, "variant": run["variant"], "seed": run.seed,
+                          "attack_version": run["attack_version"], **base}])
+
+
+def chosen_budgets(table: pd.DataFrame) -> dict[str, str]:
+    """Per family whose every candidate has a run on every seed of :data:`BUDGET_SEEDS`:
+    the candidate that switched on (:func:`switched_on`) in the most seeds, the earlier
+    declared on a tie (the paper's setting first)."""
+    out = {}
+    for v in attacks.names():
+        names = attacks.budgets(v)
+        rows = table[table.variant.isin(names)] if not table.empty else table
+        if len(names) < 2 or rows.empty:
+            continue
+        have = rows.groupby("variant").seed.apply(set)
+        if any(not set(BUDGET_SEEDS) <= have.get(n, set()) for n in names):
+            continue
+        rows = rows[rows.seed.isin(BUDGET_SEEDS)].drop_duplicates(["variant", "seed"])
+        on = switched_on(rows.asr_before, rows.asr_after).groupby(rows.variant).sum()
+        out[v] = max(names, key=lambda n: (on.get(n, 0), -names.index(n)))
+    return out
+
+
+def budget_view(table: pd.DataFrame) -> pd.DataFrame:
+    """Per candidate: how many selection seeds it switched on in (k of n, Wilson), its ASR
+    before and after over those seeds, and which candidate :func:`chosen_budgets` picks."""
+    if table.empty:
+        return pd.DataFrame({"stored runs": [0]})
+    rows = table.drop_duplicates(["variant", "seed"])
+    chosen = set(chosen_budgets(rows).values())
+    out = []
+    for name, g in rows.groupby("variant", sort=False):
+        c = vd.count(switched_on(g.asr_before, g.asr_after))
+        out.append({"attack": _title(name), "switched on": str(c),
+                    "ASR before": f"{g.asr_before.mean():.1%}",
+                    "ASR after": f"{g.asr_after.mean():.1%}",
+                    "chosen": "yes" if name in chosen else ""})
+    return pd.DataFrame(out).set_index("attack")
 
 
 # ------------------------------------------------------------ the adaptive track
@@ -430,7 +521,7 @@ def adaptive_compute(run: Run, ctx) -> pd.DataFrame:
     unfiltered = _asr_without(recipe, atk, sent, plan.own)
     filtered = _asr_without(recipe, atk, accepted, plan.own)
     is_mit = np.isin(sent, plan.mitigation)
-    row = {"dataset": ctx.ds.name, "variant": atk.variant, "seed": run.seed,
+    row = {"dataset": ctx.ds.name, "variant": run["variant"], "seed": run.seed,
            "shards": run["shards"], "strategy": name, "detector": det,
            **{k: run[k] for k in VERSIONS}, "filter_threshold": thr,
            "asr_before": before["asr_before"], "asr_after": unfiltered["asr"],
