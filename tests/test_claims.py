@@ -496,7 +496,7 @@ def test_budget_runs_and_chosen_budgets_join_the_benchmark(monkeypatch):
         n for v in ("it", "lc", "noise", "blend") for n in budgets(v)}
     assert {r.seed for r in runs} == set(benchmark.BUDGET_SEEDS)
     assert [(r["variant"], r.seed) for r in benchmark.runs(smoke)
-            if r.table == benchmark.BUDGETS] == [("it", 100), ("it@copies_x4", 100)]
+            if r.table == benchmark.BUDGETS] == [("it@copies_x4", 100)]
     plain = {r["variant"] for r in benchmark.runs(default) if r.table == benchmark.TABLE}
     assert "lc@camouflage_x2" not in plain
     monkeypatch.setattr(benchmark, "CHOSEN", {"lc": "lc@camouflage_x2", "it": "it"})
