@@ -518,3 +518,13 @@ def test_the_chosen_budgets_are_those_the_committed_runs_choose():
     decided = benchmark.chosen_budgets(pd.read_csv(path) if path.exists() else pd.DataFrame())
     assert {v: benchmark.CHOSEN.get(v, v) for v in decided} == decided
     assert set(benchmark.CHOSEN) <= set(decided)
+
+
+def test_the_switch_on_view_counts_runs_per_family_and_shard_count():
+    from bdunlearn.studies import benchmark
+    rows = pd.DataFrame([{"variant": "bn", "seed": s, "shards": k, "detector": d,
+                          "asr_before": 0.05, "asr_after": 0.9 if (k == 1 or s == 0) else 0.4,
+                          "clean_acc_before": 0.9, "clean_acc_after": 0.9}
+                         for s in range(3) for k in (1, 5) for d in ("mu", "batch")])
+    view = benchmark.switch_on(rows)  # one count per run, not per detector's row
+    assert view["switched on"].tolist() == ["3 of 3 [44%, 100%]", "1 of 3 [6%, 79%]"]

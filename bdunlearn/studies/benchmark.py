@@ -260,15 +260,20 @@ def leaderboard(table: pd.DataFrame, fpr: float = 0.05, switched: bool = False
 
 
 def switch_on(table: pd.DataFrame) -> pd.DataFrame:
-    """Whether each family switches on: ASR before and after its requests are unlearned
-    without a filter, and clean accuracy after, per shard count over seeds."""
+    """Whether each family switches on, per shard count: in how many seeds it did
+    (:func:`switched_on`, k of n with a Wilson interval), and its ASR before and after its
+    requests are unlearned without a filter and clean accuracy, over seeds."""
     if table.empty:
         return pd.DataFrame({"stored runs": [0]})
     run = ["variant", "seed", "shards", *(c for c in GROUP if c in table)]
     first = table.drop_duplicates(run)
-    first = first.assign(attack=first.variant.map(_title))
-    return over_seeds(first, ["attack", "shards"],
-                      ["asr_before", "asr_after", "clean_acc_before", "clean_acc_after"])
+    first = first.assign(attack=first.variant.map(_title),
+                         on=switched_on(first.asr_before, first.asr_after))
+    shown = over_seeds(first, ["attack", "shards"],
+                       ["asr_before", "asr_after", "clean_acc_before", "clean_acc_after"])
+    by = list(shown.index.names)
+    counts = first.groupby(by).on.apply(lambda on: str(vd.count(on))).rename("switched on")
+    return shown.join(counts)[["switched on", *shown.columns]]
 
 
 def _family_version(variant: str) -> float:
