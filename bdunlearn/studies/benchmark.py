@@ -8,6 +8,11 @@ the whole request order behind a filter at the threshold set on random benign re
 before and after its requests unlearned without a filter (whether the family switches on
 at all).
 
+Valid budgets (table :data:`BUDGETS`): each family that declares budgets runs at one model
+at its paper's setting and at each budget on :data:`BUDGET_SEEDS`; :func:`chosen_budgets`
+picks one, and the budgets written in :data:`CHOSEN` join the benchmark as families of
+their own (``"lc@camouflage_x2"``, :func:`bdunlearn.attacks.get`).
+
 A run's key holds the detector's name and version and the family's version, so adding
 or changing one detector (or family) computes only its runs; the notebook shows the
 current version of each (:func:`select`) and names those with no stored rows.
@@ -189,7 +194,7 @@ def select(table: pd.DataFrame, cfg, name: str = TABLE) -> pd.DataFrame:
     if name == BUDGETS:
         if table.empty:
             return table
-        now = table.variant.map(lambda v: _family_version(v))
+        now = table.variant.map(_family_version)
         return table[now == table.attack_version].reset_index(drop=True)
     adaptive_rows = name == ADAPTIVE
     ident = ["seed", "variant", "shards", *(["strategy"] if adaptive_rows else []), "detector"]
