@@ -143,11 +143,12 @@ def count_change(a: Mapping, b: Mapping) -> tuple[bool, str]:
     return bool(changed), f"{ca.k} of {ca.n} -> {cb.k} of {cb.n} ({on} on, {off} off)"
 
 
-def direction(d: Spread) -> int | None:
-    """``1`` when the interval of ``d`` lies wholly above zero, ``-1`` wholly below,
-    ``None`` when it holds zero (one seed: the sign of its value, ``None`` at zero)."""
+def direction(d: Spread, margin: float = 0.0) -> int | None:
+    """``1`` when the interval of ``d`` lies wholly above ``margin``, ``-1`` wholly below
+    ``-margin``, ``None`` otherwise (one seed: its value against the margin). A margin
+    above zero asks for an effect of at least that size, not just one of known sign."""
     lo, hi = (d.mean, d.mean) if d.lo is None else (d.lo, d.hi)
-    return 1 if lo > 0 else -1 if hi < 0 else None
+    return 1 if lo > margin else -1 if hi < -margin else None
 
 
 def leave_one_out(score: pd.DataFrame, allowed: pd.DataFrame | None = None) -> dict:

@@ -294,11 +294,22 @@ def test_the_epochs_verdict_follows_the_per_run_counts():
     t = epochs_table({20: (), 100: (0, 1)})
     row = [r for r in claims.readme_rows({"06_fidelity-epochs": t}) if "20 or 100" in r[0]][0]
     assert "IT S=1 0 of 3 -> 2 of 3" in row[2]
-    assert row[3].startswith("changes: IT switches on at S=1 (0 of 3 -> 2 of 3 (2 on, 0 off))")
+    assert row[3].startswith("changes (ASR by 5% or more, AUROC by 0.02): IT switches on at "
+                             "S=1 (0 of 3 -> 2 of 3 (2 on, 0 off))")
     # the same counts at both: no change shown
     same = epochs_table({20: (0, 1), 100: (0, 1)})
     row = [r for r in claims.readme_rows({"06_fidelity-epochs": same}) if "20 or 100" in r[0]][0]
     assert row[3] == "no change shown at n = 3"
+    # BN's final ASR a sure but small step higher at 100 epochs (+0.6 to +0.8 points in
+    # every seed) is no change; ten points higher is one
+    def bn_up(step):
+        t = same.copy()
+        up = (t.epochs == 100) & (t.variant == "bn") & (t.shards == 5) & (t.requested > 0)
+        t.loc[up, "asr"] += step + 0.001 * t.loc[up, "seed"]
+        return [r for r in claims.readme_rows({"06_fidelity-epochs": t})
+                if "20 or 100" in r[0]][0][3]
+    assert bn_up(0.006) == "no change shown at n = 3"
+    assert bn_up(0.10).endswith("BN final ASR at S=5 (+10.1 [+9.9, +10.3] points)")
     # each epoch count also gets its own headline rows, counted per run
     heads = [r for r in claims.readme_rows({"06_fidelity-epochs": t}) if "one model" in r[0]]
     it = {r[0].split(" [")[0].split("(")[-1]: r[2] for r in heads if "input-targeted" in r[0]}

@@ -36,6 +36,9 @@ def test_an_effect_is_the_paired_difference_from_its_own_control():
     assert d.n == 3 and d.mean == pytest.approx(0.11)
     assert vd.direction(d) is None  # [-0.08, +0.30]: holds zero
     assert vd.direction(vd.paired({0: 0.1, 1: 0.2, 2: 0.3}, {0: 0.5, 1: 0.6, 2: 0.72})) == 1
+    small = vd.paired({0: 0.98, 1: 0.98, 2: 0.98}, {0: 0.986, 1: 0.987, 2: 0.988})
+    assert vd.direction(small) == 1 and vd.direction(small, 0.05) is None  # sure, not material
+    assert vd.direction(vd.paired({0: 0.9, 1: 0.9}, {0: 0.7, 1: 0.72}), 0.05) == -1
     assert vd.paired({0: 1.0}, {1: 1.0}) is None
 
 
