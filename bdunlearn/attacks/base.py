@@ -7,7 +7,7 @@ builder's knobs (``config``), the other budgets the benchmark may try (``budgets
 ``version`` that is part of the key its benchmark rows are stored under
 (:mod:`bdunlearn.studies.benchmark`).
 
-A budget is a named set of builder knobs (``{"camouflage_x2": {"camouflage_num": 1200}}``);
+A budget is a named set of builder knobs (``{"camouflage_x2": {"camouflage_ratio": 6.0}}``);
 the family at a budget is the family ``"<name>@<budget>"`` (:func:`get`), whose knobs win
 over the run configuration's. The family's own paper's setting is its plain name.
 """
@@ -210,7 +210,7 @@ def register(name: str, *, title: str | None = None, config: dict | None = None,
     maps the builder's keyword knobs to the run configuration fields that set them
     (``{"poison_num": "poison_num"}``): a notebook's run builds the family with those
     fields' values. ``budgets`` names other settings of the builder's knobs for the
-    benchmark to try (``{"camouflage_x2": {"camouflage_num": 1200}}``; :func:`get` builds
+    benchmark to try (``{"camouflage_x2": {"camouflage_ratio": 6.0}}``; :func:`get` builds
     ``"<name>@<budget>"``). A name already taken by another builder fails (the same builder
     defined again replaces its entry). Call it from any module (``docs/extending.md``)."""
     if not isinstance(name, str) or not name.isidentifier():

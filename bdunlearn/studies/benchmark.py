@@ -224,10 +224,6 @@ def select(table: pd.DataFrame, cfg, name: str = TABLE) -> pd.DataFrame:
     return table
 
 
-def _title(variant: str) -> str:
-    return attacks.title(variant)
-
-
 def switched_runs(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of the runs whose attack switched on without a filter (the rule of
     :func:`switched_on`, run by run: concealed before the requests, on after them)."""
@@ -255,7 +251,7 @@ def leaderboard(table: pd.DataFrame, fpr: float = 0.05, switched: bool = False
         table = switched_runs(table)
         if table.empty:
             return pd.DataFrame({"runs that switched on": [0]})
-    t = table.assign(attack=table.variant.map(_title))
+    t = table.assign(attack=table.variant.map(attacks.title))
     cols = list(dict.fromkeys(
         ["auroc_random", "tpr@0.01_random", "fpr@0.01_random", f"tpr@{fpr:g}_random",
          f"fpr@{fpr:g}_random", "auroc_hard", "asr_after", "asr_filtered", "refused",
@@ -272,7 +268,7 @@ def switch_on(table: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({"stored runs": [0]})
     run = ["variant", "seed", "shards", *(c for c in GROUP if c in table)]
     first = table.drop_duplicates(run)
-    first = first.assign(attack=first.variant.map(_title),
+    first = first.assign(attack=first.variant.map(attacks.title),
                          on=switched_on(first.asr_before, first.asr_after))
     shown = over_seeds(first, ["attack", "shards"],
                        ["asr_before", "asr_after", "clean_acc_before", "clean_acc_after"])
@@ -352,7 +348,7 @@ def budget_view(table: pd.DataFrame) -> pd.DataFrame:
     out = []
     for name, g in rows.groupby("variant", sort=False):
         c = vd.count(switched_on(g.asr_before, g.asr_after))
-        out.append({"attack": _title(name), "switched on": str(c),
+        out.append({"attack": attacks.title(name), "switched on": str(c),
                     "ASR before": f"{g.asr_before.mean():.1%}",
                     "ASR after": f"{g.asr_after.mean():.1%}",
                     "chosen": "yes" if name in chosen else ""})
@@ -590,7 +586,7 @@ def adaptive_leaderboard(table: pd.DataFrame) -> pd.DataFrame:
     strategy."""
     if table.empty:
         return pd.DataFrame({"stored runs": [0]})
-    t = table.assign(attack=table.variant.map(_title))
+    t = table.assign(attack=table.variant.map(attacks.title))
     by = ["attack", "shards", "strategy"]
     cols = ["asr_after", "asr_filtered", "attack_refused", "attack_requests_refused",
             *(f"benign_requests_refused_{p}" for p in ADAPTIVE_POPULATIONS),

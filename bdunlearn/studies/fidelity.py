@@ -407,16 +407,17 @@ def _nc_scan_rows(t: pd.DataFrame, th) -> list:
              f"in {vd.count(clean.flagged_labels > 0)}", "reported")]
 
 
-# The epochs row counts a continuous change only when its paired interval lies wholly
+# A continuous change counts in the epochs row only when its paired interval lies wholly
 # beyond these: a smaller shift moves no conclusion (the switch-on rule's bars are 20% and
 # 80% ASR; the detection bars 0.60 and 0.65 AUROC), however sure its sign.
-MATERIAL = {"asr": 0.05, "auroc": 0.02}
+MATERIAL = {"min_asr_change": 0.05, "min_auroc_change": 0.02}
 
 
 def _epochs_rows(t: pd.DataFrame, th) -> list:
     """20 against 100 epochs, paired by seed: each yes/no outcome (switched on, per
     variant and shard count) by its per-run counts, BN's final ASR and MU's AUROC by the
-    interval of their paired differences, beyond :data:`MATERIAL`."""
+    interval of their paired differences, counted only beyond the claim's
+    ``min_asr_change`` and ``min_auroc_change``."""
     if "epochs" not in t or t.epochs.nunique() < 2:
         return []
     (e1, a), (e2, b) = list(t.groupby("epochs"))[0], list(t.groupby("epochs"))[-1]
@@ -432,17 +433,17 @@ def _epochs_rows(t: pd.DataFrame, th) -> list:
                 changed.append(f"{variant.upper()} switches on at S={k} ({text})")
             if variant == "bn":
                 d = vd.paired(ends(cell[0])[1], ends(cell[1])[1])
-                if vd.direction(d, MATERIAL["asr"]):
+                if vd.direction(d, th["min_asr_change"]):
                     changed.append(f"BN final ASR at S={k} ({d.text(pts)} points)")
     if "mu_auroc" in t:
         mu = [d[(d.variant == "bn") & (d.shards == d.shards.min())].groupby("seed")
               .mu_auroc.mean().dropna().to_dict() for d in (a, b)]
         d = vd.paired(*mu)
-        if d is not None and vd.direction(d, MATERIAL["auroc"]):
+        if d is not None and vd.direction(d, th["min_auroc_change"]):
             changed.append(f"MU AUROC at one model ({d.text('+.3f')})")
     n = t.seed.nunique()
-    verdict = (f"changes (ASR by {MATERIAL['asr']:.0%} or more, AUROC by "
-               f"{MATERIAL['auroc']:.2f}): " + "; ".join(changed)) if changed else (
+    verdict = (f"changes (ASR by {th['min_asr_change']:.0%} or more, AUROC by "
+               f"{th['min_auroc_change']:.2f}): " + "; ".join(changed)) if changed else (
         f"no change shown at n = {n}")
     return [("", f"{e1} -> {e2} epochs, switched on: " + "; ".join(counts), verdict)]
 
@@ -522,8 +523,9 @@ CLAIMS = (
     Claim("fidelity_epochs", "06_fidelity", "06: 20 or 100 training epochs",
           "the authors' scripts: 20 by default, 100 for the detection experiments", _epochs,
           lambda m, t: True, _epochs_describe,
-          {p: {**SWITCH[p], **{f"mu_{k}": v for k, v in AUROC["mu"][p].items()}}
-           for p in ALL_PROFILES}, (), table_name="06_fidelity-epochs", decide=_epochs_rows),
+          {p: {**SWITCH[p], **{f"mu_{k}": v for k, v in AUROC["mu"][p].items()},
+               **MATERIAL} for p in ALL_PROFILES},
+          (), table_name="06_fidelity-epochs", decide=_epochs_rows),
     _fidelity("fidelity_it", "06_fidelity-it",
               "06: how often the input-targeted attack switches on",
               "switched on: ASR <= 20% before, >= 80% after", switch_rate,
