@@ -36,9 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bdunlearn.checks import choice, integer, number
-from bdunlearn.defenses import DefenderView, DefenseResult, register
+from bdunlearn.defenses import DefenderView, DefenseResult, register, run_shared
 from bdunlearn.defenses.finetune import evaluate
-from bdunlearn.defenses.neural_cleanse import neural_cleanse
 from bdunlearn.train import derive_seed, make_generator, to_unit
 
 NOISE_DIM, CHUNK, HIDDEN = 64, 16, 256
@@ -215,7 +214,7 @@ def baeraser(view: DefenderView, *, seed: int = 0, target: int | None = None,
     info: dict = {"trigger_size": size}
     flagged = None
     if target is None:
-        scan = neural_cleanse(view, seed=seed, steps=scan_steps)
+        scan = run_shared("neural_cleanse", view, seed=seed, steps=scan_steps)
         flagged = info["scan_flagged"] = scan.flagged
         if scan.target is None:
             info["note"] = "Neural Cleanse flagged no label: model returned unchanged"

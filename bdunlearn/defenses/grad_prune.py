@@ -25,9 +25,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 from bdunlearn.checks import integer, number
-from bdunlearn.defenses import DefenderView, DefenseResult, register, stratified_split
+from bdunlearn.defenses import DefenderView, DefenseResult, register, run_shared, stratified_split
 from bdunlearn.defenses.finetune import evaluate, finetune_model
-from bdunlearn.defenses.neural_cleanse import neural_cleanse
 from bdunlearn.train import make_generator, to_unit
 
 
@@ -95,7 +94,7 @@ def grad_prune(view: DefenderView, *, seed: int = 0, samples_per_class: int = 10
     number("lr", lr, 0, low_open=True)
     trigger, info, target = view.trigger, {"trigger_source": "given"}, None
     if trigger is None:
-        scan = neural_cleanse(view, seed=seed, steps=scan_steps)
+        scan = run_shared("neural_cleanse", view, seed=seed, steps=scan_steps)
         info.update(trigger_source="neural_cleanse", scan_flagged=scan.flagged)
         if scan.target is None:
             info["note"] = "Neural Cleanse flagged no label: model returned unchanged"
