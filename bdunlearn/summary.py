@@ -4,7 +4,8 @@ Each row is one claim of the three papers (defined once in :mod:`bdunlearn.claim
 the paper reports, what this package measured, and whether they agree. The table is
 written between the markers ``<!-- results:start -->`` and ``<!-- results:end -->`` of
 README.md; the request-detection benchmark's leaderboard (notebook 07) between
-``<!-- benchmark:start -->`` and ``<!-- benchmark:end -->``, and the two precision groups
+``<!-- benchmark:start -->`` and ``<!-- benchmark:end -->``, its budget selection between
+``<!-- budgets:start -->`` and ``<!-- budgets:end -->``, the two precision groups
 seed by seed between ``<!-- precision:start -->`` and ``<!-- precision:end -->``, and the
 runner's timings between ``<!-- timings:start -->`` and ``<!-- timings:end -->``, in the
 README or any page of ``docs/``.
@@ -158,6 +159,32 @@ def benchmark_table(results: Path, switched: bool = False) -> str:
     return "\n".join(lines).strip()
 
 
+def budgets_table(results: Path) -> str:
+    """Notebook 07's budget selection from ``07_request_detection-budgets.csv``, per
+    precision/device group: each candidate's switch-on count over the selection seeds (k of
+    n [95% Wilson]), its mean ASR before and after, and the one chosen
+    (:func:`bdunlearn.studies.benchmark.budget_view`)."""
+    from .store import provenance_groups
+    from .studies.benchmark import BUDGETS, budget_view
+
+    t = _tables(results, f"{BUDGETS}.csv").get(BUDGETS, pd.DataFrame())
+    if t.empty:
+        return ("_No budget run stored yet: run notebook 07's budgets section "
+                "(`python tools/device/section.py 07_request_detection-budgets`)._")
+    lines = []
+    for label, g in provenance_groups(t):
+        view = budget_view(g).reset_index()
+        cpus = "; ".join(sorted(g.processor.dropna().unique())) if "processor" in g else ""
+        when = f" on {cpus}, {g.date.min()} to {g.date.max()}" if cpus else ""
+        lines += [f"Computed in {label}{when}:" if label else "", "",
+                  "| " + " | ".join(view.columns) + " |",
+                  "|" + "---|" * len(view.columns)]
+        lines += ["| " + " | ".join(str(x) for x in r) + " |"
+                  for r in view.itertuples(index=False)]
+        lines.append("")
+    return "\n".join(lines).strip()
+
+
 def precision_table(results: Path) -> str:
     """The same attack in both precision groups, seed by seed: the BN and IT attacks at one
     model as notebook 01 stores them (its group) and as notebook 07 stores its ``bn`` and
@@ -210,7 +237,7 @@ def timings_table(results: Path) -> str:
                               f"{t.seconds.sum():.1f} s."])
 
 
-BLOCKS = {"results": table, "benchmark": benchmark_table,
+BLOCKS = {"results": table, "benchmark": benchmark_table, "budgets": budgets_table,
           "benchmark-switched": lambda results: benchmark_table(results, switched=True),
           "precision": precision_table,
           "timings": timings_table}

@@ -108,6 +108,29 @@ def test_benchmark_leaderboard_is_generated_from_the_csv(tmp_path):
     assert "15.0, 40.0 of 300 | 3 |" in line
 
 
+def test_the_budget_selection_table_is_generated_from_the_csv(tmp_path):
+    from bdunlearn.studies import benchmark
+
+    page = tmp_path / "page.md"
+    page.write_text("<!-- budgets:start -->\nold\n<!-- budgets:end -->\n")
+    assert summary.budgets_table(tmp_path).startswith("_No budget run stored yet")
+    s0, s1, s2 = benchmark.BUDGET_SEEDS
+    on = {"it": {s0}, "it@copies_x4": {s0, s1}, "it@copies_x8": {s0, s1, s2}}
+    rows = [{"variant": v, "seed": s, "attack_version": 1, "asr_before": 0.0,
+             "asr_after": 1.0 if s in seeds else 0.0, "precision": "bf16", "device": "cpu",
+             "processor": "Some CPU (AVX2)", "date": "2026-12-08"}
+            for v, seeds in on.items() for s in benchmark.BUDGET_SEEDS]
+    pd.DataFrame(rows).to_csv(tmp_path / f"{benchmark.BUDGETS}.csv", index=False)
+    summary.update(page, tmp_path)
+    text = page.read_text()
+    assert "old" not in text
+    assert "Computed in bf16, cpu on Some CPU (AVX2), 2026-12-08 to 2026-12-08:" in text
+    line = next(r for r in text.splitlines() if r.startswith("| BAU input-targeted, copies_x8"))
+    assert "| 3 of 3 [" in line and line.endswith("| 100.0% | yes |")
+    line = next(r for r in text.splitlines() if r.startswith("| BAU input-targeted |"))
+    assert "| 1 of 3 [" in line and line.endswith("| 33.3% |  |")
+
+
 def test_every_results_table_puts_its_contract_first_and_its_provenance_last(tmp_path):
     from bdunlearn.store import PROVENANCE
 
