@@ -515,6 +515,8 @@ def test_budget_runs_and_chosen_budgets_join_the_benchmark(monkeypatch):
     chosen = [r for r in benchmark.runs(default)
               if r.table == benchmark.TABLE and r["variant"] == "lc@camouflage_x2"]
     assert {r["shards"] for r in chosen} == {1, 5, 10} and len({r.seed for r in chosen}) == 5
+    at_smoke = {r["variant"] for r in benchmark.runs(smoke) if r.table == benchmark.TABLE}
+    assert "lc" in at_smoke and "lc@camouflage_x2" not in at_smoke  # built by the budgets
     # the stored rows of the budgets table are kept by their family's current version
     rows = _budget_rows({"lc": set(), "gone": set()})
     kept = benchmark.select(rows, default, benchmark.BUDGETS)
