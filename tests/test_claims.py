@@ -485,9 +485,13 @@ def test_a_budget_is_chosen_by_its_switch_on_count_on_seeds_no_benchmark_run_use
     from bdunlearn.studies import benchmark
     s0, s1, s2 = benchmark.BUDGET_SEEDS
     assert not set(benchmark.BUDGET_SEEDS) & set(config.resolve("default").seeds)
-    # it: copies_x8 on in 3 seeds beats copies_x4's 2; lc: a tie goes to the paper's setting
+    # it: copies_x8 on in 3 seeds beats copies_x4's 2; lc: a tie goes to the paper's
+    # setting; noise: its best candidate switches on in 1 of 3 seeds, not most: none valid
     rows = _budget_rows({"it": {s0}, "it@copies_x4": {s0, s1}, "it@copies_x8": {s0, s1, s2},
-                         "lc": {s1}, "lc@camouflage_x2": {s2}, "lc@camouflage_x3": set()})
+                         "lc": {s0, s1}, "lc@camouflage_x2": {s1, s2}, "lc@camouflage_x3": set(),
+                         "noise": set(), "noise@camouflage_x2": set(),
+                         "noise@camouflage_x4": {s2}})
+    assert benchmark.budget_choice(rows) == {"it": "it@copies_x8", "lc": "lc", "noise": None}
     assert benchmark.chosen_budgets(rows) == {"it": "it@copies_x8", "lc": "lc"}
     # a candidate short of one selection seed leaves its family undecided
     short = rows[~((rows.variant == "it@copies_x4") & (rows.seed == s2))]
@@ -496,6 +500,7 @@ def test_a_budget_is_chosen_by_its_switch_on_count_on_seeds_no_benchmark_run_use
     assert view.loc[title("it@copies_x8"), "switched on"].startswith("3 of 3 [")
     assert view.loc[title("it@copies_x8"), "chosen"] == "yes"
     assert view.loc[title("it@copies_x4"), "chosen"] == ""
+    assert view.loc[title("noise@camouflage_x4"), "chosen"] == "none valid"
 
 
 def test_budget_runs_and_chosen_budgets_join_the_benchmark(monkeypatch):

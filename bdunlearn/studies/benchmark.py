@@ -322,10 +322,11 @@ def budget_compute(run: Run, ctx) -> pd.DataFrame:
                           "attack_version": run["attack_version"], **base}])
 
 
-def chosen_budgets(table: pd.DataFrame) -> dict[str, str]:
+def budget_choice(table: pd.DataFrame) -> dict[str, str | None]:
     """Per family whose every candidate has a run on every seed of :data:`BUDGET_SEEDS`:
     the candidate that switched on (:func:`switched_on`) in the most seeds, the earlier
-    declared on a tie (the paper's setting first)."""
+    declared on a tie (the paper's setting first), or ``None`` where even that one
+    switched on in no more than half of them (the family has no valid budget)."""
     out = {}
     for v in attacks.names():
         names = attacks.budgets(v)
@@ -337,24 +338,35 @@ def chosen_budgets(table: pd.DataFrame) -> dict[str, str]:
             continue
         rows = rows[rows.seed.isin(BUDGET_SEEDS)].drop_duplicates(["variant", "seed"])
         on = switched_on(rows.asr_before, rows.asr_after).groupby(rows.variant).sum()
-        out[v] = max(names, key=lambda n: (on.get(n, 0), -names.index(n)))
+        best = max(names, key=lambda n: (on.get(n, 0), -names.index(n)))
+        out[v] = best if 2 * on.get(best, 0) > len(BUDGET_SEEDS) else None
     return out
+
+
+def chosen_budgets(table: pd.DataFrame) -> dict[str, str]:
+    """The families :func:`budget_choice` finds a valid budget for, and that budget (the
+    paper's setting itself where it is the best)."""
+    return {v: name for v, name in budget_choice(table).items() if name}
 
 
 def budget_view(table: pd.DataFrame) -> pd.DataFrame:
     """Per candidate: how many selection seeds it switched on in (k of n, Wilson), its ASR
-    before and after over those seeds, and which candidate :func:`chosen_budgets` picks."""
+    before and after over those seeds, and which candidate :func:`budget_choice` picks
+    ("yes"; "none valid" on every candidate of a family that has no valid budget)."""
     if table.empty:
         return pd.DataFrame({"stored runs": [0]})
     rows = table.drop_duplicates(["variant", "seed"])
-    chosen = set(chosen_budgets(rows).values())
+    choice = budget_choice(rows)
+    chosen = set(choice.values())
+    invalid = {n for v, c in choice.items() if c is None for n in attacks.budgets(v)}
     out = []
     for name, g in rows.groupby("variant", sort=False):
         c = vd.count(switched_on(g.asr_before, g.asr_after))
         out.append({"attack": attacks.title(name), "switched on": str(c),
                     "ASR before": f"{g.asr_before.mean():.1%}",
                     "ASR after": f"{g.asr_after.mean():.1%}",
-                    "chosen": "yes" if name in chosen else ""})
+                    "chosen": ("yes" if name in chosen
+                               else "none valid" if name in invalid else "")})
     return pd.DataFrame(out).set_index("attack")
 
 
