@@ -513,6 +513,7 @@ def test_budget_runs_and_chosen_budgets_join_the_benchmark(monkeypatch):
     assert {r.seed for r in runs} == set(benchmark.BUDGET_SEEDS)
     assert [(r["variant"], r.seed) for r in benchmark.runs(smoke)
             if r.table == benchmark.BUDGETS] == [("it@copies_x4", 100)]
+    monkeypatch.setattr(benchmark, "CHOSEN", {})  # nothing chosen: the papers' settings only
     plain = {r["variant"] for r in benchmark.runs(default) if r.table == benchmark.TABLE}
     assert "lc@camouflage_x2" not in plain
     monkeypatch.setattr(benchmark, "CHOSEN", {"lc": "lc@camouflage_x2", "it": "it"})

@@ -134,10 +134,31 @@ def test_a_notebook_draws_only_what_is_stored(tmp_path, capsys):
                          compute=False)
     nb = studies.Notebook("01_attack", cfg)
     assert nb.collect(progress=False).empty  # nothing stored, nothing computed
-    assert "1 of 1 runs not stored; compute is False" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"1 of 1 runs not stored in {cfg.precision} on cpu; compute is False" in out
     assert nb.draw("before-after", lambda t: 1 / 0, pd.DataFrame()) is None
     assert "no stored run to draw yet" in capsys.readouterr().out
     assert not list((tmp_path / "f").glob("*.png"))
+
+
+def test_a_table_no_claim_reads_shows_every_group_without_a_claims_line(tmp_path, capsys,
+                                                                        monkeypatch):
+    from bdunlearn.studies import benchmark
+
+    folders = dict(results_dir=str(tmp_path / "r"), figures_dir=str(tmp_path / "f"),
+                   store_dir=str(tmp_path / "s"))
+    bf16 = studies.Notebook("07_request_detection", studies.config(
+        "07_request_detection", "smoke", precision="bf16", **folders))
+    monkeypatch.setattr(bf16.study, "compute", lambda run, ctx: pd.DataFrame([{
+        "dataset": "fmnist", "variant": run["variant"], "seed": run.seed,
+        "attack_version": run["attack_version"], "asr_before": 0.0, "clean_acc_before": 0.9,
+        "asr_after": 1.0, "clean_acc_after": 0.9}]))
+    bf16.collect(benchmark.BUDGETS, progress=False)
+    capsys.readouterr()
+    fp32 = studies.Notebook("07_request_detection", studies.config(
+        "07_request_detection", "smoke", precision="fp32", compute=False, **folders))
+    assert fp32.collect(benchmark.BUDGETS, progress=False).precision.tolist() == ["bf16"]
+    assert "the claims check" not in capsys.readouterr().out  # no claim reads the budgets
 
 
 def test_a_render_names_the_group_that_holds_most_stored_runs(tmp_path, capsys, monkeypatch):

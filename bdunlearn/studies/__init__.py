@@ -260,8 +260,8 @@ class Notebook:
         does not hold (none when ``cfg.compute`` is False), store each as it finishes, and
         return every stored run of the same settings (all seeds stored so far, every
         precision and device, with provenance columns). With ``compute`` False, it says
-        so when another precision/device group holds more stored runs than the one the
-        claims check (this run's)."""
+        so when another precision/device group of a table a claim reads holds more stored
+        runs than the one the claims check (this run's)."""
         from tqdm.auto import tqdm
 
         table = table or self.stem
@@ -269,8 +269,9 @@ class Notebook:
                 if not self.store.has(r.table, *stored_key(self.study, r, self.cfg),
                                       run=r.key())]  # a file of another run is no run
         if todo and not self.cfg.compute:
-            print(f"{table}: {len(todo)} of {len(self.runs(table))} runs not stored; compute "
-                  "is False, so the table holds the stored runs only")
+            print(f"{table}: {len(todo)} of {len(self.runs(table))} runs not stored in "
+                  f"{self.cfg.precision} on {self.cfg.device_type}; compute is False, so the "
+                  "table holds the stored runs only (of every precision and device)")
             todo = []
         prov = provenance(self.cfg.precision, self.cfg.device_type)
         if todo and prov["commit"].endswith("-dirty"):
@@ -286,7 +287,9 @@ class Notebook:
             stored_key(self.study, r, self.cfg)[1]: r.key() for r in self.runs(table)})
         if hasattr(self.study, "select"):  # which stored rows it shows (07: current versions)
             stored = self.study.select(stored, self.cfg, table)
-        if not self.cfg.compute and not stored.empty and set(GROUP) <= set(stored.columns):
+        checked = {c.table for c in getattr(self.study, "CLAIMS", ())}
+        if (table in checked and not self.cfg.compute and not stored.empty
+                and set(GROUP) <= set(stored.columns)):
             runs = stored.groupby(list(GROUP)).run_key.nunique()
             mine = runs.get((self.cfg.precision, self.cfg.device_type), 0)
             (precision, device), most = runs.idxmax(), runs.max()
