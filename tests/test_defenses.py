@@ -282,6 +282,21 @@ def test_a_scan_neural_cleanse_ran_is_reused_and_charged(untrained, monkeypatch,
     assert len(runs) == 2
 
 
+def test_a_scan_reused_after_a_nested_scan_is_charged_to_the_defense(untrained, monkeypatch):
+    from bdunlearn import defenses
+
+    def twice(view, *, seed=0):  # runs a scan, then asks for the same one again
+        for _ in range(2):
+            defenses.run_shared("neural_cleanse", view, seed=seed, steps=5)
+        return DefenseResult(model=None)
+
+    monkeypatch.setattr(defenses, "_SHARED", {})
+    monkeypatch.setitem(DEFENSES, "twice", twice)
+    view = DefenderView(untrained["backdoored"], untrained["x"], untrained["y"], 10)
+    assert run_defense("twice", view, seed=0).steps == 10  # 5 run, 5 charged
+    assert defenses._CHARGES == []
+
+
 def test_a_cached_result_missing_a_field_is_recomputed_with_a_warning(untrained, tmp_path):
     from bdunlearn import cache
     from bdunlearn.defender import defend
